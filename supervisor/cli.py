@@ -1,0 +1,225 @@
+"""The `ironcliw` command line.
+
+Exit codes: 0 done, 1 refused, 2 usage or config error, 3 supervisor not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import anyio
+import msgspec
+import structlog
+
+from . import control, logsetup
+from .client import ControlClient
+from .config import Config, Paths, load_config, resolve_paths
+from .core import Supervisor
+from .errors import AlreadyRunning, ConfigError, IroncliwError, NotRunning, RemoteError
+from .protocol import ErrorCode
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+_USAGE_CODES = {ErrorCode.UNKNOWN_COMPONENT, ErrorCode.BAD_ARGS, ErrorCode.UNKNOWN_OP, ErrorCode.BAD_REQUEST}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_config_path() -> str:
+    if os.environ.get("IRONCLIW_CONFIG"):
+        return os.environ["IRONCLIW_CONFIG"]
+    local = Path("configs/ironcliw.toml")
+    return str(local if local.exists() else REPO_ROOT / "configs" / "ironcliw.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.")
+    parser.add_argument("-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)")
+    parser.add_argument("--socket", help="control socket path (default: from the config)")
+    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto", help="supervisor log format")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)")
+    down = sub.add_parser("down", help="stop the running supervisor and every component")
+    down.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack to stop")
+    for name, text in (("status", "every component's state, PID, memory"), ("components", "components with their config")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (("load", "start a component"), ("unload", "stop a component"), ("restart", "restart a component")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "load":
+            p.add_argument("--make-room", action="store_true", help="unload lower priorities if it does not fit")
+    logs = sub.add_parser("logs", help="a component's output")
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
+    logs.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("check", help="validate the config without starting anything")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logsetup.configure(args.log_format)
+    try:
+        config = load_config(args.config or default_config_path())
+    except ConfigError as exc:
+        print(f"ironcliw: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    paths = resolve_paths(config, os.environ, os.getuid(), str(Path.home()))
+    if args.socket:
+        paths = msgspec.structs.replace(paths, socket=args.socket)
+    if args.command == "check":
+        print(f"{config.source}: OK, {len(config.components)} components, start order: {', '.join(config.order)}")
+        return EXIT_OK
+    if args.command == "up":
+        return cmd_up(config, paths)
+    try:
+        return run_client_command(args, paths)
+    except NotRunning as exc:
+        print(f"ironcliw: {exc}\nhint: start it with `bin/ironcliw up` (config {config.source})", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except RemoteError as exc:
+        print(f"ironcliw: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_REFUSED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# --- up ------------------------------------------------------------------------------------
+
+
+def cmd_up(config: Config, paths: Paths) -> int:
+    width = max((len(n) for n in config.components), default=8)
+
+    def echo(name: str, line: str) -> None:
+        sys.stdout.write(f"{name:<{width}} | {line}\n")
+        sys.stdout.flush()
+
+    supervisor = Supervisor(config, paths, echo=echo)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_forward_signals, supervisor)
+            await supervisor.run(services=[control.serve])
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(run)
+    except AlreadyRunning as exc:
+        print(f"ironcliw: {exc}; stop it with `bin/ironcliw down`", file=sys.stderr)
+        return EXIT_REFUSED
+    except IroncliwError as exc:
+        print(f"ironcliw: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+async def _forward_signals(supervisor: Supervisor) -> None:
+    log = structlog.get_logger("ironcliw.cli")
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if supervisor.stopping:
+                log.warning("already_stopping", signal=signal.Signals(signum).name)
+            else:
+                log.info("signal_received", signal=signal.Signals(signum).name)
+            supervisor.shutdown()
+
+
+# --- client commands --------------------------------------------------------------------------
+
+
+def run_client_command(args: argparse.Namespace, paths: Paths) -> int:
+    with ControlClient(paths.socket, timeout=600.0) as client:
+        match args.command:
+            case "status" | "components":
+                result = client.call(args.command)
+                print(_json(result) if args.json else format_table(result["components"], args.command))
+            case "load" | "unload" | "restart":
+                extra = {"make_room": True} if getattr(args, "make_room", False) else {}
+                result = client.call(args.command, name=args.name, **extra)
+                print(_json(result) if args.json else f"{result['name']}: {result['state']} (pid {result['pid']})")
+            case "logs":
+                return _logs(client, args)
+            case "down":
+                return _down(client, paths, args.timeout)
+    return EXIT_OK
+
+
+def _logs(client: ControlClient, args: argparse.Namespace) -> int:
+    if not args.follow:
+        result = client.call("logs", name=args.name, lines=args.lines)
+        print(_json(result) if args.json else "\n".join(result["lines"]))
+        return EXIT_OK
+    stream = client.stream("logs", name=args.name, lines=args.lines, follow=True)
+    first = next(stream)
+    for line in first["lines"]:
+        print(line, flush=True)
+    for event in stream:
+        print(_json(event) if args.json else event["line"], flush=True)
+    return EXIT_OK
+
+
+def _down(client: ControlClient, paths: Paths, timeout: float) -> int:
+    pid = client.call("ping")["pid"]
+    client.call("shutdown")
+    client.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("stopped")
+            return EXIT_OK
+        except PermissionError:
+            pass
+        if not os.path.exists(paths.socket):
+            print("stopped")
+            return EXIT_OK
+        time.sleep(0.05)
+    print(f"ironcliw: the supervisor (pid {pid}) is still stopping after {timeout:g} s", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def format_table(rows: list[dict[str, Any]], kind: str) -> str:
+    headers = ["NAME", "STATE", "PID", "PRIORITY", "RSS_MB", "UPTIME", "RESTARTS", "LAST_EXIT"]
+    table = [headers]
+    for row in rows:
+        uptime = row.get("uptime_s")
+        table.append(
+            [
+                row["name"],
+                row["state"],
+                str(row["pid"] or "-"),
+                row["priority"],
+                f"{row['rss_mb']:.1f}",
+                _duration(uptime) if uptime is not None else "-",
+                str(row["restarts"]),
+                row.get("last_exit") or "-",
+            ]
+        )
+    if kind == "components":
+        table[0].append("COMMAND")
+        for line, row in zip(table[1:], rows):
+            line.append(" ".join(row["command"]))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

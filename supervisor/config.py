@@ -1,0 +1,276 @@
+"""The TOML config: a strict schema, cross-field checks and clear errors.
+
+Each table decodes into a Struct with `forbid_unknown_fields=True`, so a typo is an error
+rather than a silently ignored key. Every error names the file, the `$.path` of the field
+and what was expected (`ConfigError`); the CLI turns it into exit status 2.
+
+Nothing here touches the process table or signals: `"python"` as a command and signal
+names are resolved by the launcher, paths under the user's home by `resolve_paths`, which
+takes the environment as an argument.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Mapping
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ConfigError
+from .model import Priority, RestartMode
+
+# Names a config may use for stop_signal / trim_signal; the launcher maps them to numbers.
+SIGNAL_NAMES = frozenset(
+    {"SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH", "SIGPWR"}
+)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+Seconds = Annotated[float, Meta(gt=0)]
+NonNegSeconds = Annotated[float, Meta(ge=0)]
+Percent = Annotated[float, Meta(gt=0, le=100)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Readiness(_Table):
+    """When a started component counts as READY: at most one of the three ways may be set."""
+
+    alive_s: NonNegSeconds | None = None  # still running after this many seconds
+    log_pattern: str | None = None  # a line of its output matches this regex
+    port: Port | None = None  # a TCP connect to host:port succeeds
+    host: str = "127.0.0.1"
+    timeout_s: Seconds = 30.0  # not ready by then: the start failed
+
+    @property
+    def effective_alive_s(self) -> float:
+        """The default when nothing is set is alive for 1 s, as supervisord's startsecs."""
+        if self.alive_s is None and self.log_pattern is None and self.port is None:
+            return 1.0
+        return self.alive_s or 0.0
+
+
+class ComponentSpec(_Table):
+    command: Annotated[list[str], Meta(min_length=1)]
+    name: str | None = None  # the table's key; if given it must match
+    cwd: str | None = None  # relative to the config file's directory; default: that directory
+    env: dict[str, str] = {}
+    priority: Priority = Priority.MEDIUM
+    estimated_mb: Annotated[int, Meta(ge=0)] = 100
+    autostart: bool = True
+    after: list[str] = []
+    restart: RestartMode = RestartMode.ON_FAILURE
+    backoff_initial_s: Seconds = 0.5
+    backoff_max_s: Seconds = 30.0
+    backoff_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    max_restarts: Annotated[int, Meta(ge=0)] = 5  # more restarts than this within the window: FATAL
+    restart_window_s: Seconds = 60.0
+    stop_signal: str = "SIGTERM"
+    stop_grace_s: NonNegSeconds = 5.0
+    trim_signal: str | None = None
+    ready: Readiness = Readiness()
+
+
+class SupervisorSection(_Table):
+    runtime_dir: str | None = None
+    state_dir: str | None = None
+    log_dir: str | None = None
+    socket: str | None = None
+    log_max_bytes: Annotated[int, Meta(ge=1024)] = 5 * 1024 * 1024
+    log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
+
+
+class MemorySection(_Table):
+    warning_percent: Percent = 70.0
+    critical_percent: Percent = 85.0
+    emergency_percent: Percent = 95.0
+    sample_interval_s: Seconds = 2.0
+    budget_mb: Annotated[int, Meta(ge=1)] | None = None
+
+
+class HttpSection(_Table):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+
+
+class ConfigFile(_Table):
+    supervisor: SupervisorSection = SupervisorSection()
+    memory: MemorySection = MemorySection()
+    http: HttpSection = HttpSection()
+    # Decoded per component below, so that errors can name the component (msgspec writes
+    # dict keys as `[...]` in its paths).
+    components: dict[str, dict[str, object]] = {}
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A checked config: component names filled in, `cwd` absolute, `order` a valid start order."""
+
+    source: str
+    base_dir: str
+    supervisor: SupervisorSection
+    memory: MemorySection
+    http: HttpSection
+    components: dict[str, ComponentSpec]
+    order: list[str]
+
+    def component(self, name: str) -> ComponentSpec:
+        return self.components[name]
+
+
+class Paths(msgspec.Struct, frozen=True):
+    runtime_dir: str
+    state_dir: str
+    log_dir: str
+    socket: str
+
+
+_EXPECTED_ENUMS = {
+    "priority": "one of CRITICAL, HIGH, MEDIUM, LOW",
+    "restart": "one of never, on-failure, always",
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, decode and check one config file. Raises ConfigError."""
+    file = str(path)
+    try:
+        raw = Path(file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read the file: {exc.strerror or exc}") from None
+    return parse_config(raw, file)
+
+
+def parse_config(raw: bytes | str, file: str) -> Config:
+    try:
+        decoded = msgspec.toml.decode(raw, type=ConfigFile)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(file, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    base_dir = Path(file).resolve().parent
+    components = {
+        name: _check_component(file, base_dir, name, _decode_component(file, name, table))
+        for name, table in decoded.components.items()
+    }
+    _check_memory(file, decoded.memory)
+    if decoded.http.host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(file, "$.http.host", "a loopback address (127.0.0.1, ::1 or localhost)")
+    order = start_order(file, components)
+    return Config(
+        source=str(Path(file).resolve()),
+        base_dir=str(base_dir),
+        supervisor=decoded.supervisor,
+        memory=decoded.memory,
+        http=decoded.http,
+        components=components,
+        order=order,
+    )
+
+
+def _decode_component(file: str, name: str, table: dict[str, object]) -> ComponentSpec:
+    try:
+        return msgspec.convert(table, ComponentSpec)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(file, str(exc), prefix=f"$.components.{name}") from None
+
+
+def _validation_error(file: str, message: str, prefix: str = "$") -> ConfigError:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.components.nlp.estimated_mb`",
+    # and leaves out the " - at" part when the error is at the root of what it decoded.
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        text, where = message, "$`"
+    path = prefix + where.rstrip("`").removeprefix("$")
+    last = path.rsplit(".", 1)[-1]
+    if text.startswith("Invalid enum value") and last in _EXPECTED_ENUMS:
+        text = f"{_EXPECTED_ENUMS[last]}, got {text.removeprefix('Invalid enum value ')}"
+    elif text.startswith("Object contains unknown field"):
+        text = "a known key, got " + text.replace("Object contains unknown field", "unknown key") + " (check its spelling)"
+    return ConfigError(file, path, text[:1].lower() + text[1:])
+
+
+def _check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -> ComponentSpec:
+    at = f"$.components.{name}"
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(file, at, "a component name of letters, digits, '_', '.', '-' (at most 64)")
+    if spec.name is not None and spec.name != name:
+        raise ConfigError(file, f"{at}.name", f"the table's own key {name!r}, got {spec.name!r}")
+    if not spec.command[0]:
+        raise ConfigError(file, f"{at}.command[0]", "a program name, got an empty string")
+    for key, signal_name in (("stop_signal", spec.stop_signal), ("trim_signal", spec.trim_signal)):
+        if signal_name is not None and signal_name not in SIGNAL_NAMES:
+            raise ConfigError(file, f"{at}.{key}", f"a signal name, one of {', '.join(sorted(SIGNAL_NAMES))}")
+    if spec.backoff_max_s < spec.backoff_initial_s:
+        raise ConfigError(file, f"{at}.backoff_max_s", "a value at least backoff_initial_s")
+    ready = spec.ready
+    ways = [w for w in (ready.alive_s, ready.log_pattern, ready.port) if w is not None]
+    if len(ways) > 1:
+        raise ConfigError(file, f"{at}.ready", "at most one of alive_s, log_pattern, port")
+    if ready.log_pattern is not None:
+        try:
+            re.compile(ready.log_pattern)
+        except re.error as exc:
+            raise ConfigError(file, f"{at}.ready.log_pattern", f"a regular expression ({exc})") from None
+    for i, dep in enumerate(spec.after):
+        if dep == name:
+            raise ConfigError(file, f"{at}.after[{i}]", "another component's name, got the component itself")
+    cwd = base_dir / spec.cwd if spec.cwd else base_dir
+    return msgspec.structs.replace(spec, name=name, cwd=str(cwd.resolve()))
+
+
+def _check_memory(file: str, memory: MemorySection) -> None:
+    levels = (memory.warning_percent, memory.critical_percent, memory.emergency_percent)
+    if not levels[0] < levels[1] < levels[2]:
+        raise ConfigError(
+            file, "$.memory", "warning_percent < critical_percent < emergency_percent, got " + " / ".join(map(str, levels))
+        )
+
+
+def start_order(file: str, components: Mapping[str, ComponentSpec]) -> list[str]:
+    """A topological order over `after` (Kahn's algorithm, ties by config order)."""
+    for name, spec in components.items():
+        for i, dep in enumerate(spec.after):
+            if dep not in components:
+                raise ConfigError(file, f"$.components.{name}.after[{i}]", f"a component name, got unknown {dep!r}")
+    remaining = {name: set(spec.after) for name, spec in components.items()}
+    order: list[str] = []
+    while remaining:
+        ready = [name for name, deps in remaining.items() if not deps]
+        if not ready:
+            cycle = " -> ".join(sorted(remaining))
+            raise ConfigError(file, f"$.components.{sorted(remaining)[0]}.after", f"no cycle in 'after', got one among {cycle}")
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return order
+
+
+def resolve_paths(config: Config, environ: Mapping[str, str], uid: int, home: str) -> Paths:
+    """Where the supervisor keeps its socket, state and logs.
+
+    The environment wins over the file so that tests and side-by-side stacks can move a
+    whole stack with one variable: IRONCLIW_RUNTIME_DIR, IRONCLIW_STATE_DIR, IRONCLIW_LOG_DIR,
+    IRONCLIW_SOCKET.
+    """
+    section = config.supervisor
+    base = Path(config.base_dir)
+
+    def pick(env_key: str, configured: str | None, default: Path) -> str:
+        value = environ.get(env_key) or configured
+        return str((base / value).resolve()) if value else str(default)
+
+    xdg_runtime = environ.get("XDG_RUNTIME_DIR")
+    default_runtime = Path(xdg_runtime) / "ironcliw" if xdg_runtime else Path(f"/tmp/ironcliw-{uid}")
+    runtime_dir = pick("IRONCLIW_RUNTIME_DIR", section.runtime_dir, default_runtime)
+    xdg_state = environ.get("XDG_STATE_HOME") or f"{home}/.local/state"
+    state_dir = pick("IRONCLIW_STATE_DIR", section.state_dir, Path(xdg_state) / "ironcliw")
+    log_dir = pick("IRONCLIW_LOG_DIR", section.log_dir, Path(state_dir) / "logs")
+    socket = pick("IRONCLIW_SOCKET", section.socket, Path(runtime_dir) / "control.sock")
+    return Paths(runtime_dir=runtime_dir, state_dir=state_dir, log_dir=log_dir, socket=socket)

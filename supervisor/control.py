@@ -1,0 +1,208 @@
+"""The control socket server: a Unix socket, mode 0600, same-user peers only.
+
+Robustness rules (each has a test in tests/test_control_abuse.py):
+- a frame whose length prefix is over the cap gets FRAME_TOO_LARGE and the connection is
+  closed (the stream cannot be resynchronised without reading the junk);
+- a frame that is not msgpack, not a request, names an unknown op or carries wrong
+  arguments gets an error reply, and the connection stays usable;
+- a frame that starts but never finishes is dropped after `FRAME_TIMEOUT_S`;
+- a client that stops reading is dropped once a send has waited `SEND_TIMEOUT_S`;
+- at most `MAX_CLIENTS` connections at once; each is its own task, so none of this
+  stalls the supervisor or the other clients.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute
+from anyio.streams.buffered import BufferedByteReceiveStream
+import structlog
+
+from .core import Supervisor
+from .errors import IroncliwError, ProtocolError
+from .protocol import (
+    ErrorCode,
+    LoadArgs,
+    LogsArgs,
+    NameArgs,
+    Reply,
+    Request,
+    SubscribeArgs,
+    decode_request,
+    encode_frame,
+    error_reply,
+    frame_length,
+    parse_args,
+    request_id,
+)
+
+log = structlog.get_logger("ironcliw.control")
+
+MAX_CLIENTS = 64
+FRAME_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 5.0
+MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The connecting process's uid from the kernel (not from anything the peer says)."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return uid
+    if sys.platform == "darwin":
+        sol_local, local_peercred = 0, 0x001
+        creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I"))
+        _version, uid = struct.unpack_from("II", creds)
+        return uid
+    return None
+
+
+async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    path = supervisor.paths.socket
+    if len(os.fsencode(path)) >= MAX_SOCKET_PATH:
+        raise IroncliwError(f"control socket path is {len(path)} bytes, over the {MAX_SOCKET_PATH - 1}-byte limit: {path}")
+    # We hold the runtime dir's lock, so a socket file here is a dead supervisor's leftover.
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = await anyio.create_unix_listener(path, mode=0o600)
+    server = ControlServer(supervisor)
+    task_status.started()
+    try:
+        async with listener:
+            await listener.serve(server.handle)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class ControlServer:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.clients = 0
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        self.clients += 1
+        try:
+            async with stream:
+                if self.clients > MAX_CLIENTS:
+                    await self._send(stream, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections"))
+                    return
+                uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
+                if uid is not None and uid != os.getuid():
+                    log.warning("peer_refused", peer_uid=uid, reason="another user")
+                    await self._send(stream, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect"))
+                    return
+                await self._serve_connection(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, ConnectionError):
+            pass  # the client went away or stopped reading: nothing to answer
+        finally:
+            self.clients -= 1
+
+    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        reader = BufferedByteReceiveStream(stream)
+        while True:
+            try:
+                header = await reader.receive_exactly(4)
+            except (anyio.IncompleteRead, anyio.EndOfStream):
+                return
+            try:
+                length = frame_length(header)
+            except ProtocolError as exc:
+                await self._send(stream, error_reply(0, exc.code, exc.message))
+                return
+            with anyio.fail_after(FRAME_TIMEOUT_S):
+                try:
+                    payload = await reader.receive_exactly(length)
+                except (anyio.IncompleteRead, anyio.EndOfStream):
+                    return
+            try:
+                request = decode_request(payload)
+                args = parse_args(request)
+            except ProtocolError as exc:
+                await self._send(stream, error_reply(request_id(payload), exc.code, exc.message))
+                continue
+            if isinstance(args, SubscribeArgs) or (isinstance(args, LogsArgs) and args.follow):
+                await self._stream_events(stream, reader, request, args)
+                return
+            await self._send(stream, await self._dispatch(request, args))
+
+    async def _dispatch(self, request: Request, args: Any) -> Reply:
+        sup = self.supervisor
+        try:
+            match request.op:
+                case "ping":
+                    result: Any = {"pong": True, "pid": os.getpid()}
+                case "status":
+                    result = sup.status()
+                case "components":
+                    result = sup.components()
+                case "load":
+                    assert isinstance(args, LoadArgs)
+                    result = await sup.load(args.name, make_room=args.make_room)
+                case "unload":
+                    assert isinstance(args, NameArgs)
+                    result = await sup.unload(args.name)
+                case "restart":
+                    assert isinstance(args, NameArgs)
+                    result = await sup.restart(args.name)
+                case "logs":
+                    assert isinstance(args, LogsArgs)
+                    result = {"lines": sup.logs(args.name, args.lines)}
+                case "shutdown":
+                    sup.shutdown()
+                    result = {"stopping": True}
+                case _:
+                    raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+        except IroncliwError as exc:
+            return error_reply(request.id, exc.code, exc.message)
+        except Exception as exc:  # a bug must not take the supervisor down with it
+            log.exception("request_failed", op=request.op)
+            return error_reply(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return Reply(id=request.id, ok=True, result=result)
+
+    async def _stream_events(
+        self, stream: anyio.abc.SocketStream, reader: BufferedByteReceiveStream, request: Request, args: Any
+    ) -> None:
+        """Reply once, then forward events until the client hangs up or falls behind."""
+        if isinstance(args, LogsArgs):
+            try:
+                self.supervisor.runner(args.name)
+            except IroncliwError as exc:
+                await self._send(stream, error_reply(request.id, exc.code, exc.message))
+                return
+            sub = self.supervisor.bus.subscribe(["log"], components=[args.name])
+            first: Any = {"lines": self.supervisor.logs(args.name, args.lines)}
+        else:
+            sub = self.supervisor.bus.subscribe(args.topics)
+            first = {"subscribed": args.topics}
+        with sub:
+            await self._send(stream, Reply(id=request.id, ok=True, result=first))
+            async with anyio.create_task_group() as tg:
+
+                async def until_hangup() -> None:
+                    try:
+                        while True:
+                            await reader.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until_hangup)
+                async for event in sub.receive:
+                    await self._send(stream, Reply(id=request.id, ok=True, event=event))
+                tg.cancel_scope.cancel()
+
+    @staticmethod
+    async def _send(stream: anyio.abc.SocketStream, reply: Reply) -> None:
+        with anyio.fail_after(SEND_TIMEOUT_S):
+            await stream.send(encode_frame(reply))

@@ -1,0 +1,235 @@
+"""`Supervisor`: owns the task group, the runners and the monitor loop.
+
+It is the one place every command goes through, whichever door it came in by (control
+socket, HTTP, CLI, Python API): `status`, `components`, `load`, `unload`, `restart`,
+`logs`, `shutdown`. Doors live in higher layers and are handed in as `services`, each an
+async callable `(supervisor, task_status=...)` started inside the supervisor's task group.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Protocol
+
+import anyio
+import structlog
+
+from . import launcher, procs
+from .config import Config, Paths
+from .errors import Refused, UnknownComponent
+from .events import EventBus
+from .model import MIB, ComponentState, ComponentStatus
+from .runner import Runner
+from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
+
+log = structlog.get_logger("ironcliw.supervisor")
+
+
+class Service(Protocol):
+    def __call__(self, supervisor: "Supervisor", *, task_status: Any = ...) -> Awaitable[None]: ...
+
+
+class Supervisor:
+    def __init__(self, config: Config, paths: Paths, *, echo: Callable[[str, str], None] | None = None) -> None:
+        self.config = config
+        self.paths = paths
+        self.bus = EventBus()
+        self.runtime = RuntimeDir(paths.runtime_dir)
+        self.started_at = time.monotonic()
+        self._shutdown = anyio.Event()
+        self._stopping = False
+        env = {
+            "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
+            "IRONCLIW_STATE_DIR": paths.state_dir,
+            "IRONCLIW_SOCKET": paths.socket,
+        }
+        self.runners: dict[str, Runner] = {
+            name: Runner(
+                config.components[name],
+                log_path=Path(paths.log_dir) / f"{name}.log",
+                log_max_bytes=config.supervisor.log_max_bytes,
+                log_backups=config.supervisor.log_backups,
+                bus=self.bus,
+                extra_env=env,
+                on_spawn_change=self._record_children,
+                echo=echo,
+            )
+            for name in config.order
+        }
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(
+        self, *, services: Iterable[Service] = (), task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until `shutdown()`; every component is stopped before this returns."""
+        self.runtime.acquire()
+        try:
+            ensure_private_dir(Path(self.paths.state_dir))
+            Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
+            grace = max((spec.stop_grace_s for spec in self.config.components.values()), default=5.0)
+            await stop_leftovers(self.runtime, grace)
+            async with anyio.create_task_group() as tg:
+                for runner in self.runners.values():
+                    await tg.start(runner.run)
+                for service in services:
+                    await tg.start(service, self)
+                tg.start_soon(self._monitor)
+                log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
+                task_status.started()
+                tg.start_soon(self.start_many, [n for n in self.config.order if self.config.components[n].autostart])
+                await self._shutdown.wait()
+                with anyio.CancelScope(shield=True):
+                    await self.stop_many(list(self.runners), "supervisor shutdown")
+                tg.cancel_scope.cancel()
+        finally:
+            self.runtime.release()
+            log.info("supervisor_stopped", pid=os.getpid())
+
+    def shutdown(self) -> None:
+        """Ask `run()` to stop every component and return."""
+        if not self._stopping:
+            log.info("shutdown_requested")
+        self._stopping = True
+        self._shutdown.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def start_many(self, names: list[str]) -> None:
+        """Start several components at once; each waits for those in its `after` first."""
+        settled = {name: anyio.Event() for name in names}
+
+        async def one(name: str) -> None:
+            try:
+                for dep in self.config.components[name].after:
+                    if dep in settled:
+                        await settled[dep].wait()
+                if not self._stopping:
+                    await self.runners[name].start()
+            finally:
+                settled[name].set()
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(one, name)
+
+    async def stop_many(self, names: list[str], reason: str) -> None:
+        """Stop several components at once; each waits until those that run `after` it are down."""
+        done = {name: anyio.Event() for name in names}
+
+        async def one(name: str) -> None:
+            try:
+                for other in names:
+                    if name in self.config.components[other].after:
+                        await done[other].wait()
+                await self.runners[name].stop(reason)
+            finally:
+                done[name].set()
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(one, name)
+
+    async def _monitor(self) -> None:
+        interval = self.config.memory.sample_interval_s
+        while True:
+            self.sample()
+            await anyio.sleep(interval)
+
+    def sample(self) -> None:
+        """Measure every running component's tree and publish the figures."""
+        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
+        usage = procs.tree_usage(roots)
+        for name, tree in usage.items():
+            self.runners[name].usage = tree
+        total = sum(t.rss_bytes for t in usage.values())
+        self.bus.publish(
+            "memory",
+            stack_rss_mb=round(total / MIB, 1),
+            components={name: round(t.rss_mb, 1) for name, t in usage.items()},
+        )
+
+    def _record_children(self) -> None:
+        records = [
+            ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time)
+            for name, r in self.runners.items()
+            if r.child is not None
+        ]
+        self.runtime.write_children(records)
+
+    # --- commands ----------------------------------------------------------------------
+
+    def runner(self, name: str) -> Runner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise UnknownComponent(name) from None
+
+    def component_statuses(self) -> list[ComponentStatus]:
+        self.sample()
+        now = time.monotonic()
+        return [r.status(now) for r in self.runners.values()]
+
+    def status(self) -> dict[str, Any]:
+        components = self.component_statuses()
+        return {
+            "supervisor": {
+                "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started_at, 1),
+                "rss_mb": round(procs.own_rss_bytes() / MIB, 1),
+                "config": self.config.source,
+                "runtime_dir": self.paths.runtime_dir,
+                "stopping": self._stopping,
+            },
+            "stack_rss_mb": round(sum(c.rss_mb for c in components), 1),
+            "components": components,
+        }
+
+    def components(self) -> dict[str, Any]:
+        rows = []
+        for row in self.component_statuses():
+            spec = self.config.components[row.name]
+            rows.append(
+                {
+                    **{f: getattr(row, f) for f in row.__struct_fields__},
+                    "command": launcher.resolve_command(spec.command),
+                    "cwd": spec.cwd,
+                    "after": spec.after,
+                    "restart": spec.restart.value,
+                    "stop_signal": spec.stop_signal,
+                    "stop_grace_s": spec.stop_grace_s,
+                    "trim_signal": spec.trim_signal,
+                    "log_file": str(self.runners[row.name].log_path),
+                }
+            )
+        return {"components": rows}
+
+    async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
+        runner = self.runner(name)
+        self._refuse_while_stopping()
+        state = await runner.start()
+        if state is not ComponentState.READY:
+            raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
+        return runner.status(time.monotonic())
+
+    async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
+        runner = self.runner(name)
+        await runner.stop(reason)
+        return runner.status(time.monotonic())
+
+    async def restart(self, name: str) -> ComponentStatus:
+        runner = self.runner(name)
+        self._refuse_while_stopping()
+        await runner.stop("restarting")
+        return await self.load(name)
+
+    def logs(self, name: str, lines: int) -> list[str]:
+        return launcher.tail_lines(self.runner(name).log_path, lines)
+
+    def _refuse_while_stopping(self) -> None:
+        if self._stopping:
+            raise Refused("the supervisor is shutting down")

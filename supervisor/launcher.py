@@ -1,0 +1,267 @@
+"""Start a component's command as its own session and stop its whole tree.
+
+Each child:
+- runs in a new session (so also a new process group) whose id is its PID, so one
+  `killpg` reaches the grandchildren it forks;
+- gets SIGTERM if the supervisor dies (Linux `PR_SET_PDEATHSIG`), so a supervisor killed
+  with SIGKILL does not leave the stack running; the grandchildren are caught by the next
+  `up` from the record in the runtime dir (`runtime.py`);
+- writes stdout and stderr into one pipe that a pump copies to a rotating log file.
+
+Direct children are waited on and signalled through a pidfd on Linux: a pidfd names one
+process for good, so a recycled PID can never be hit. Elsewhere the child is polled, and
+signalled only while it is unreaped (an unreaped PID cannot be recycled).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import anyio
+import structlog
+
+from .config import ComponentSpec
+from .errors import SpawnError
+from .model import ExitInfo, ProcessIdentity
+from . import procs
+
+log = structlog.get_logger("ironcliw.launcher")
+
+_IS_LINUX = sys.platform.startswith("linux")
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
+
+
+def resolve_command(command: list[str]) -> list[str]:
+    """`"python"` means the interpreter running the supervisor, so components share its venv."""
+    if command[0] == "python":
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+def signal_number(name: str) -> int:
+    return int(signal.Signals[name])
+
+
+class Child:
+    """One spawned process, the leader of its own process group."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], ident: ProcessIdentity) -> None:
+        self.popen = popen
+        self.identity = ident
+        self.pid = popen.pid
+        self.pgid = popen.pid  # start_new_session: the leader's PID is the group's id
+        self.pidfd: int | None = None
+        if _IS_LINUX and hasattr(os, "pidfd_open"):
+            self.pidfd = os.pidfd_open(self.pid)
+        self.output_fd = popen.stdout.fileno() if popen.stdout else -1
+        if self.output_fd >= 0:
+            os.set_blocking(self.output_fd, False)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    async def wait(self) -> int:
+        """Wait for the leader to exit and reap it."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        if self.pidfd is not None:
+            await anyio.wait_readable(self.pidfd)
+            return self.popen.wait()
+        while self.popen.poll() is None:
+            await anyio.sleep(0.02)
+        return self.popen.returncode  # type: ignore[return-value]
+
+    def send(self, sig: int) -> bool:
+        """Signal the leader only; False once it has exited."""
+        if self.popen.returncode is not None:
+            return False
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def tree(self) -> list[ProcessIdentity]:
+        """The leader (while alive), its group and every descendant, each by identity."""
+        seen = {ident.pid: ident for ident in procs.group_members(self.pgid, self.identity.create_time)}
+        for ident in procs.descendants(self.pid) if self.popen.returncode is None else ():
+            seen.setdefault(ident.pid, ident)
+        if self.popen.returncode is None:
+            seen[self.pid] = self.identity
+        return list(seen.values())
+
+    def signal_tree(self, sig: int, known: list[ProcessIdentity]) -> list[int]:
+        """Signal the group and every known member that left it (setsid grandchildren)."""
+        hit = []
+        if self.send(sig):
+            hit.append(self.pid)
+        procs.signal_group(self.pgid, sig)
+        hit.extend(procs.signal_all((i for i in known if i.pid != self.pid), sig))
+        return sorted(set(hit))
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
+    assert spec.name is not None and spec.cwd is not None
+    argv = resolve_command(spec.command)
+    env = {**os.environ, **extra_env, **spec.env}
+    parent = os.getpid()
+
+    def in_child() -> None:  # runs between fork and exec: no allocation-heavy work here
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the supervisor died before prctl took effect
+                os._exit(1)
+
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=in_child,
+        )
+    except OSError as exc:
+        raise SpawnError(spec.name, argv, exc.strerror or str(exc)) from None
+    ident = procs.identity(popen.pid) or ProcessIdentity(popen.pid, 0.0)
+    return Child(popen, ident)
+
+
+def exit_info(returncode: int, reason_prefix: str = "") -> ExitInfo:
+    if returncode < 0:
+        sig = -returncode
+        return ExitInfo(code=None, signal=sig, reason=f"{reason_prefix}killed by {procs.signal_name(sig)}")
+    return ExitInfo(code=returncode, signal=None, reason=f"{reason_prefix}exited {returncode}")
+
+
+async def stop_tree(child: Child, stop_signal: int, grace_s: float, component: str, was_frozen: bool) -> ExitInfo:
+    """Stop a component's whole tree: stop signal, wait `grace_s`, then SIGKILL what is left.
+
+    Frozen processes get SIGCONT first so they can act on the stop signal and exit cleanly.
+    Returns how the leader ended, with "after grace" when SIGKILL was needed.
+    """
+    known = child.tree()
+    if was_frozen:
+        child.signal_tree(signal.SIGCONT, known)
+    child.signal_tree(stop_signal, known)
+    with anyio.move_on_after(grace_s):
+        await child.wait()
+        while any(procs.is_alive(i) for i in known if i.pid != child.pid):
+            await anyio.sleep(0.02)
+    leftover = [i for i in known if i.pid != child.pid and procs.is_alive(i)]
+    killed = child.returncode is None or bool(leftover)
+    if killed:
+        pids = child.signal_tree(signal.SIGKILL, known + procs.group_members(child.pgid, child.identity.create_time))
+        log.warning(
+            "killed_after_grace", component=component, pids=pids, grace_s=grace_s, signal=procs.signal_name(stop_signal)
+        )
+    code = await child.wait()
+    info = exit_info(code)
+    if killed and code == -signal.SIGKILL:
+        return ExitInfo(code=None, signal=signal.SIGKILL, reason=f"killed by SIGKILL after {grace_s:g} s grace")
+    return info
+
+
+class RotatingLog:
+    """A component's log file, rotated by size like logrotate's `size` + `rotate N`."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab")
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > self.max_bytes and self._size > 0:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(self.path, "ab")
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def pump_output(child: Child, sink: RotatingLog, on_line: Callable[[str], None]) -> None:
+    """Copy the child's output to its log, one callback per complete line, until EOF."""
+    fd = child.output_fd
+    pending = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO):
+                break
+            raise
+        if not data:
+            break
+        sink.write(data)
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > 65536:  # a runaway line without newline: hand it over in pieces
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            on_line(line.decode("utf-8", "replace").rstrip("\r"))
+    if pending:
+        on_line(pending.decode("utf-8", "replace"))
+
+
+def tail_lines(path: Path, count: int, block: int = 65536) -> list[str]:
+    """The last `count` lines of a file, read backwards in blocks (logs can be large)."""
+    if count <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            data = b""
+            while end > 0 and data.count(b"\n") <= count:
+                start = max(0, end - block)
+                f.seek(start)
+                data = f.read(end - start) + data
+                end = start
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-count:]

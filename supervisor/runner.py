@@ -1,0 +1,293 @@
+"""One component's lifecycle: spawn, readiness, supervision, restart, stop.
+
+Each component has one `Runner` whose `run()` task lives as long as the supervisor and is
+the only code that touches the component's process. Commands (`start`, `stop`) set what
+is wanted and wake it; it carries them out and reports state changes as events.
+
+    STOPPED -> STARTING -> READY -> (exits) -> BACKOFF -> STARTING ...
+                                            -> EXITED | FATAL      (restart.on_exit decides)
+    STARTING | READY | FROZEN -> STOPPING -> STOPPED               (stop requested)
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import anyio
+import structlog
+
+from . import launcher, restart
+from .config import ComponentSpec
+from .errors import SpawnError
+from .events import EventBus
+from .model import ComponentState, ComponentStatus, ExitInfo, TreeUsage
+
+log = structlog.get_logger("ironcliw.runner")
+
+_SETTLED = frozenset({ComponentState.READY, ComponentState.STOPPED, ComponentState.EXITED, ComponentState.FATAL})
+
+
+class Runner:
+    def __init__(
+        self,
+        spec: ComponentSpec,
+        *,
+        log_path: Path,
+        log_max_bytes: int,
+        log_backups: int,
+        bus: EventBus,
+        extra_env: dict[str, str],
+        on_spawn_change: Callable[[], None],
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        assert spec.name is not None
+        self.name = spec.name
+        self.spec = spec
+        self.log_path = log_path
+        self._log_limits = (log_max_bytes, log_backups)
+        self._bus = bus
+        self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
+        self._on_spawn_change = on_spawn_change
+        self._echo = echo
+        self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
+        self._rng = random.Random()
+
+        self.state = ComponentState.STOPPED
+        self.child: launcher.Child | None = None
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.started_at: float | None = None
+        self.usage = TreeUsage(0, 0)
+        self._history = restart.RestartHistory()
+        self._want = False
+        self._stop_reason = "stopped"
+        self._wake = anyio.Event()
+        self._changed = anyio.Event()
+        self._stop_requested = anyio.Event()
+        self._ready_seen = anyio.Event()
+
+    # --- commands ----------------------------------------------------------------------
+
+    async def start(self) -> ComponentState:
+        """Start if not running; return once it is READY or the attempt failed."""
+        if self.state.is_running and self._want:
+            await self._wait_for(lambda: self.state in _SETTLED or self.state is ComponentState.BACKOFF)
+            return self.state
+        if self.state in (ComponentState.FATAL, ComponentState.EXITED):
+            self._history = restart.RestartHistory()  # a manual start forgives the crash loop
+        self._want = True
+        self._poke()
+        await self._wait_for(lambda: self.state is not ComponentState.STOPPED or not self._want)
+        await self._wait_for(lambda: self.state in _SETTLED or self.state is ComponentState.BACKOFF)
+        return self.state
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Stop the whole tree (stop signal, grace, SIGKILL) and stay down."""
+        self._want = False
+        self._stop_reason = reason
+        self._stop_requested.set()
+        self._poke()
+        await self._wait_for(lambda: self.child is None and self.state is not ComponentState.BACKOFF)
+
+    def status(self, now: float) -> ComponentStatus:
+        running = self.child is not None
+        return ComponentStatus(
+            name=self.name,
+            state=self.state,
+            priority=self.spec.priority,
+            pid=self.child.pid if self.child else None,
+            rss_mb=round(self.usage.rss_mb, 1) if running else 0.0,
+            processes=self.usage.processes if running else 0,
+            uptime_s=round(now - self.started_at, 1) if running and self.started_at is not None else None,
+            restarts=self.restarts,
+            estimated_mb=self.spec.estimated_mb,
+            autostart=self.spec.autostart,
+            last_exit=self.last_exit,
+        )
+
+    # --- the lifecycle task ------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wait_wanted()
+            self._stop_requested = anyio.Event()
+            exit_info, requested = await self._run_once()
+            if requested or not self._want:
+                self.last_exit = exit_info.reason
+                self._set_state(ComponentState.STOPPED, exit_info.reason)
+                continue
+            await self._after_exit(exit_info)
+
+    async def _wait_wanted(self) -> None:
+        while not self._want:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _after_exit(self, exit_info: ExitInfo) -> None:
+        now = time.monotonic()
+        self._history, decision = restart.on_exit(self._history, self.spec, exit_info, now, self._rng.random())
+        self.last_exit = exit_info.reason
+        if decision.state is not ComponentState.BACKOFF:
+            self._want = False
+            self._set_state(decision.state, decision.reason)
+            return
+        self._set_state(ComponentState.BACKOFF, decision.reason)
+        with anyio.move_on_after(decision.delay_s):
+            await self._stop_requested.wait()
+        if self._want:
+            self.restarts += 1
+        else:
+            self._set_state(ComponentState.STOPPED, "stopped during backoff")
+
+    async def _run_once(self) -> tuple[ExitInfo, bool]:
+        """One run, from spawn to the end of its whole tree. Returns (how it ended, stop requested)."""
+        self._ready_seen = anyio.Event()
+        self._set_state(ComponentState.STARTING)
+        try:
+            child = launcher.spawn(self.spec, self._extra_env)
+        except SpawnError as exc:
+            log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
+            return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
+        self.child = child
+        self.started_at = time.monotonic()
+        self._on_spawn_change()
+        log.info("spawned", component=self.name, pid=child.pid, command=launcher.resolve_command(self.spec.command))
+        sink = launcher.RotatingLog(self.log_path, *self._log_limits)
+        try:
+            return await self._supervise(child, sink)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if child.returncode is None or child.tree():
+                    await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, self._frozen)
+                child.close()
+                sink.close()
+                self.child = None
+                self.usage = TreeUsage(0, 0)
+                self._on_spawn_change()
+                self._set_changed()
+
+    async def _supervise(self, child: launcher.Child, sink: launcher.RotatingLog) -> tuple[ExitInfo, bool]:
+        pump_done = anyio.Event()
+        abort_reason: list[str] = []
+        abort = anyio.Event()
+
+        async def pump() -> None:
+            try:
+                await launcher.pump_output(child, sink, self._on_line)
+            finally:
+                pump_done.set()
+
+        async def readiness() -> None:
+            with anyio.move_on_after(self.spec.ready.timeout_s):
+                await self._wait_ready(child)
+                if self.state is ComponentState.STARTING:
+                    self._set_state(ComponentState.READY)
+                return
+            abort_reason.append(f"not ready within {self.spec.ready.timeout_s:g} s")
+            abort.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            tg.start_soon(readiness)
+            exited = await self._first_of(child, abort)
+            if exited:
+                info = launcher.exit_info(child.returncode or 0)
+                leftover = child.tree()
+                if leftover:  # the leader is gone but grandchildren are not: end them too
+                    log.info("stopping_orphans", component=self.name, pids=[i.pid for i in leftover])
+                    await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, False)
+                requested = False
+            else:
+                requested = not abort.is_set()
+                why = self._stop_reason if requested else abort_reason[0]
+                was_frozen = self._frozen
+                self._set_state(ComponentState.STOPPING, why)
+                info = await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, was_frozen)
+                escalated = info.signal == signal.SIGKILL
+                info = ExitInfo(info.code, info.signal, f"{why}; {info.reason}" if escalated or not requested else why)
+            with anyio.move_on_after(0.5):
+                await pump_done.wait()
+            tg.cancel_scope.cancel()
+        log.info("exited", component=self.name, pid=child.pid, reason=info.reason)
+        return info, requested
+
+    async def _first_of(self, child: launcher.Child, abort: anyio.Event) -> bool:
+        """Wait for the leader to exit (True) or for a stop request or abort (False)."""
+        exited = False
+        async with anyio.create_task_group() as tg:
+
+            async def leader() -> None:
+                nonlocal exited
+                await child.wait()
+                exited = True
+                tg.cancel_scope.cancel()
+
+            async def wait_event(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(leader)
+            tg.start_soon(wait_event, self._stop_requested)
+            tg.start_soon(wait_event, abort)
+        return exited
+
+    async def _wait_ready(self, child: launcher.Child) -> None:
+        ready = self.spec.ready
+        if self._ready_pattern is not None:
+            await self._ready_seen.wait()
+        elif ready.port is not None:
+            while True:
+                try:
+                    with anyio.fail_after(1.0):
+                        stream = await anyio.connect_tcp(ready.host, ready.port)
+                    await stream.aclose()
+                    return
+                except (OSError, TimeoutError):
+                    await anyio.sleep(0.1)
+        else:
+            await anyio.sleep(ready.effective_alive_s)
+
+    def _on_line(self, line: str) -> None:
+        if self._echo is not None:
+            self._echo(self.name, line)
+        if self._ready_pattern is not None and not self._ready_seen.is_set() and self._ready_pattern.search(line):
+            self._ready_seen.set()
+        self._bus.publish("log", component=self.name, line=line)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @property
+    def _stop_signal(self) -> int:
+        return launcher.signal_number(self.spec.stop_signal)
+
+    @property
+    def _frozen(self) -> bool:
+        return self.state is ComponentState.FROZEN
+
+    def _set_state(self, state: ComponentState, reason: str | None = None) -> None:
+        if state is self.state and reason is None:
+            return
+        previous, self.state = self.state, state
+        pid = self.child.pid if self.child else None
+        log.info("state_changed", component=self.name, old=previous.value, new=state.value, pid=pid, reason=reason)
+        self._bus.publish("state", component=self.name, old=previous.value, state=state.value, pid=pid, reason=reason)
+        self._set_changed()
+
+    def _set_changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    async def _wait_for(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
+
+

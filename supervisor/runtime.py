@@ -1,0 +1,133 @@
+"""The runtime dir: one supervisor per dir, and the record of the children it started.
+
+The record (`children.json`: name, pid, create time per component) is rewritten on every
+spawn and exit. If the supervisor is killed with SIGKILL, its children get SIGTERM from
+the kernel (PR_SET_PDEATHSIG), but grandchildren do not; the next `up` reads the record
+and stops whatever is left of each recorded process group before it starts anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import structlog
+
+from .errors import AlreadyRunning, IroncliwError
+from .model import ProcessIdentity
+from . import procs
+
+log = structlog.get_logger("ironcliw.runtime")
+
+
+class ChildRecord(msgspec.Struct, frozen=True):
+    name: str
+    pid: int
+    create_time: float
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` with mode 0700, or check that an existing one is ours and private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise IroncliwError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); choose another runtime dir")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+
+
+class RuntimeDir:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path / "supervisor.lock"
+        self.children_path = self.path / "children.json"
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the runtime dir for this process, or raise AlreadyRunning naming the holder."""
+        ensure_private_dir(self.path)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise AlreadyRunning(str(self.path), int(holder) if holder.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_children(self, records: list[ChildRecord]) -> None:
+        tmp = self.children_path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(records))
+        tmp.replace(self.children_path)
+
+    def read_children(self) -> list[ChildRecord]:
+        try:
+            raw = self.children_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            return msgspec.json.decode(raw, type=list[ChildRecord])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            aside = self.children_path.with_name(f"children.corrupt-{int(time.time())}.json")
+            self.children_path.replace(aside)
+            log.warning("children_record_corrupt", path=str(self.children_path), moved_to=str(aside), error=str(exc))
+            return []
+
+
+def leftover_processes(records: list[ChildRecord]) -> list[tuple[str, ProcessIdentity]]:
+    """The live processes of each recorded child's process group.
+
+    A group whose number now belongs to a different leader (same pid, other create time)
+    was recycled and is skipped.
+    """
+    found = []
+    for rec in records:
+        leader = procs.identity(rec.pid)
+        if leader is not None and abs(leader.create_time - rec.create_time) > 0.01:
+            continue
+        for ident in procs.group_members(rec.pid, rec.create_time):
+            found.append((rec.name, ident))
+    return found
+
+
+async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]:
+    """Stop what a previous, killed supervisor left running; returns the PIDs it stopped."""
+    leftovers = leftover_processes(runtime.read_children())
+    if not leftovers:
+        runtime.write_children([])
+        return []
+    idents = [ident for _, ident in leftovers]
+    log.warning(
+        "stopping_leftovers",
+        processes=[{"component": name, "pid": i.pid} for name, i in leftovers],
+        reason="a previous supervisor on this runtime dir ended without stopping them",
+    )
+    procs.signal_all(idents, signal.SIGCONT)
+    procs.signal_all(idents, signal.SIGTERM)
+    with anyio.move_on_after(grace_s):
+        while any(procs.is_alive(i) for i in idents):
+            await anyio.sleep(0.05)
+    stubborn = procs.signal_all([i for i in idents if procs.is_alive(i)], signal.SIGKILL)
+    if stubborn:
+        log.warning("killed_leftovers_after_grace", pids=stubborn, grace_s=grace_s)
+    with anyio.move_on_after(2.0):
+        while any(procs.is_alive(i) for i in idents):
+            await anyio.sleep(0.02)
+    runtime.write_children([])
+    return [i.pid for i in idents]
+
+
