@@ -1,0 +1,120 @@
+"""The config schema: every invalid file names the file, the field path and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import load_config, parse_config, resolve_paths
+from supervisor.errors import ConfigError
+from supervisor.model import Priority, RestartMode
+from tests.helpers import REPO
+
+MINIMAL = '[components.a]\ncommand = ["python", "-c", "pass"]\n'
+
+# (config text, field path, words the message must contain)
+INVALID = [
+    ('[components.a]\ncommand = ["x"]\npriority = "URGENT"', "$.components.a.priority", "one of CRITICAL, HIGH, MEDIUM, LOW"),
+    ('[components.a]\ncommand = ["x"]\nprioity = "LOW"', "$.components.a", "unknown key `prioity`"),
+    ('[components.a]\ncommand = []', "$.components.a.command", "length >= 1"),
+    ("[components.a]\npriority = 'LOW'", "$.components.a", "missing required field `command`"),
+    ('[components.a]\ncommand = ["x"]\nestimated_mb = -5', "$.components.a.estimated_mb", ">= 0"),
+    ('[components.a]\ncommand = ["x"]\nestimated_mb = "lots"', "$.components.a.estimated_mb", "expected `int`, got `str`"),
+    ('[components.a]\ncommand = ["x"]\nrestart = "sometimes"', "$.components.a.restart", "one of never, on-failure, always"),
+    ('[components.a]\ncommand = ["x"]\nafter = ["ghost"]', "$.components.a.after[0]", "unknown 'ghost'"),
+    (
+        '[components.a]\ncommand = ["x"]\nafter = ["b"]\n[components.b]\ncommand = ["y"]\nafter = ["a"]',
+        "$.components.a.after",
+        "no cycle",
+    ),
+    ('[components.a]\ncommand = ["x"]\nstop_signal = "SIGFOO"', "$.components.a.stop_signal", "a signal name"),
+    ('[components.a]\ncommand = ["x"]\nready = { port = 80, alive_s = 1 }', "$.components.a.ready", "at most one of"),
+    ('[components.a]\ncommand = ["x"]\nready = { log_pattern = "(" }', "$.components.a.ready.log_pattern", "regular expression"),
+    ("[memory]\nwarning_percent = 90\ncritical_percent = 85", "$.memory", "warning_percent < critical_percent"),
+    ("[memory]\nbudget_mb = 0", "$.memory.budget_mb", ">= 1"),
+    ("[memory]\nsample_interval_s = 0", "$.memory.sample_interval_s", "> 0"),
+    ('[http]\nhost = "0.0.0.0"', "$.http.host", "loopback"),
+    ("[memry]\nbudget_mb = 100", "$", "unknown key `memry`"),
+    ('[components."bad name"]\ncommand = ["x"]', '$.components.bad name', "component name"),
+    ('[components.a]\ncommand = ["x"]\nbackoff_initial_s = 10\nbackoff_max_s = 1', "$.components.a.backoff_max_s", "at least backoff_initial_s"),
+    ("[components.a\ncommand = 1", "", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text, path, words", INVALID, ids=[i[1] + ":" + i[2][:20] for i in INVALID])
+def test_invalid_config_names_file_path_and_expectation(text: str, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "stack.toml")
+    err = info.value
+    assert err.file == "stack.toml"
+    assert err.path == path
+    assert words in err.expected, err.expected
+    assert str(err).startswith("stack.toml: ")
+
+
+def test_defaults_and_resolution(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(MINIMAL + 'cwd = "sub"\n[components.b]\ncommand = ["y"]\nafter = ["a"]\npriority = "LOW"\n')
+    config = load_config(cfg_file)
+    a, b = config.components["a"], config.components["b"]
+    assert (a.name, a.priority, a.restart, a.stop_signal) == ("a", Priority.MEDIUM, RestartMode.ON_FAILURE, "SIGTERM")
+    assert a.cwd == str(tmp_path / "sub") and b.cwd == str(tmp_path)
+    assert config.order == ["a", "b"]
+    assert config.memory.warning_percent == 70 and config.memory.sample_interval_s == 2.0
+    assert a.ready.effective_alive_s == 1.0
+
+
+def test_start_order_follows_after() -> None:
+    text = "".join(
+        f'[components.{n}]\ncommand = ["x"]\nafter = {deps}\n'
+        for n, deps in [("web", '["db", "cache"]'), ("db", "[]"), ("cache", '["db"]')]
+    )
+    assert parse_config(text, "f.toml").order == ["db", "cache", "web"]
+
+
+def test_environment_moves_paths_and_wins_over_file(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[supervisor]\nruntime_dir = "rt"\n' + MINIMAL)
+    config = load_config(cfg_file)
+    from_file = resolve_paths(config, {}, 1000, "/home/u")
+    assert from_file.runtime_dir == str(tmp_path / "rt")
+    assert from_file.socket == str(tmp_path / "rt" / "control.sock")
+    assert from_file.state_dir == "/home/u/.local/state/ironcliw"
+    env = {"IRONCLIW_RUNTIME_DIR": "/tmp/x", "IRONCLIW_STATE_DIR": "/tmp/y"}
+    moved = resolve_paths(config, env, 1000, "/home/u")
+    assert (moved.runtime_dir, moved.state_dir, moved.log_dir, moved.socket) == (
+        "/tmp/x", "/tmp/y", "/tmp/y/logs", "/tmp/x/control.sock"
+    )
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_default_config_is_valid() -> None:
+    config = load_config(REPO / "configs" / "ironcliw.toml")
+    assert set(config.components) == {"chatbot", "nlp_engine", "voice_engine"}
+    assert config.components["chatbot"].priority is Priority.CRITICAL
+
+
+@pytest.mark.parametrize(
+    "text, code, stream_has",
+    [
+        (MINIMAL, 0, "OK, 1 components"),
+        ('[components.a]\ncommand = ["x"]\npriority = "URGENT"', 2, "at $.components.a.priority"),
+        ("[memory]\nwarning_percent = 'high'", 2, "bad.toml: expected `float`, got `str` at $.memory.warning_percent"),
+    ],
+)
+def test_check_command_exit_status(tmp_path: Path, text: str, code: int, stream_has: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(textwrap.dedent(text))
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "-c", str(cfg), "check"], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
+    assert proc.returncode == code, proc.stderr
+    assert stream_has in (proc.stdout + proc.stderr)

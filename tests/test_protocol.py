@@ -1,0 +1,76 @@
+"""Frames and messages of the control protocol, without sockets."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from supervisor.errors import ProtocolError
+from supervisor.protocol import (
+    HEADER,
+    MAX_FRAME_BYTES,
+    ErrorCode,
+    LoadArgs,
+    Request,
+    decode_request,
+    encode_frame,
+    frame_length,
+    parse_args,
+    request_id,
+)
+
+
+def test_frame_roundtrip() -> None:
+    frame = encode_frame(Request(id=7, op="status"))
+    length = frame_length(frame[:4])
+    assert length == len(frame) - 4
+    assert decode_request(frame[4:]) == Request(id=7, op="status", args={})
+
+
+def test_oversized_frame_is_refused_from_its_header() -> None:
+    with pytest.raises(ProtocolError) as info:
+        frame_length(HEADER.pack(MAX_FRAME_BYTES + 1))
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    assert frame_length(HEADER.pack(MAX_FRAME_BYTES)) == MAX_FRAME_BYTES
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (b"\xc1", ErrorCode.BAD_FRAME),
+        (msgspec.msgpack.encode([1, 2]), ErrorCode.BAD_REQUEST),
+        (msgspec.msgpack.encode({"id": "x", "op": "status"}), ErrorCode.BAD_REQUEST),
+        (msgspec.msgpack.encode({"id": 1}), ErrorCode.BAD_REQUEST),
+    ],
+)
+def test_bad_payloads(payload: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(payload)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    "op, args, code",
+    [
+        ("explode", {}, ErrorCode.UNKNOWN_OP),
+        ("load", {}, ErrorCode.BAD_ARGS),
+        ("load", {"name": 5}, ErrorCode.BAD_ARGS),
+        ("load", {"name": "a", "extra": 1}, ErrorCode.BAD_ARGS),
+        ("logs", {"name": "a", "lines": -1}, ErrorCode.BAD_ARGS),
+        ("subscribe", {"topics": ["gossip"]}, ErrorCode.BAD_ARGS),
+    ],
+)
+def test_bad_arguments(op: str, args: dict, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_args(Request(id=1, op=op, args=args))
+    assert info.value.code == code
+
+
+def test_good_arguments_are_typed() -> None:
+    assert parse_args(Request(id=1, op="load", args={"name": "nlp", "make_room": True})) == LoadArgs(name="nlp", make_room=True)
+
+
+def test_request_id_is_recovered_when_possible() -> None:
+    assert request_id(msgspec.msgpack.encode({"id": 42, "op": 3})) == 42
+    assert request_id(b"\xc1\xc1") == 0
+    assert request_id(msgspec.msgpack.encode({"id": True})) == 0
