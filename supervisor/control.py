@@ -85,6 +85,16 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
                 pass
 
 
+_DISCONNECTS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, ConnectionError)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """The client went away or stopped reading (possibly reported from inside a task group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, _DISCONNECTS)
+
+
 class ControlServer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
@@ -103,8 +113,9 @@ class ControlServer:
                     await self._send(stream, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect"))
                     return
                 await self._serve_connection(stream)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, ConnectionError):
-            pass  # the client went away or stopped reading: nothing to answer
+        except Exception as exc:  # one connection's trouble must never reach the listener's task group
+            if not _is_disconnect(exc):
+                log.exception("connection_failed")
         finally:
             self.clients -= 1
 
@@ -193,7 +204,7 @@ class ControlServer:
                     try:
                         while True:
                             await reader.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    except _DISCONNECTS:
                         pass
                     tg.cancel_scope.cancel()
 
