@@ -11,21 +11,23 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import anyio
 import msgspec
-import structlog
 
-from . import control, logsetup
 from .client import ControlClient
 from .config import Config, Paths, load_config, resolve_paths
-from .core import Supervisor
 from .errors import AlreadyRunning, ConfigError, IroncliwError, NotRunning, RemoteError
 from .protocol import ErrorCode
 
+# `up` imports the supervisor itself (anyio, structlog, psutil) when it runs: the client
+# commands stay quick to start because they import only the config and the client.
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 _USAGE_CODES = {ErrorCode.UNKNOWN_COMPONENT, ErrorCode.BAD_ARGS, ErrorCode.UNKNOWN_OP, ErrorCode.BAD_REQUEST}
+if TYPE_CHECKING:
+    from .core import Supervisor
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logsetup.configure(args.log_format)
     try:
         config = load_config(args.config or default_config_path())
     except ConfigError as exc:
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.source}: OK, {len(config.components)} components, start order: {', '.join(config.order)}")
         return EXIT_OK
     if args.command == "up":
-        return cmd_up(config, paths)
+        return cmd_up(config, paths, args.log_format)
     try:
         return run_client_command(args, paths)
     except NotRunning as exc:
@@ -95,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- up ------------------------------------------------------------------------------------
 
 
-def cmd_up(config: Config, paths: Paths) -> int:
+def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
+    import anyio
+
+    from . import control, logsetup
+    from .core import Supervisor
+
+    logsetup.configure(log_format)
     width = max((len(n) for n in config.components), default=8)
 
     def echo(name: str, line: str) -> None:
@@ -111,7 +118,7 @@ def cmd_up(config: Config, paths: Paths) -> int:
             tg.cancel_scope.cancel()
 
     try:
-        anyio.run(run)
+        anyio.run(run, backend_options={"use_uvloop": _has_uvloop()})
     except AlreadyRunning as exc:
         print(f"ironcliw: {exc}; stop it with `bin/ironcliw down`", file=sys.stderr)
         return EXIT_REFUSED
@@ -121,7 +128,18 @@ def cmd_up(config: Config, paths: Paths) -> int:
     return EXIT_OK
 
 
-async def _forward_signals(supervisor: Supervisor) -> None:
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def _forward_signals(supervisor: "Supervisor") -> None:
+    import anyio
+    import structlog
+
     log = structlog.get_logger("ironcliw.cli")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:

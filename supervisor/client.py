@@ -25,6 +25,7 @@ class ControlClient:
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._sock: socket.socket | None = None
+        self._buffer = bytearray()
 
     def connect(self) -> "ControlClient":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,15 +97,16 @@ class ControlClient:
         return _decoder.decode(self._read_exactly(length))
 
     def _read_exactly(self, n: int) -> bytes:
+        # Read whatever has arrived (usually header and body in one recv) and keep the rest.
         sock = self._require()
-        chunks = []
-        while n:
-            chunk = sock.recv(min(n, 1 << 20))
+        while len(self._buffer) < n:
+            chunk = sock.recv(max(65536, n - len(self._buffer)))
             if not chunk:
                 raise ConnectionError("the supervisor closed the connection")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            self._buffer += chunk
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
 
 
 __all__ = ["ControlClient", "NotRunning", "RemoteError", "ProtocolError"]

@@ -7,6 +7,8 @@ Robustness rules (each has a test in tests/test_control_abuse.py):
   arguments gets an error reply, and the connection stays usable;
 - a frame that starts but never finishes is dropped after `FRAME_TIMEOUT_S`;
 - a client that stops reading is dropped once a send has waited `SEND_TIMEOUT_S`;
+  (both deadlines are enforced by one watchdog task that cancels the connection's scope:
+  a cancel scope per send would cost a quarter of a status round trip);
 - at most `MAX_CLIENTS` connections at once; each is its own task, so none of this
   stalls the supervisor or the other clients.
 """
@@ -17,16 +19,19 @@ import os
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute
-from anyio.streams.buffered import BufferedByteReceiveStream
 import structlog
 
 from .core import Supervisor
 from .errors import IroncliwError, ProtocolError
 from .protocol import (
+    HEADER,
+    MAX_FRAME_BYTES,
     ErrorCode,
     LoadArgs,
     LogsArgs,
@@ -47,6 +52,8 @@ log = structlog.get_logger("ironcliw.control")
 MAX_CLIENTS = 64
 FRAME_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
+WATCHDOG_INTERVAL_S = 0.5
+YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
 
 
@@ -75,7 +82,8 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
     server = ControlServer(supervisor)
     task_status.started()
     try:
-        async with listener:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(server.watchdog)
             await listener.serve(server.handle)
     finally:
         with anyio.CancelScope(shield=True):
@@ -99,53 +107,90 @@ class ControlServer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.clients = 0
+        # Each connection's cancel scope -> the monotonic time by which its current send or
+        # frame must finish (None while it waits for the client's next request).
+        self._deadlines: dict[anyio.CancelScope, float | None] = {}
+
+    async def watchdog(self) -> None:
+        while True:
+            await anyio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            for scope, deadline in list(self._deadlines.items()):
+                if deadline is not None and now > deadline:
+                    log.warning("client_dropped", reason="a send or a frame took too long")
+                    scope.cancel()
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         self.clients += 1
+        scope = anyio.CancelScope()
+        self._deadlines[scope] = None
+        try:
+            with scope:
+                await self._handle(stream, scope)
+        finally:
+            self.clients -= 1
+            del self._deadlines[scope]
+
+    async def _handle(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope) -> None:
         try:
             async with stream:
                 if self.clients > MAX_CLIENTS:
-                    await self._send(stream, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections"))
+                    await self._send(stream, scope, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections"))
                     return
                 uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
                 if uid is not None and uid != os.getuid():
                     log.warning("peer_refused", peer_uid=uid, reason="another user")
-                    await self._send(stream, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect"))
+                    await self._send(stream, scope, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect"))
                     return
-                await self._serve_connection(stream)
+                await self._serve_connection(stream, scope)
         except Exception as exc:  # one connection's trouble must never reach the listener's task group
             if not _is_disconnect(exc):
                 log.exception("connection_failed")
-        finally:
-            self.clients -= 1
 
-    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
-        reader = BufferedByteReceiveStream(stream)
+    async def _serve_connection(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope) -> None:
+        # The hot path works on the raw non-blocking socket with our own frame buffer: each
+        # anyio stream call is one or more event-loop round trips (checkpoints), which were
+        # most of a status call's cost. Waiting for data yields to the loop; a client that
+        # keeps the socket full gets a checkpoint every YIELD_EVERY frames so it cannot hog it.
+        sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        buffer = bytearray()
+        served = 0
         while True:
-            try:
-                header = await reader.receive_exactly(4)
-            except (anyio.IncompleteRead, anyio.EndOfStream):
-                return
-            try:
-                length = frame_length(header)
-            except ProtocolError as exc:
-                await self._send(stream, error_reply(0, exc.code, exc.message))
-                return
-            with anyio.fail_after(FRAME_TIMEOUT_S):
+            while len(buffer) >= HEADER.size:
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
                 try:
-                    payload = await reader.receive_exactly(length)
-                except (anyio.IncompleteRead, anyio.EndOfStream):
+                    length = frame_length(bytes(buffer[: HEADER.size]))
+                except ProtocolError as exc:
+                    await self._send(stream, scope, error_reply(0, exc.code, exc.message))
                     return
-            try:
-                request = decode_request(payload)
-                args = parse_args(request)
-            except ProtocolError as exc:
-                await self._send(stream, error_reply(request_id(payload), exc.code, exc.message))
-                continue
-            if isinstance(args, SubscribeArgs) or (isinstance(args, LogsArgs) and args.follow):
-                await self._stream_events(stream, reader, request, args)
+                end = HEADER.size + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[HEADER.size : end])
+                del buffer[:end]
+                try:
+                    request = decode_request(payload)
+                    args = parse_args(request)
+                except ProtocolError as exc:
+                    await self._send(stream, scope, error_reply(request_id(payload), exc.code, exc.message))
+                    continue
+                if isinstance(args, SubscribeArgs) or (isinstance(args, LogsArgs) and args.follow):
+                    await self._stream_events(stream, scope, request, args)
+                    return
+                await self._send(stream, scope, await self._dispatch(request, args))
+            # A partial frame must be finished within FRAME_TIMEOUT_S; between frames a client may idle.
+            self._deadlines[scope] = time.monotonic() + FRAME_TIMEOUT_S if buffer else None
+            while True:
+                try:
+                    chunk = sock.recv(MAX_FRAME_BYTES)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+            if not chunk:
                 return
-            await self._send(stream, await self._dispatch(request, args))
+            buffer += chunk
 
     async def _dispatch(self, request: Request, args: Any) -> Reply:
         sup = self.supervisor
@@ -182,14 +227,18 @@ class ControlServer:
         return Reply(id=request.id, ok=True, result=result)
 
     async def _stream_events(
-        self, stream: anyio.abc.SocketStream, reader: BufferedByteReceiveStream, request: Request, args: Any
+        self,
+        stream: anyio.abc.SocketStream,
+        scope: anyio.CancelScope,
+        request: Request,
+        args: Any,
     ) -> None:
         """Reply once, then forward events until the client hangs up or falls behind."""
         if isinstance(args, LogsArgs):
             try:
                 self.supervisor.runner(args.name)
             except IroncliwError as exc:
-                await self._send(stream, error_reply(request.id, exc.code, exc.message))
+                await self._send(stream, scope, error_reply(request.id, exc.code, exc.message))
                 return
             sub = self.supervisor.bus.subscribe(["log"], components=[args.name])
             first: Any = {"lines": self.supervisor.logs(args.name, args.lines)}
@@ -197,23 +246,29 @@ class ControlServer:
             sub = self.supervisor.bus.subscribe(args.topics)
             first = {"subscribed": args.topics}
         with sub:
-            await self._send(stream, Reply(id=request.id, ok=True, result=first))
+            await self._send(stream, scope, Reply(id=request.id, ok=True, result=first))
             async with anyio.create_task_group() as tg:
 
                 async def until_hangup() -> None:
                     try:
                         while True:
-                            await reader.receive()
+                            await stream.receive()
                     except _DISCONNECTS:
                         pass
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(until_hangup)
                 async for event in sub.receive:
-                    await self._send(stream, Reply(id=request.id, ok=True, event=event))
+                    await self._send(stream, scope, Reply(id=request.id, ok=True, event=event))
                 tg.cancel_scope.cancel()
 
-    @staticmethod
-    async def _send(stream: anyio.abc.SocketStream, reply: Reply) -> None:
-        with anyio.fail_after(SEND_TIMEOUT_S):
-            await stream.send(encode_frame(reply))
+    async def _send(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope, reply: Reply) -> None:
+        sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        view = memoryview(encode_frame(reply))
+        self._deadlines[scope] = time.monotonic() + SEND_TIMEOUT_S
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+        self._deadlines[scope] = None

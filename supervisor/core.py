@@ -26,6 +26,8 @@ from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 
 log = structlog.get_logger("ironcliw.supervisor")
 
+STATUS_SAMPLE_MAX_AGE_S = 0.5
+
 
 class Service(Protocol):
     def __call__(self, supervisor: "Supervisor", *, task_status: Any = ...) -> Awaitable[None]: ...
@@ -40,6 +42,9 @@ class Supervisor:
         self.started_at = time.monotonic()
         self._shutdown = anyio.Event()
         self._stopping = False
+        self._sampled_at = float("-inf")
+        self.own_rss_bytes = 0
+        self._recorded: list[ChildRecord] = []
         env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
             "IRONCLIW_STATE_DIR": paths.state_dir,
@@ -53,7 +58,7 @@ class Supervisor:
                 log_backups=config.supervisor.log_backups,
                 bus=self.bus,
                 extra_env=env,
-                on_spawn_change=self._record_children,
+                on_change=self._component_changed,
                 echo=echo,
             )
             for name in config.order
@@ -142,6 +147,8 @@ class Supervisor:
 
     def sample(self) -> None:
         """Measure every running component's tree and publish the figures."""
+        self._sampled_at = time.monotonic()
+        self.own_rss_bytes = procs.own_rss_bytes()
         roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
         usage = procs.tree_usage(roots)
         for name, tree in usage.items():
@@ -153,13 +160,17 @@ class Supervisor:
             components={name: round(t.rss_mb, 1) for name, t in usage.items()},
         )
 
-    def _record_children(self) -> None:
+    def _component_changed(self) -> None:
+        """A component changed state or process: the last sample is stale, the record may be."""
+        self._sampled_at = float("-inf")
         records = [
             ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time)
             for name, r in self.runners.items()
             if r.child is not None
         ]
-        self.runtime.write_children(records)
+        if records != self._recorded:
+            self.runtime.write_children(records)
+            self._recorded = records
 
     # --- commands ----------------------------------------------------------------------
 
@@ -170,8 +181,11 @@ class Supervisor:
             raise UnknownComponent(name) from None
 
     def component_statuses(self) -> list[ComponentStatus]:
-        self.sample()
         now = time.monotonic()
+        # Status reads the latest sample while it is fresh: a dashboard or script polling
+        # status many times a second must not multiply the sampling work.
+        if now - self._sampled_at > STATUS_SAMPLE_MAX_AGE_S:
+            self.sample()
         return [r.status(now) for r in self.runners.values()]
 
     def status(self) -> dict[str, Any]:
@@ -180,7 +194,7 @@ class Supervisor:
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started_at, 1),
-                "rss_mb": round(procs.own_rss_bytes() / MIB, 1),
+                "rss_mb": round(self.own_rss_bytes / MIB, 1),
                 "config": self.config.source,
                 "runtime_dir": self.paths.runtime_dir,
                 "stopping": self._stopping,

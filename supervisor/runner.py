@@ -42,7 +42,7 @@ class Runner:
         log_backups: int,
         bus: EventBus,
         extra_env: dict[str, str],
-        on_spawn_change: Callable[[], None],
+        on_change: Callable[[], None],
         echo: Callable[[str, str], None] | None = None,
     ) -> None:
         assert spec.name is not None
@@ -52,7 +52,7 @@ class Runner:
         self._log_limits = (log_max_bytes, log_backups)
         self._bus = bus
         self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
-        self._on_spawn_change = on_spawn_change
+        self._on_change = on_change
         self._echo = echo
         self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
         self._rng = random.Random()
@@ -156,7 +156,7 @@ class Runner:
             return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
         self.started_at = time.monotonic()
-        self._on_spawn_change()
+        self._on_change()
         log.info("spawned", component=self.name, pid=child.pid, command=launcher.resolve_command(self.spec.command))
         sink = launcher.RotatingLog(self.log_path, *self._log_limits)
         try:
@@ -169,7 +169,7 @@ class Runner:
                 sink.close()
                 self.child = None
                 self.usage = TreeUsage(0, 0)
-                self._on_spawn_change()
+                self._on_change()
                 self._set_changed()
 
     async def _supervise(self, child: launcher.Child, sink: launcher.RotatingLog) -> tuple[ExitInfo, bool]:
@@ -277,6 +277,7 @@ class Runner:
         pid = self.child.pid if self.child else None
         log.info("state_changed", component=self.name, old=previous.value, new=state.value, pid=pid, reason=reason)
         self._bus.publish("state", component=self.name, old=previous.value, state=state.value, pid=pid, reason=reason)
+        self._on_change()
         self._set_changed()
 
     def _set_changed(self) -> None:

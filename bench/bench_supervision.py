@@ -1,0 +1,250 @@
+"""Supervision figures side by side with supervisord 4.3, measured in the same run.
+
+    .venv/bin/python bench/bench_supervision.py [--quick]
+
+- time from `up` to all components ready (the default stack: chatbot, nlp_engine, voice_engine);
+- status round trip over the control socket vs supervisord's XML-RPC getAllProcessInfo,
+  and the CLIs (`ironcliw status` vs `supervisorctl status`) as whole commands;
+- the supervisor's own RSS and idle CPU with the default stack and with 100 trivial programs.
+
+Readiness differs by design: ironcliw's default stack waits for each component's "ready"
+log line (nlp_engine builds its index first); supervisord calls a program RUNNING after
+`startsecs` (1 s), whatever it is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    REPO,
+    cpu_percent_over,
+    kill_tree,
+    rss_mb,
+    short_tmpdir,
+    summary_ms,
+    supervisord_python,
+    wait_until,
+)
+from supervisor.client import ControlClient  # noqa: E402
+from supervisor.errors import NotRunning  # noqa: E402
+
+DEFAULT_PROGRAMS = {
+    "chatbot": ["-m", "components.chatbot"],
+    "nlp_engine": ["-m", "components.nlp_engine", "--docs", "20000", "--cache-mb", "40"],
+    "voice_engine": ["-m", "components.voice_engine", "--cache-mb", "60"],
+}
+
+
+# --- ironcliw -------------------------------------------------------------------------------
+
+
+def ironcliw_config(workdir: Path, trivial: int) -> Path:
+    text = (REPO / "configs" / "ironcliw.toml").read_text().replace('cwd = ".."', f'cwd = "{REPO}"')
+    text = text.replace("[http]\nenabled = true", "[http]\nenabled = false")
+    if trivial:
+        text = text.split("[components.")[0]
+        for i in range(trivial):
+            text += f'[components.t{i:03d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 1.0 }}\n'
+    path = workdir / "ironcliw.toml"
+    path.write_text(text)
+    return path
+
+
+class Ironcliw:
+    def __init__(self, trivial: int = 0) -> None:
+        self.dir = short_tmpdir("icwb-")
+        self.config = ironcliw_config(self.dir, trivial)
+        self.env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(self.dir / "run"), "IRONCLIW_STATE_DIR": str(self.dir / "state")}
+        self.socket = str(self.dir / "run" / "control.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "-c", str(self.config), "--log-format", "json", "up"],
+            cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.all_ready, timeout=120, interval=0.02)
+        return time.monotonic() - started
+
+    def all_ready(self) -> bool:
+        try:
+            with ControlClient(self.socket, timeout=5) as c:
+                return all(row["state"] == "READY" for row in c.call("status")["components"])
+        except (NotRunning, OSError):
+            return False
+
+    def status_round_trips(self, n: int) -> list[float]:
+        times = []
+        with ControlClient(self.socket) as c:
+            for _ in range(n):
+                t = time.perf_counter()
+                c.call("status")
+                times.append(time.perf_counter() - t)
+        return times
+
+    def cli_status(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "supervisor", "-c", str(self.config), "status"], env=self.env, cwd=REPO,
+                           stdout=subprocess.DEVNULL, check=True)
+            times.append(time.perf_counter() - t)
+        return times
+
+    def stop(self) -> float:
+        assert self.proc is not None
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        return time.monotonic() - t
+
+
+# --- supervisord ----------------------------------------------------------------------------
+
+
+class Supervisord:
+    def __init__(self, trivial: int = 0) -> None:
+        self.python = supervisord_python()
+        self.bin = self.python.parent
+        self.dir = short_tmpdir("sdb-")
+        self.sock = self.dir / "sd.sock"
+        programs = ""
+        if trivial:
+            for i in range(trivial):
+                programs += f"[program:t{i:03d}]\ncommand=sleep 3600\nstartsecs=1\n"
+        else:
+            for name, args in DEFAULT_PROGRAMS.items():
+                programs += textwrap.dedent(f"""\
+                    [program:{name}]
+                    command={sys.executable} {' '.join(args)}
+                    directory={REPO}
+                    environment=IRONCLIW_RUNTIME_DIR="{self.dir}"
+                    startsecs=1
+                    stopasgroup=true
+                    """)
+        self.conf = self.dir / "supervisord.conf"
+        self.conf.write_text(textwrap.dedent(f"""\
+            [unix_http_server]
+            file={self.sock}
+            [supervisord]
+            logfile={self.dir}/supervisord.log
+            pidfile={self.dir}/supervisord.pid
+            childlogdir={self.dir}
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+            [supervisorctl]
+            serverurl=unix://{self.sock}
+            """) + programs)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        started = time.monotonic()
+        self.proc = subprocess.Popen([str(self.bin / "supervisord"), "-n", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        wait_until(self.all_running, timeout=120, interval=0.02)
+        return time.monotonic() - started
+
+    def _rpc(self, code: str) -> str:
+        script = textwrap.dedent(f"""\
+            import json, time, xmlrpc.client
+            from supervisor.xmlrpc import SupervisorTransport
+            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, "unix://{self.sock}"))
+            """) + textwrap.dedent(code)
+        # cwd elsewhere: from the repo, `python -c` would import our `supervisor` package instead.
+        return subprocess.run([str(self.python), "-c", script], capture_output=True, text=True, check=True, cwd=self.dir).stdout
+
+    def all_running(self) -> bool:
+        if not self.sock.exists():
+            return False
+        try:
+            out = self._rpc("print(json.dumps([p['statename'] for p in proxy.supervisor.getAllProcessInfo()]))")
+        except subprocess.CalledProcessError:
+            return False
+        return all(s == "RUNNING" for s in json.loads(out))
+
+    def status_round_trips(self, n: int) -> list[float]:
+        out = self._rpc(f"""
+            proxy.supervisor.getAllProcessInfo()
+            times = []
+            for _ in range({n}):
+                t = time.perf_counter(); proxy.supervisor.getAllProcessInfo(); times.append(time.perf_counter() - t)
+            print(json.dumps(times))
+            """)
+        return json.loads(out)
+
+    def cli_status(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            subprocess.run([str(self.bin / "supervisorctl"), "-c", str(self.conf), "status"], stdout=subprocess.DEVNULL, cwd=self.dir)
+            times.append(time.perf_counter() - t)
+        return times
+
+    def stop(self) -> float:
+        assert self.proc is not None
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        return time.monotonic() - t
+
+
+def measure(kind: type, trivial: int, args: argparse.Namespace) -> dict[str, object]:
+    runner = kind(trivial)
+    try:
+        ready = runner.start()
+        time.sleep(1.0 if args.quick else 3.0)  # let start-up work settle before measuring idle
+        rtt = runner.status_round_trips(args.calls)
+        cli = runner.cli_status(args.cli_calls)
+        pid = runner.proc.pid
+        cpu = cpu_percent_over(pid, args.idle_s)
+        rss = rss_mb(pid)
+        stop = runner.stop()
+        return {"ready_s": ready, "rtt": rtt, "cli": cli, "cpu": cpu, "rss": rss, "stop_s": stop}
+    finally:
+        if runner.proc is not None and runner.proc.poll() is None:
+            kill_tree(runner.proc.pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls and a shorter idle window")
+    parser.add_argument("--trivial", type=int, default=100, help="trivial programs for the second round")
+    args = parser.parse_args()
+    args.calls = 300 if args.quick else 2000
+    args.cli_calls = 5 if args.quick else 15
+    args.idle_s = 10.0 if args.quick else 60.0
+
+    rows = []
+    for label, trivial in (("default stack (3)", 0), (f"{args.trivial} trivial", args.trivial)):
+        ours = measure(Ironcliw, trivial, args)
+        theirs = measure(Supervisord, trivial, args)
+        rows.append((label, ours, theirs))
+
+    print(f"\n{'figure':44} {'ironcliw':>34}   {'supervisord 4.3':>34}")
+    for label, ours, theirs in rows:
+        print(f"-- {label}")
+        print(f"{'  up -> all ready (s)':44} {ours['ready_s']:>34.2f}   {theirs['ready_s']:>34.2f}")
+        print(f"{'  status round trip (socket / XML-RPC)':44} {summary_ms(ours['rtt']):>34}   {summary_ms(theirs['rtt']):>34}")
+        o50, t50 = statistics.median(ours["rtt"]), statistics.median(theirs["rtt"])
+        print(f"{'  ... speed-up at p50':44} {t50 / o50:>33.1f}x")
+        print(f"{'  CLI status, whole command (median ms)':44} {statistics.median(ours['cli']) * 1000:>34.1f}   {statistics.median(theirs['cli']) * 1000:>34.1f}")
+        print(f"{'  own RSS (MB)':44} {ours['rss']:>34.1f}   {theirs['rss']:>34.1f}")
+        print(f"{'  idle CPU (% of one core, ' + str(int(args.idle_s)) + ' s)':44} {ours['cpu']:>34.3f}   {theirs['cpu']:>34.3f}")
+        print(f"{'  stop all (s)':44} {ours['stop_s']:>34.2f}   {theirs['stop_s']:>34.2f}")
+
+
+if __name__ == "__main__":
+    main()

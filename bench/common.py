@@ -1,0 +1,88 @@
+"""Shared helpers for the benchmarks: temp stacks, timing statistics, a supervisord venv."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "bench" / ".cache"
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary_ms(values: Sequence[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return f"p50 {statistics.median(ms):.3f} ms, p99 {pct(ms, 99):.3f} ms (n={len(ms)})"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01) -> float:
+    """Seconds until `predicate()` is truthy; raises after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def short_tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def supervisord_python() -> Path:
+    """A throwaway venv with supervisord from PyPI (never installed into the project's venv:
+    its import name `supervisor` would shadow ours)."""
+    venv = CACHE / "supervisord-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print("installing supervisord into a throwaway venv ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "supervisor==4.3.0"], check=True)
+    return python
+
+
+def cpu_percent_over(pid: int, seconds: float) -> float:
+    """Average CPU of one process over a window, in % of one core."""
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return 100.0 * used / seconds
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 1048576
+
+
+def kill_tree(pid: int) -> None:
+    try:
+        proc = psutil.Process(pid)
+        kids = proc.children(recursive=True)
+    except psutil.Error:
+        return
+    for p in [proc, *kids]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs([proc, *kids], timeout=5)
+
+
+def env_without_pythonpath() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
