@@ -118,7 +118,7 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
             tg.cancel_scope.cancel()
 
     try:
-        anyio.run(run, backend_options={"use_uvloop": _has_uvloop()})
+        anyio.run(run)
     except AlreadyRunning as exc:
         print(f"ironcliw: {exc}; stop it with `bin/ironcliw down`", file=sys.stderr)
         return EXIT_REFUSED
@@ -126,14 +126,6 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
         print(f"ironcliw: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def _forward_signals(supervisor: "Supervisor") -> None:

@@ -110,9 +110,20 @@ class ControlServer:
         # Each connection's cancel scope -> the monotonic time by which its current send or
         # frame must finish (None while it waits for the client's next request).
         self._deadlines: dict[anyio.CancelScope, float | None] = {}
+        self._watchdog_asleep: anyio.Event | None = None
+
+    def _arm(self, scope: anyio.CancelScope, deadline: float | None) -> None:
+        self._deadlines[scope] = deadline
+        if deadline is not None and self._watchdog_asleep is not None:
+            self._watchdog_asleep.set()
+            self._watchdog_asleep = None
 
     async def watchdog(self) -> None:
+        """Cancel connections past their deadline; sleeps without waking while none has one."""
         while True:
+            if not any(d is not None for d in self._deadlines.values()):
+                self._watchdog_asleep = anyio.Event()
+                await self._watchdog_asleep.wait()
             await anyio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
             for scope, deadline in list(self._deadlines.items()):
@@ -181,7 +192,7 @@ class ControlServer:
                     return
                 await self._send(stream, scope, await self._dispatch(request, args))
             # A partial frame must be finished within FRAME_TIMEOUT_S; between frames a client may idle.
-            self._deadlines[scope] = time.monotonic() + FRAME_TIMEOUT_S if buffer else None
+            self._arm(scope, time.monotonic() + FRAME_TIMEOUT_S if buffer else None)
             while True:
                 try:
                     chunk = sock.recv(MAX_FRAME_BYTES)
@@ -265,10 +276,10 @@ class ControlServer:
     async def _send(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope, reply: Reply) -> None:
         sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
         view = memoryview(encode_frame(reply))
-        self._deadlines[scope] = time.monotonic() + SEND_TIMEOUT_S
         while view:
             try:
                 view = view[sock.send(view) :]
-            except BlockingIOError:
+            except BlockingIOError:  # the client is not reading: wait, but not for ever
+                self._arm(scope, time.monotonic() + SEND_TIMEOUT_S)
                 await anyio.wait_writable(sock)
-        self._deadlines[scope] = None
+        self._arm(scope, None)
