@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
     logs.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (
+        ("memory", "memory state, percent used, available MB, loaded components"),
+        ("report", "per component: memory now and peak, anon/file, PSS/USS, trend, trims; recent actions"),
+        ("explain", "the state, the rule that fires next, and what it would do to each component"),
+        ("optimize", "carry out the WARNING actions now (trim, unload idle LOW)"),
+        ("emergency-cleanup", "carry out the EMERGENCY actions now (keep only CRITICAL)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+    touch = sub.add_parser("touch", help="mark a component used (idle unloading goes by this)")
+    touch.add_argument("name")
+    touch.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("check", help="validate the config without starting anything")
     return parser
 
@@ -150,8 +162,16 @@ def run_client_command(args: argparse.Namespace, paths: Paths) -> int:
         match args.command:
             case "status" | "components":
                 result = client.call(args.command)
-                print(_json(result) if args.json else format_table(result["components"], args.command))
-            case "load" | "unload" | "restart":
+                if args.json:
+                    print(_json(result))
+                else:
+                    if args.command == "status":
+                        print(_format_memory(result))
+                    print(format_table(result["components"], args.command))
+            case "memory" | "report" | "explain" | "optimize" | "emergency-cleanup":
+                result = client.call(args.command)
+                print(_json(result) if args.json else FORMATTERS[args.command](result))
+            case "load" | "unload" | "restart" | "touch":
                 extra = {"make_room": True} if getattr(args, "make_room", False) else {}
                 result = client.call(args.command, name=args.name, **extra)
                 print(_json(result) if args.json else f"{result['name']}: {result['state']} (pid {result['pid']})")
@@ -195,6 +215,72 @@ def _down(client: ControlClient, paths: Paths, timeout: float) -> int:
         time.sleep(0.05)
     print(f"ironcliw: the supervisor (pid {pid}) is still stopping after {timeout:g} s", file=sys.stderr)
     return EXIT_REFUSED
+
+
+def _format_memory(m: dict[str, Any]) -> str:
+    budget = f" (budget {m['budget_mb']} MB)" if m.get("budget_mb") else ""
+    return (
+        f"{m['state']}  {m['percent_used']:.1f} % used{budget}, {m['available_mb']:.0f} MB available, "
+        f"stack {m['stack_mb']:.0f} MB; loaded: {', '.join(m['components_loaded']) or '-'}"
+    )
+
+
+def _format_report(r: dict[str, Any]) -> str:
+    lines = [_format_memory(r), ""]
+    head = ["NAME", "PRIORITY", "STATE", "RSS_MB", "PEAK_MB", "ANON_MB", "FILE_MB", "USS_MB", "TREND_MB_S", "TRIM_FREED", "LAST_EXIT"]
+    rows = [head]
+    for c in r["components"]:
+        rows.append([
+            c["name"], c["priority"], c["state"], f"{c['rss_mb']:.1f}", f"{c['peak_mb']:.1f}", f"{c['anon_mb']:.1f}",
+            f"{c['file_mb']:.1f}", "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
+            "-" if c["trend_mb_s"] is None else f"{c['trend_mb_s']:+.2f}",
+            ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-", c["last_exit"] or "-",
+        ])
+    lines += _columns(rows)
+    s = r["system"]
+    lines += ["", f"system: {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB used; swap {s['swap_used_mb']:.0f}/{s['swap_total_mb']:.0f} MB; "
+              f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
+              f"last sample {r['sample_ms']} ms"]
+    if r["recent_actions"]:
+        lines += ["", "recent actions:"]
+        lines += [f"  {a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in r["recent_actions"]]
+    return "\n".join(lines)
+
+
+def _format_explain(e: dict[str, Any]) -> str:
+    t = e["thresholds"]
+    lines = [f"state {e['state']} at {e['percent_used']:.1f} % (warning {t['warning']:g}, critical {t['critical']:g}, emergency {t['emergency']:g})"]
+    fires = e["fires_now"]
+    lines.append("fires now: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in fires) if fires else "nothing"))
+    nxt = e["fires_at_next_state"]
+    lines.append(f"at {e['next_state']}: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in nxt) if nxt else "nothing"))
+    key = "at_" + e["next_state"].lower()
+    rows = [["NAME", "PRIORITY", "STATE", "RSS_MB", "IDLE_S", "GROWING", "NOW", key.upper()]]
+    for c in e["candidates"]:
+        rows.append([c["name"], c["priority"] + (" (protected)" if c["protected"] else ""), c["state"], f"{c['rss_mb']:.1f}",
+                     f"{c['idle_s']:.0f}", "yes" if c["growing"] else "no", ",".join(c["now"]) or "-", ",".join(c[key]) or "-"])
+    return "\n".join(lines + [""] + _columns(rows))
+
+
+def _format_actions(result: dict[str, Any]) -> str:
+    actions = result["actions"]
+    if not actions:
+        return "nothing to do"
+    return "\n".join(f"{a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in actions)
+
+
+FORMATTERS = {
+    "memory": _format_memory,
+    "report": _format_report,
+    "explain": _format_explain,
+    "optimize": _format_actions,
+    "emergency-cleanup": _format_actions,
+}
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _json(value: Any) -> str:

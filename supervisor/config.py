@@ -90,6 +90,23 @@ class MemorySection(_Table):
     emergency_percent: Percent = 95.0
     sample_interval_s: Seconds = 2.0
     budget_mb: Annotated[int, Meta(ge=1)] | None = None
+    # Sampling speeds up to this under pressure, or when the worst-case fill rate could
+    # cross the next threshold before the next regular sample (earlyoom's rule).
+    fast_interval_s: Seconds = 0.02
+    max_fill_rate_mb_s: Annotated[float, Meta(gt=0)] = 1000.0
+    # Hysteresis: leave a state downwards only after staying this far below its threshold for hold_s.
+    hysteresis_percent: Annotated[float, Meta(ge=0, le=20)] = 3.0
+    hold_s: NonNegSeconds = 5.0
+    # Linux PSI (some / full avg10, % of time stalled) that raises the state to WARNING / CRITICAL.
+    psi_warning_avg10: Percent = 20.0
+    psi_critical_avg10: Percent = 50.0
+    trim_settle_s: NonNegSeconds = 2.0  # after a trim request, wait this long before measuring and escalating
+    trim_cooldown_s: NonNegSeconds = 30.0  # at most one trim request per component per this long
+    idle_unload_s: NonNegSeconds = 300.0  # WARNING unloads LOW components idle this long
+    max_frozen_s: Seconds = 60.0  # then thawed, or unloaded if memory is still short
+    recovery_hold_s: NonNegSeconds = 10.0  # HEALTHY this long before thawing and reloading
+    wake_settle_s: NonNegSeconds = 5.0  # after the machine wakes from sleep, act only after this
+    dry_run: bool = False  # log and publish actions without carrying them out
 
 
 class HttpSection(_Table):

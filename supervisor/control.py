@@ -228,6 +228,19 @@ class ControlServer:
                 case "shutdown":
                     sup.shutdown()
                     result = {"stopping": True}
+                case "memory":
+                    result = sup.memory_status()
+                case "report":
+                    result = sup.report()
+                case "explain":
+                    result = sup.explain()
+                case "optimize":
+                    result = await sup.optimize()
+                case "emergency-cleanup":
+                    result = await sup.emergency_cleanup()
+                case "touch":
+                    assert isinstance(args, NameArgs)
+                    result = sup.touch(args.name)
                 case _:
                     raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
         except IroncliwError as exc:

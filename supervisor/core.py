@@ -16,11 +16,12 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 import anyio
 import structlog
 
-from . import launcher, procs
+from . import launcher
 from .config import Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
-from .model import MIB, ComponentState, ComponentStatus
+from .model import MIB, ComponentState, ComponentStatus, MemoryState
+from .monitor import MemoryMonitor
 from .runner import Runner
 from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 
@@ -42,8 +43,7 @@ class Supervisor:
         self.started_at = time.monotonic()
         self._shutdown = anyio.Event()
         self._stopping = False
-        self._sampled_at = float("-inf")
-        self.own_rss_bytes = 0
+        self._tg: anyio.abc.TaskGroup | None = None
         self._recorded: list[ChildRecord] = []
         env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
@@ -63,6 +63,7 @@ class Supervisor:
             )
             for name in config.order
         }
+        self.memory = MemoryMonitor(config.memory, self.runners, self.bus)
 
     # --- running -----------------------------------------------------------------------
 
@@ -77,6 +78,7 @@ class Supervisor:
             grace = max((spec.stop_grace_s for spec in self.config.components.values()), default=5.0)
             await stop_leftovers(self.runtime, grace)
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 for runner in self.runners.values():
                     await tg.start(runner.run)
                 for service in services:
@@ -140,29 +142,13 @@ class Supervisor:
                 tg.start_soon(one, name)
 
     async def _monitor(self) -> None:
-        interval = self.config.memory.sample_interval_s
-        while True:
-            self.sample()
-            await anyio.sleep(interval)
+        async with anyio.create_task_group() as actions_tg:  # unloads and reloads run here
+            await self.memory.run(actions_tg, lambda: self._stopping)
 
-    def sample(self) -> None:
-        """Measure every running component's tree and publish the figures."""
-        self._sampled_at = time.monotonic()
-        self.own_rss_bytes = procs.own_rss_bytes()
-        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
-        usage = procs.tree_usage(roots)
-        for name, tree in usage.items():
-            self.runners[name].usage = tree
-        total = sum(t.rss_bytes for t in usage.values())
-        self.bus.publish(
-            "memory",
-            stack_rss_mb=round(total / MIB, 1),
-            components={name: round(t.rss_mb, 1) for name, t in usage.items()},
-        )
 
     def _component_changed(self) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
-        self._sampled_at = float("-inf")
+        self.memory.stale = True
         records = [
             ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time)
             for name, r in self.runners.items()
@@ -181,11 +167,10 @@ class Supervisor:
             raise UnknownComponent(name) from None
 
     def component_statuses(self) -> list[ComponentStatus]:
-        now = time.monotonic()
         # Status reads the latest sample while it is fresh: a dashboard or script polling
         # status many times a second must not multiply the sampling work.
-        if now - self._sampled_at > STATUS_SAMPLE_MAX_AGE_S:
-            self.sample()
+        self._fresh_sample()
+        now = time.monotonic()
         return [r.status(now) for r in self.runners.values()]
 
     def status(self) -> dict[str, Any]:
@@ -194,12 +179,13 @@ class Supervisor:
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started_at, 1),
-                "rss_mb": round(self.own_rss_bytes / MIB, 1),
+                "rss_mb": round(self.memory.own_rss_bytes / MIB, 1),
                 "config": self.config.source,
                 "runtime_dir": self.paths.runtime_dir,
                 "stopping": self._stopping,
             },
             "stack_rss_mb": round(sum(c.rss_mb for c in components), 1),
+            **self.memory.summary(),
             "components": components,
         }
 
@@ -240,6 +226,41 @@ class Supervisor:
         self._refuse_while_stopping()
         await runner.stop("restarting")
         return await self.load(name)
+
+    def touch(self, name: str) -> ComponentStatus:
+        runner = self.runner(name)
+        runner.touch(time.monotonic())
+        return runner.status(time.monotonic())
+
+    def memory_status(self) -> dict[str, Any]:
+        self._fresh_sample()
+        return self.memory.summary()
+
+    def report(self) -> dict[str, Any]:
+        self._fresh_sample()
+        return self.memory.report()
+
+    def explain(self) -> dict[str, Any]:
+        self._fresh_sample()
+        return self.memory.explain()
+
+    async def optimize(self) -> dict[str, Any]:
+        """The WARNING actions now: trim requests, and idle LOW components unloaded."""
+        return {"actions": await self.memory.act_as(MemoryState.WARNING, self._task_group())}
+
+    async def emergency_cleanup(self) -> dict[str, Any]:
+        """The EMERGENCY actions now: freeze and unload everything but CRITICAL."""
+        return {"actions": await self.memory.act_as(MemoryState.EMERGENCY, self._task_group())}
+
+    def _task_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise Refused("the supervisor is not running")
+        return self._tg
+
+    def _fresh_sample(self) -> None:
+        snap = self.memory.snapshot
+        if snap is None or self.memory.stale or time.monotonic() - snap.time > STATUS_SAMPLE_MAX_AGE_S:
+            self.memory.sample()
 
     def logs(self, name: str, lines: int) -> list[str]:
         return launcher.tail_lines(self.runner(name).log_path, lines)

@@ -29,7 +29,7 @@ import structlog
 
 from .config import ComponentSpec
 from .errors import SpawnError
-from .model import ExitInfo, ProcessIdentity
+from .model import ExitInfo, Priority, ProcessIdentity
 from . import procs
 
 log = structlog.get_logger("ironcliw.launcher")
@@ -111,6 +111,15 @@ class Child:
         hit.extend(procs.signal_all((i for i in known if i.pid != self.pid), sig))
         return sorted(set(hit))
 
+    def signal_fast(self, sig: int) -> list[int]:
+        """Signal the leader, its group and descendants that left the group, without scanning
+        the whole process table (the hot path of freezing under pressure)."""
+        hit = [self.pid] if self.send(sig) else []
+        procs.signal_group(self.pgid, sig)
+        if self.popen.returncode is None:
+            hit.extend(procs.signal_all(procs.descendants(self.pid), sig))
+        return hit
+
     def close(self) -> None:
         if self.pidfd is not None:
             os.close(self.pidfd)
@@ -119,17 +128,40 @@ class Child:
             self.popen.stdout.close()
 
 
+def oom_score_adj(priority: Priority) -> int | None:
+    """Linux OOM-killer bias by priority, so that if it fires anyway it takes LOW first.
+
+    An unprivileged process may raise its score but not lower it below what it inherited,
+    so CRITICAL keeps the supervisor's own value and the others go up from there."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            base = int(f.read())
+    except OSError:
+        return None
+    step = {Priority.CRITICAL: 0, Priority.HIGH: 300, Priority.MEDIUM: 600, Priority.LOW: 1000}[priority]
+    return min(1000, base + step)
+
+
 def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
     assert spec.name is not None and spec.cwd is not None
     argv = resolve_command(spec.command)
     env = {**os.environ, **extra_env, **spec.env}
     parent = os.getpid()
+    oom_adj = oom_score_adj(spec.priority) if _IS_LINUX else None
+    oom_text = str(oom_adj).encode() if oom_adj is not None else None
 
     def in_child() -> None:  # runs between fork and exec: no allocation-heavy work here
         if _libc is not None:
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent:  # the supervisor died before prctl took effect
                 os._exit(1)
+        if oom_text is not None:
+            try:
+                fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+                os.write(fd, oom_text)
+                os.close(fd)
+            except OSError:
+                pass
 
     try:
         popen = subprocess.Popen(

@@ -73,10 +73,15 @@ class TreeUsage(msgspec.Struct, frozen=True):
 
     rss_bytes: int
     processes: int
+    anon_bytes: int = 0  # resident minus file-backed and shared (statm): what trimming can free
 
     @property
     def rss_mb(self) -> float:
         return self.rss_bytes / MIB
+
+    @property
+    def file_bytes(self) -> int:
+        return self.rss_bytes - self.anon_bytes
 
 
 MIB = 1024 * 1024
@@ -108,3 +113,86 @@ class ComponentStatus(msgspec.Struct, frozen=True):
     estimated_mb: int
     autostart: bool
     last_exit: str | None
+
+
+class KernelPressure(enum.Enum):
+    """The kernel's own verdict where it gives one (macOS `kern.memorystatus_vm_pressure_level`)."""
+
+    NORMAL = "normal"
+    WARN = "warn"
+    CRITICAL = "critical"
+
+
+class SystemMemory(msgspec.Struct, frozen=True):
+    """System-wide figures from the platform backend, in bytes and percent."""
+
+    total_bytes: int
+    available_bytes: int
+    swap_total_bytes: int = 0
+    swap_used_bytes: int = 0
+    psi_some_avg10: float | None = None  # Linux PSI: % of time some task stalled on memory
+    psi_full_avg10: float | None = None  # ... all non-idle tasks stalled
+    kernel_level: KernelPressure | None = None  # macOS
+    compressed_bytes: int | None = None  # macOS compressor
+
+    @property
+    def used_percent(self) -> float:
+        if self.total_bytes <= 0:
+            return 0.0
+        return 100.0 * (self.total_bytes - self.available_bytes) / self.total_bytes
+
+
+class MemoryDetail(msgspec.Struct, frozen=True):
+    """Costlier figures for one tree (Linux smaps_rollup; macOS footprint), read on demand."""
+
+    pss_bytes: int | None = None
+    uss_bytes: int | None = None
+    footprint_bytes: int | None = None
+
+
+class ActionKind(enum.Enum):
+    TRIM = "TRIM"  # ask the component to drop caches (its trim_signal)
+    FREEZE = "FREEZE"  # SIGSTOP the tree: stops growth, frees nothing
+    THAW = "THAW"  # SIGCONT
+    UNLOAD = "UNLOAD"  # stop the tree (SIGCONT first if frozen, stop signal, grace, SIGKILL)
+    RELOAD = "RELOAD"  # start again a component that pressure unloaded
+
+
+class Action(msgspec.Struct, frozen=True):
+    """One thing the policy wants done, with the rule and the numbers that justify it."""
+
+    kind: ActionKind
+    component: str
+    rule: str  # e.g. "critical.unload_low"
+    reason: str  # human words with the evidence
+    state: MemoryState
+    percent_used: float
+    rss_mb: float
+    threshold_percent: float | None = None
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """One sample: the system, the stack's trees and the state they put memory in."""
+
+    time: float  # monotonic
+    system: SystemMemory
+    components: dict[str, TreeUsage]
+    stack_bytes: int
+    budget_bytes: int | None
+    percent_used: float  # max(system used %, stack / budget) in budget mode, else system used %
+    state: MemoryState
+
+    @property
+    def available_mb(self) -> float:
+        """Room before 100 %: the system's available memory, or what is left of the budget if less."""
+        avail = self.system.available_bytes
+        if self.budget_bytes is not None:
+            avail = min(avail, max(0, self.budget_bytes - self.stack_bytes))
+        return avail / MIB
+
+
+MEMORY_STATE_ORDER = (MemoryState.HEALTHY, MemoryState.WARNING, MemoryState.CRITICAL, MemoryState.EMERGENCY)
+
+
+def state_rank(state: MemoryState) -> int:
+    return MEMORY_STATE_ORDER.index(state)

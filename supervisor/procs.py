@@ -132,7 +132,8 @@ def _proc_children(pid: int) -> list[int]:
     return children
 
 
-def _rss_linux(pid: int) -> int | None:
+def _statm(pid: int) -> tuple[int, int] | None:
+    """(resident, shared) bytes; shared is file-backed plus shmem (RssFile + RssShmem)."""
     try:
         fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
     except OSError:
@@ -143,7 +144,7 @@ def _rss_linux(pid: int) -> int | None:
         return None
     finally:
         os.close(fd)
-    return int(fields[1]) * _PAGE_SIZE
+    return int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
 
 
 def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
@@ -151,14 +152,14 @@ def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
     if _HAS_PROC_CHILDREN:
         result = {}
         for name, root in roots.items():
-            total = 0
-            count = 0
+            total = shared = count = 0
             for pid in [root, *_walk(root)]:
-                rss = _rss_linux(pid)
-                if rss is not None:
-                    total += rss
+                statm = _statm(pid)
+                if statm is not None:
+                    total += statm[0]
+                    shared += statm[1]
                     count += 1
-            result[name] = TreeUsage(rss_bytes=total, processes=count)
+            result[name] = TreeUsage(rss_bytes=total, processes=count, anon_bytes=total - shared)
         return result
     return _tree_usage_psutil(roots)
 
@@ -187,8 +188,27 @@ def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
 
 
 def own_rss_bytes() -> int:
-    rss = _rss_linux(os.getpid()) if _HAS_PROC_CHILDREN else None
-    return rss if rss is not None else psutil.Process().memory_info().rss
+    statm = _statm(os.getpid()) if _HAS_PROC_CHILDREN else None
+    return statm[0] if statm is not None else psutil.Process().memory_info().rss
+
+
+def tree_pids(root: int) -> list[int]:
+    return [root, *_walk(root)]
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state ('T' once SIGSTOP took, 'S', 'R', 'Z', ...)."""
+    if _HAS_PROC_CHILDREN:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0].decode()
+        except (OSError, IndexError):
+            return None
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return None
+    return "T" if status == psutil.STATUS_STOPPED else status[:1].upper()
 
 
 def signal_all(idents: Iterable[ProcessIdentity], sig: int) -> list[int]:

@@ -98,6 +98,12 @@ OP_ARGS: dict[str, type[_Args]] = {
     "logs": LogsArgs,
     "shutdown": NoArgs,
     "subscribe": SubscribeArgs,
+    "memory": NoArgs,
+    "report": NoArgs,
+    "optimize": NoArgs,
+    "emergency-cleanup": NoArgs,
+    "explain": NoArgs,
+    "touch": NameArgs,
 }
 
 _decoder = msgspec.msgpack.Decoder(Request)

@@ -15,19 +15,24 @@ import random
 import re
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
 import anyio
 import structlog
 
-from . import launcher, restart
+from . import launcher, procs, restart
 from .config import ComponentSpec
 from .errors import SpawnError
 from .events import EventBus
 from .model import ComponentState, ComponentStatus, ExitInfo, TreeUsage
 
 log = structlog.get_logger("ironcliw.runner")
+
+GROWTH_WINDOW_S = 1.0
+GROWTH_NOISE_BYTES = 1 << 20
+FREEZE_VERIFY_S = 0.1
 
 _SETTLED = frozenset({ComponentState.READY, ComponentState.STOPPED, ComponentState.EXITED, ComponentState.FATAL})
 
@@ -63,6 +68,14 @@ class Runner:
         self.last_exit: str | None = None
         self.started_at: float | None = None
         self.usage = TreeUsage(0, 0)
+        self.peak_rss_bytes = 0  # highest sampled RSS of the current run
+        self.recent_rss: deque[tuple[float, int]] = deque()  # (time, rss) over the last GROWTH_WINDOW_S
+        self.last_used = 0.0  # monotonic: last start or touch
+        self.frozen_since: float | None = None
+        self.last_trim_at: float | None = None
+        self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
+        self.unloaded_by_policy = False
+        self._state_before_freeze = ComponentState.READY
         self._history = restart.RestartHistory()
         self._want = False
         self._stop_reason = "stopped"
@@ -80,6 +93,7 @@ class Runner:
             return self.state
         if self.state in (ComponentState.FATAL, ComponentState.EXITED):
             self._history = restart.RestartHistory()  # a manual start forgives the crash loop
+        self.unloaded_by_policy = False
         self._want = True
         self._poke()
         await self._wait_for(lambda: self.state is not ComponentState.STOPPED or not self._want)
@@ -93,6 +107,58 @@ class Runner:
         self._stop_requested.set()
         self._poke()
         await self._wait_for(lambda: self.child is None and self.state is not ComponentState.BACKOFF)
+
+    def touch(self, now: float) -> None:
+        """Mark the component used (idle unloading goes by the time since the last touch)."""
+        self.last_used = now
+
+    def record_usage(self, usage: TreeUsage, now: float) -> None:
+        self.usage = usage
+        self.peak_rss_bytes = max(self.peak_rss_bytes, usage.rss_bytes)
+        self.recent_rss.append((now, usage.rss_bytes))
+        while self.recent_rss and now - self.recent_rss[0][0] > GROWTH_WINDOW_S:
+            self.recent_rss.popleft()
+
+    @property
+    def growing(self) -> bool:
+        """Grew by more than noise over the last GROWTH_WINDOW_S."""
+        if len(self.recent_rss) < 2:
+            return False
+        return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
+
+    async def freeze(self, reason: str) -> bool:
+        """SIGSTOP the whole tree and verify the kernel stopped it. Stops growth; frees nothing."""
+        child = self.child
+        if child is None or self.state not in (ComponentState.READY, ComponentState.STARTING):
+            return False
+        self._state_before_freeze = self.state
+        pids = child.signal_fast(signal.SIGSTOP)
+        with anyio.move_on_after(FREEZE_VERIFY_S):
+            while any(procs.process_state(pid) not in ("T", "t", None) for pid in pids):
+                await anyio.sleep(0.001)
+        stopped = [pid for pid in pids if procs.process_state(pid) in ("T", "t")]
+        if not stopped:
+            log.warning("freeze_not_verified", component=self.name, pids=pids)
+            return False
+        self.frozen_since = time.monotonic()
+        self._set_state(ComponentState.FROZEN, reason)
+        return True
+
+    def thaw(self, reason: str) -> bool:
+        child = self.child
+        if child is None or self.state is not ComponentState.FROZEN:
+            return False
+        child.signal_fast(signal.SIGCONT)
+        self.frozen_since = None
+        self._set_state(self._state_before_freeze, reason)
+        return True
+
+    def request_trim(self) -> bool:
+        """Send the trim signal to the leader (its children may not handle it)."""
+        if self.child is None or self.spec.trim_signal is None:
+            return False
+        self.last_trim_at = time.monotonic()
+        return self.child.send(launcher.signal_number(self.spec.trim_signal))
 
     def status(self, now: float) -> ComponentStatus:
         running = self.child is not None
@@ -155,7 +221,10 @@ class Runner:
             log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
             return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
-        self.started_at = time.monotonic()
+        self.started_at = self.last_used = time.monotonic()
+        self.peak_rss_bytes = 0
+        self.recent_rss.clear()
+        self.frozen_since = None
         self._on_change()
         log.info("spawned", component=self.name, pid=child.pid, command=launcher.resolve_command(self.spec.command))
         sink = launcher.RotatingLog(self.log_path, *self._log_limits)
@@ -169,6 +238,7 @@ class Runner:
                 sink.close()
                 self.child = None
                 self.usage = TreeUsage(0, 0)
+                self.frozen_since = None
                 self._on_change()
                 self._set_changed()
 

@@ -12,15 +12,16 @@ PACKAGE = REPO / "supervisor"
 LAYERS = {
     "errors": 0, "model": 0,
     "config": 1, "protocol": 1,
-    "restart": 2, "predictor": 2, "policy": 2,
+    "restart": 2, "predictor": 2,
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3, "procs": 3, "history": 3, "events": 3, "launcher": 3.5, "runtime": 3.5,
-    "runner": 4, "enforcer": 4,
+    "pressure": 2, "policy": 2.5,
+    "runner": 4, "enforcer": 4.2, "monitor": 4.5,
     "core": 5,
     "control": 6, "client": 6, "http": 6, "api": 6, "app": 6,
     "logsetup": 6.5, "cli": 7, "__main__": 8, "__init__": 8,
 }
-PURE = {"errors", "model", "config", "protocol", "restart", "predictor", "policy"}
+PURE = {"errors", "model", "config", "protocol", "restart", "pressure", "predictor", "policy"}
 FORBIDDEN_IN_PURE = {"anyio", "psutil", "os", "signal", "time"}
 
 

@@ -52,7 +52,8 @@ def test_default_stack_starts_reports_and_stops(make_stack: StackFactory, reaper
     assert sum(r["rss_mb"] for r in rows.values()) < 1024  # the default stack fits comfortably in 1 GB
 
     table = stack.cli("status").stdout
-    assert table.splitlines()[0].split()[:4] == ["NAME", "STATE", "PID", "PRIORITY"]
+    assert table.splitlines()[0].startswith("HEALTHY")  # the memory line, then the table
+    assert table.splitlines()[1].split()[:4] == ["NAME", "STATE", "PID", "PRIORITY"]
 
     # The chatbot answers over its socket.
     with socket.socket(socket.AF_UNIX) as chat:

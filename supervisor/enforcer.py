@@ -1,0 +1,158 @@
+"""Carry out the policy's actions on real processes, and explain each one.
+
+- FREEZE first (microseconds: it stops growth at once), then the rest.
+- Before a destructive act (FREEZE, UNLOAD) memory is sampled again; if it has recovered
+  below the state the action was decided at, the enforcer stands down and logs it.
+- UNLOAD and RELOAD take seconds (grace periods, readiness) and run as background tasks;
+  the component is `busy` until they finish, so the policy does not ask again meanwhile.
+- A TRIM is measured: the tree's RSS before, and again after `trim_settle_s`.
+- `dry_run` logs and publishes the actions (each at most once per DRY_RUN_REPEAT_S) and
+  does nothing else.
+
+Every action becomes a structlog event with its evidence and an `action` event on the bus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+
+from .config import MemorySection
+from .events import EventBus
+from .model import MIB, Action, ActionKind, MemoryState, state_rank
+from .runner import Runner
+
+log = structlog.get_logger("ironcliw.enforcer")
+
+DRY_RUN_REPEAT_S = 10.0
+_DESTRUCTIVE = frozenset({ActionKind.FREEZE, ActionKind.UNLOAD})
+
+
+class Enforcer:
+    def __init__(
+        self,
+        runners: dict[str, Runner],
+        bus: EventBus,
+        cfg: MemorySection,
+        current_level: Callable[[], tuple[MemoryState, float]],
+    ) -> None:
+        self.runners = runners
+        self.bus = bus
+        self.cfg = cfg
+        self.current_level = current_level  # a fresh sample: (state without hysteresis, percent)
+        self.busy: set[str] = set()
+        self.recent: deque[dict[str, object]] = deque(maxlen=100)
+        self._dry_run_seen: dict[tuple[ActionKind, str], float] = {}
+
+    async def apply(self, actions: list[Action], tg: anyio.abc.TaskGroup, force: bool = False) -> list[dict[str, object]]:
+        """Carry out `actions`; returns what was done (or stood down from). `force` skips the
+        re-check (explicit optimize / emergency-cleanup requests)."""
+        if not actions:
+            return []
+        if self.cfg.dry_run:
+            return [self._dry_run(a) for a in actions]
+        fresh: tuple[MemoryState, float] | None = None
+        if not force and any(a.kind in _DESTRUCTIVE for a in actions):
+            fresh = self.current_level()
+        done = []
+        ordered = sorted(actions, key=lambda a: a.kind is not ActionKind.FREEZE)  # stable: freezes first
+        for action in ordered:
+            runner = self.runners.get(action.component)
+            if runner is None or action.component in self.busy:
+                continue
+            if fresh is not None and action.kind in _DESTRUCTIVE and state_rank(fresh[0]) < state_rank(action.state):
+                done.append(self._record(action, "stood_down", recheck_percent=round(fresh[1], 2)))
+                continue
+            outcome = await self._carry_out(action, runner, tg)
+            if outcome is not None:
+                done.append(self._record(action, outcome))
+        return done
+
+    async def _carry_out(self, action: Action, runner: Runner, tg: anyio.abc.TaskGroup) -> str | None:
+        match action.kind:
+            case ActionKind.FREEZE:
+                return "frozen" if await runner.freeze(self._short(action)) else None
+            case ActionKind.THAW:
+                return "thawed" if runner.thaw(self._short(action)) else None
+            case ActionKind.TRIM:
+                before = runner.usage.rss_bytes
+                if not runner.request_trim():
+                    return None
+                tg.start_soon(self._measure_trim, runner, before)
+                return "trim_requested"
+            case ActionKind.UNLOAD:
+                self.busy.add(runner.name)
+                tg.start_soon(self._unload, runner, action)
+                return "unloading"
+            case ActionKind.RELOAD:
+                self.busy.add(runner.name)
+                tg.start_soon(self._reload, runner)
+                return "reloading"
+        return None
+
+    async def _unload(self, runner: Runner, action: Action) -> None:
+        try:
+            runner.unloaded_by_policy = True
+            reason = (
+                f"unloaded by policy at {action.state.value} {action.percent_used:.0f} % "
+                f"with {action.rss_mb:.0f} MB ({action.rule})"
+            )
+            await runner.stop(reason)
+            runner.unloaded_by_policy = True  # stop() does not clear it; start() does
+        finally:
+            self.busy.discard(runner.name)
+
+    async def _reload(self, runner: Runner) -> None:
+        try:
+            await runner.start()
+        finally:
+            self.busy.discard(runner.name)
+
+    async def _measure_trim(self, runner: Runner, before: int) -> None:
+        await anyio.sleep(self.cfg.trim_settle_s)
+        freed_mb = max(0.0, (before - runner.usage.rss_bytes) / MIB)
+        runner.trim_freed_mb.append(round(freed_mb, 1))
+        log.info("trim_measured", component=runner.name, freed_mb=round(freed_mb, 1), rss_mb=round(runner.usage.rss_mb, 1))
+        self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=round(freed_mb, 1))
+
+    def _record(self, action: Action, outcome: str, **extra: object) -> dict[str, object]:
+        entry = {
+            **msgspec.to_builtins(action),
+            "outcome": outcome,
+            "time_unix": time.time(),
+            **extra,
+        }
+        self.recent.append(entry)
+        log.info(
+            "memory_action",
+            kind=action.kind.value,
+            component=action.component,
+            outcome=outcome,
+            rule=action.rule,
+            state=action.state.value,
+            percent_used=action.percent_used,
+            rss_mb=action.rss_mb,
+            threshold=action.threshold_percent,
+            reason=action.reason,
+            **extra,
+        )
+        self.bus.publish("action", **{k: v for k, v in entry.items() if k != "time_unix"})
+        return entry
+
+    def _dry_run(self, action: Action) -> dict[str, object]:
+        key = (action.kind, action.component)
+        now = time.monotonic()
+        if now - self._dry_run_seen.get(key, -DRY_RUN_REPEAT_S) >= DRY_RUN_REPEAT_S:
+            self._dry_run_seen[key] = now
+            return self._record(action, "dry_run")
+        return {**msgspec.to_builtins(action), "outcome": "dry_run"}
+
+    @staticmethod
+    def _short(action: Action) -> str:
+        return f"{action.rule} at {action.state.value} {action.percent_used:.1f} %"

@@ -1,0 +1,250 @@
+"""The memory manager's loop: sample, classify, decide, act, publish.
+
+    sample: every tree (procs.tree_usage) + the system (platform.read_system)
+         -> Snapshot (budget mode: used % = max(system %, stack / budget))
+         -> pressure.classify (thresholds, kernel signals, hysteresis)
+         -> policy.decide -> enforcer.apply
+    sleep pressure.next_interval(): sample_interval_s while HEALTHY and far from WARNING,
+    fast_interval_s under pressure or when the worst-case fill rate could cross soon.
+
+After the machine wakes from sleep (the suspend clock jumped), actions are held off for
+`wake_settle_s`: memory figures right after a wake-up are not to be trusted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+
+from . import platform, procs
+from .config import MemorySection
+from .enforcer import Enforcer
+from .events import EventBus
+from .model import MIB, ComponentState, MemoryState, Snapshot, SystemMemory, state_rank
+from .policy import ComponentView, decide, decide_through_trims, explain
+from .pressure import PressureTracker, classify, kernel_floor, level_for, next_interval, threshold
+from .runner import Runner
+
+log = structlog.get_logger("ironcliw.memory")
+
+PUBLISH_EVERY_S = 0.25  # memory events at most this often (fast sampling runs at 50 Hz)
+WAKE_JUMP_S = 1.0
+
+
+class MemoryMonitor:
+    def __init__(self, cfg: MemorySection, runners: dict[str, Runner], bus: EventBus) -> None:
+        self.cfg = cfg
+        self.runners = runners
+        self.bus = bus
+        self.tracker = PressureTracker()
+        self.snapshot: Snapshot | None = None
+        self.own_rss_bytes = 0
+        self.sample_cost_s = 0.0  # how long the last sample took
+        self.samples = 0
+        self.stale = True  # a component started or ended since the last sample
+        self.enforcer = Enforcer(runners, bus, cfg, self.level_now)
+        self._published_at = float("-inf")
+        self._hold_until = float("-inf")
+        self._suspended = platform.suspended_seconds()
+
+    # --- sampling ------------------------------------------------------------------------
+
+    def _measure(self, now: float) -> tuple[dict[str, Any], SystemMemory, int, float]:
+        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
+        usage = procs.tree_usage(roots)
+        system = platform.read_system()
+        stack = sum(t.rss_bytes for t in usage.values())
+        percent = system.used_percent
+        if self.cfg.budget_mb:
+            percent = max(percent, 100.0 * stack / (self.cfg.budget_mb * MIB))
+        return usage, system, stack, percent
+
+    def sample(self) -> Snapshot:
+        started = time.perf_counter()
+        now = time.monotonic()
+        self.stale = False
+        usage, system, stack, percent = self._measure(now)
+        for name, tree in usage.items():
+            self.runners[name].record_usage(tree, now)
+        previous = self.tracker.state
+        self.tracker = classify(self.tracker, percent, system, self.cfg, now)
+        self.own_rss_bytes = procs.own_rss_bytes()
+        self.snapshot = Snapshot(
+            time=now,
+            system=system,
+            components=usage,
+            stack_bytes=stack,
+            budget_bytes=self.cfg.budget_mb * MIB if self.cfg.budget_mb else None,
+            percent_used=percent,
+            state=self.tracker.state,
+        )
+        self.samples += 1
+        self.sample_cost_s = time.perf_counter() - started
+        if self.tracker.state is not previous:
+            log.info(
+                "memory_state_changed",
+                old=previous.value,
+                new=self.tracker.state.value,
+                percent_used=round(percent, 2),
+                stack_mb=round(stack / MIB, 1),
+                available_mb=round(self.snapshot.available_mb, 1),
+            )
+        if self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S:
+            self._published_at = now
+            self.bus.publish("memory", **self.summary(), changed=self.tracker.state is not previous)
+        return self.snapshot
+
+    def level_now(self) -> tuple[MemoryState, float]:
+        """A fresh reading without hysteresis: the enforcer's re-check before a destructive act."""
+        _, system, _, percent = self._measure(time.monotonic())
+        level = level_for(percent, self.cfg)
+        floor = kernel_floor(system, self.cfg)
+        return (level if state_rank(level) >= state_rank(floor) else floor), percent
+
+    def headroom_bytes(self, snap: Snapshot) -> int:
+        """Bytes the stack or the system may still grow before WARNING."""
+        system = snap.system
+        room = int(system.total_bytes * self.cfg.warning_percent / 100) - (system.total_bytes - system.available_bytes)
+        if snap.budget_bytes:
+            room = min(room, int(snap.budget_bytes * self.cfg.warning_percent / 100) - snap.stack_bytes)
+        return room
+
+    def views(self, now: float) -> list[ComponentView]:
+        busy = self.enforcer.busy
+        return [
+            ComponentView(
+                name=name,
+                priority=r.spec.priority,
+                state=r.state,
+                rss_bytes=r.usage.rss_bytes if r.child is not None else 0,
+                growing=r.growing,
+                has_trim=r.spec.trim_signal is not None,
+                last_used=r.last_used,
+                frozen_since=r.frozen_since,
+                last_trim_at=r.last_trim_at,
+                autostart=r.spec.autostart,
+                unloaded_by_policy=r.unloaded_by_policy,
+                estimated_bytes=r.spec.estimated_mb * MIB,
+                after=tuple(r.spec.after),
+                busy=name in busy or r.state is ComponentState.STOPPING,
+            )
+            for name, r in self.runners.items()
+        ]
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self, tg: anyio.abc.TaskGroup, stopping: Callable[[], bool]) -> None:
+        while True:
+            snap = self.sample()
+            now = snap.time
+            suspended = platform.suspended_seconds()
+            if suspended - self._suspended > WAKE_JUMP_S:
+                self._hold_until = now + self.cfg.wake_settle_s
+                log.warning("woke_from_sleep", slept_s=round(suspended - self._suspended, 1), hold_s=self.cfg.wake_settle_s)
+            self._suspended = suspended
+            if not stopping() and now >= self._hold_until:
+                actions = decide(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
+                await self.enforcer.apply(actions, tg)
+            await anyio.sleep(next_interval(snap.state, self.headroom_bytes(snap), self.cfg))
+
+    async def act_as(self, state: MemoryState, tg: anyio.abc.TaskGroup) -> list[dict[str, object]]:
+        """Carry out now what the policy does at `state` (optimize: WARNING; emergency-cleanup:
+        EMERGENCY), whatever the current state, without waiting for trims to settle."""
+        snap = self.sample()
+        now = snap.time
+        # Asked for explicitly: act as if memory were at that state's threshold.
+        forced = msgspec.structs.replace(snap, state=state, percent_used=max(snap.percent_used, threshold(state, self.cfg)))
+        actions = decide_through_trims(forced, self.views(now), self.cfg, now)
+        return await self.enforcer.apply(actions, tg, force=True)
+
+    # --- what the APIs show -------------------------------------------------------------
+
+    def current(self) -> Snapshot:
+        return self.snapshot if self.snapshot is not None else self.sample()
+
+    def summary(self) -> dict[str, Any]:
+        snap = self.current()
+        loaded = [n for n, r in self.runners.items() if r.child is not None]
+        return {
+            "state": snap.state.value,
+            "percent_used": round(snap.percent_used, 2),
+            "available_mb": round(snap.available_mb, 1),
+            "components_loaded": loaded,
+            "stack_mb": round(snap.stack_bytes / MIB, 1),
+            "budget_mb": self.cfg.budget_mb,
+            "system_used_percent": round(snap.system.used_percent, 2),
+        }
+
+    def report(self) -> dict[str, Any]:
+        snap = self.current()
+        now = time.monotonic()
+        rows = []
+        for name, r in self.runners.items():
+            detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
+            trend = _slope_mb_s(list(r.recent_rss))
+            rows.append(
+                {
+                    "name": name,
+                    "priority": r.spec.priority.value,
+                    "state": r.state.value,
+                    "rss_mb": round(r.usage.rss_mb, 1) if r.child else 0.0,
+                    "peak_mb": round(r.peak_rss_bytes / MIB, 1),
+                    "anon_mb": round(r.usage.anon_bytes / MIB, 1) if r.child else 0.0,
+                    "file_mb": round(r.usage.file_bytes / MIB, 1) if r.child else 0.0,
+                    "pss_mb": _mb(detail.pss_bytes) if detail else None,
+                    "uss_mb": _mb(detail.uss_bytes) if detail else None,
+                    "footprint_mb": _mb(detail.footprint_bytes) if detail else None,
+                    "trend_mb_s": trend,
+                    "idle_s": round(now - r.last_used, 1) if r.last_used else None,
+                    "estimated_mb": r.spec.estimated_mb,
+                    "trim_freed_mb": list(r.trim_freed_mb),
+                    "unloaded_by_policy": r.unloaded_by_policy,
+                    "last_exit": r.last_exit,
+                }
+            )
+        system = snap.system
+        return {
+            **self.summary(),
+            "system": {
+                "total_mb": round(system.total_bytes / MIB, 1),
+                "available_mb": round(system.available_bytes / MIB, 1),
+                "used_percent": round(system.used_percent, 2),
+                "swap_total_mb": round(system.swap_total_bytes / MIB, 1),
+                "swap_used_mb": round(system.swap_used_bytes / MIB, 1),
+                "psi_some_avg10": system.psi_some_avg10,
+                "psi_full_avg10": system.psi_full_avg10,
+                "kernel_level": system.kernel_level.value if system.kernel_level else None,
+                "compressed_mb": _mb(system.compressed_bytes),
+            },
+            "supervisor_rss_mb": round(self.own_rss_bytes / MIB, 1),
+            "sample_ms": round(self.sample_cost_s * 1000, 3),
+            "components": rows,
+            "recent_actions": list(self.enforcer.recent)[-20:],
+        }
+
+    def explain(self) -> dict[str, Any]:
+        snap = self.current()
+        now = time.monotonic()
+        return explain(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
+
+
+def _mb(value: int | None) -> float | None:
+    return round(value / MIB, 1) if value is not None else None
+
+
+def _slope_mb_s(points: list[tuple[float, int]]) -> float | None:
+    """Least-squares slope of RSS over the recent window, MB/s (the predictor refines this)."""
+    if len(points) < 2 or points[-1][0] - points[0][0] <= 0:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / var / MIB, 2)
