@@ -171,7 +171,7 @@ def parse_config(raw: bytes | str, file: str) -> Config:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
     base_dir = Path(file).resolve().parent
     components = {
-        name: _check_component(file, base_dir, name, _decode_component(file, name, table))
+        name: check_component(file, base_dir, name, decode_component(file, name, table))
         for name, table in decoded.components.items()
     }
     _check_memory(file, decoded.memory)
@@ -189,7 +189,7 @@ def parse_config(raw: bytes | str, file: str) -> Config:
     )
 
 
-def _decode_component(file: str, name: str, table: dict[str, object]) -> ComponentSpec:
+def decode_component(file: str, name: str, table: dict[str, object]) -> ComponentSpec:
     try:
         return msgspec.convert(table, ComponentSpec)
     except msgspec.ValidationError as exc:
@@ -211,7 +211,7 @@ def _validation_error(file: str, message: str, prefix: str = "$") -> ConfigError
     return ConfigError(file, path, text[:1].lower() + text[1:])
 
 
-def _check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -> ComponentSpec:
+def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -> ComponentSpec:
     at = f"$.components.{name}"
     if not NAME_PATTERN.match(name):
         raise ConfigError(file, at, "a component name of letters, digits, '_', '.', '-' (at most 64)")

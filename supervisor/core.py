@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from . import launcher
-from .config import Config, Paths
+from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
 from .model import MIB, ComponentState, ComponentStatus, MemoryState
@@ -50,20 +50,37 @@ class Supervisor:
             "IRONCLIW_STATE_DIR": paths.state_dir,
             "IRONCLIW_SOCKET": paths.socket,
         }
-        self.runners: dict[str, Runner] = {
-            name: Runner(
-                config.components[name],
-                log_path=Path(paths.log_dir) / f"{name}.log",
-                log_max_bytes=config.supervisor.log_max_bytes,
-                log_backups=config.supervisor.log_backups,
-                bus=self.bus,
-                extra_env=env,
-                on_change=self._component_changed,
-                echo=echo,
-            )
-            for name in config.order
-        }
+        self._env = env
+        self._echo = echo
+        self.runners: dict[str, Runner] = {name: self._make_runner(config.components[name]) for name in config.order}
         self.memory = MemoryMonitor(config.memory, self.runners, self.bus)
+
+    def _make_runner(self, spec: ComponentSpec) -> Runner:
+        assert spec.name is not None
+        return Runner(
+            spec,
+            log_path=Path(self.paths.log_dir) / f"{spec.name}.log",
+            log_max_bytes=self.config.supervisor.log_max_bytes,
+            log_backups=self.config.supervisor.log_backups,
+            bus=self.bus,
+            extra_env=self._env,
+            on_change=self._component_changed,
+            echo=self._echo,
+        )
+
+    def register(self, spec: ComponentSpec) -> Runner:
+        """Add a component at run time (the Python API); it starts only when loaded or adopted."""
+        assert spec.name is not None
+        if spec.name in self.runners:
+            raise Refused(f"a component named {spec.name!r} is already registered")
+        for dep in spec.after:
+            self.runner(dep)
+        self.config.components[spec.name] = spec
+        self.config.order.append(spec.name)
+        runner = self.runners[spec.name] = self._make_runner(spec)
+        if self._tg is not None:
+            self._tg.start_soon(runner.run)
+        return runner
 
     # --- running -----------------------------------------------------------------------
 

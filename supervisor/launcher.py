@@ -58,6 +58,7 @@ class Child:
         self.identity = ident
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the leader's PID is the group's id
+        self.owns_group = True  # the whole group is ours to signal
         self.pidfd: int | None = None
         if _IS_LINUX and hasattr(os, "pidfd_open"):
             self.pidfd = os.pidfd_open(self.pid)
@@ -82,7 +83,7 @@ class Child:
 
     def send(self, sig: int) -> bool:
         """Signal the leader only; False once it has exited."""
-        if self.popen.returncode is not None:
+        if self.returncode is not None:
             return False
         try:
             if self.pidfd is not None:
@@ -95,10 +96,11 @@ class Child:
 
     def tree(self) -> list[ProcessIdentity]:
         """The leader (while alive), its group and every descendant, each by identity."""
-        seen = {ident.pid: ident for ident in procs.group_members(self.pgid, self.identity.create_time)}
-        for ident in procs.descendants(self.pid) if self.popen.returncode is None else ():
+        group = procs.group_members(self.pgid, self.identity.create_time) if self.owns_group else []
+        seen = {ident.pid: ident for ident in group}
+        for ident in procs.descendants(self.pid) if self.returncode is None else ():
             seen.setdefault(ident.pid, ident)
-        if self.popen.returncode is None:
+        if self.returncode is None:
             seen[self.pid] = self.identity
         return list(seen.values())
 
@@ -107,7 +109,8 @@ class Child:
         hit = []
         if self.send(sig):
             hit.append(self.pid)
-        procs.signal_group(self.pgid, sig)
+        if self.owns_group:
+            procs.signal_group(self.pgid, sig)
         hit.extend(procs.signal_all((i for i in known if i.pid != self.pid), sig))
         return sorted(set(hit))
 
@@ -115,8 +118,9 @@ class Child:
         """Signal the leader, its group and descendants that left the group, without scanning
         the whole process table (the hot path of freezing under pressure)."""
         hit = [self.pid] if self.send(sig) else []
-        procs.signal_group(self.pgid, sig)
-        if self.popen.returncode is None:
+        if self.owns_group:
+            procs.signal_group(self.pgid, sig)
+        if self.returncode is None:
             hit.extend(procs.signal_all(procs.descendants(self.pid), sig))
         return hit
 
@@ -126,6 +130,64 @@ class Child:
             self.pidfd = None
         if self.popen.stdout is not None:
             self.popen.stdout.close()
+
+
+class Adopted(Child):
+    """A process tree the supervisor did not start (the Python API's `register_component(pid=...)`
+    or `process=Popen`). It is measured, frozen and stopped like a child; its process group is
+    signalled only if it leads its own (never the caller's), and a process that is not our
+    child is watched through its pidfd (Linux) or by polling its identity, not reaped."""
+
+    def __init__(self, ident: ProcessIdentity, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.popen = popen  # type: ignore[assignment]
+        self.identity = ident
+        self.pid = ident.pid
+        try:
+            self.pgid = os.getpgid(ident.pid)
+        except ProcessLookupError:
+            self.pgid = -1
+        self.owns_group = self.pgid == ident.pid and self.pgid != os.getpgid(0)
+        self.pidfd = os.pidfd_open(self.pid) if _IS_LINUX and hasattr(os, "pidfd_open") else None
+        self.output_fd = -1
+        self._gone: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        if self.popen is not None:
+            return self.popen.poll()
+        if self._gone is None and not procs.is_alive(self.identity):
+            self._gone = 0  # not our child: its exit status is its parent's to read
+        return self._gone
+
+    async def wait(self) -> int:
+        if self.popen is not None:
+            while self.popen.poll() is None:
+                if self.pidfd is not None:
+                    await anyio.wait_readable(self.pidfd)
+                else:
+                    await anyio.sleep(0.02)
+            return self.popen.returncode
+        if self.pidfd is not None and self.returncode is None:
+            await anyio.wait_readable(self.pidfd)
+        while self.returncode is None:
+            await anyio.sleep(0.02)
+        return self._gone or 0
+
+    def send(self, sig: int) -> bool:
+        if self.returncode is not None:
+            return False
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+                return True
+            except ProcessLookupError:
+                return False
+        return procs.signal_identity(self.identity, sig)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def oom_score_adj(priority: Priority) -> int | None:

@@ -76,6 +76,8 @@ class Runner:
         self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
+        self.adopted = False  # managed but not started by us: it cannot be started again
+        self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
         self._want = False
         self._stop_reason = "stopped"
@@ -86,8 +88,17 @@ class Runner:
 
     # --- commands ----------------------------------------------------------------------
 
+    def adopt(self, child: launcher.Child) -> None:
+        """Manage a process tree that already runs (see launcher.Adopted)."""
+        self.adopted = True
+        self._to_adopt = child
+        self._want = True
+        self._poke()
+
     async def start(self) -> ComponentState:
         """Start if not running; return once it is READY or the attempt failed."""
+        if self.adopted and self.child is None and self._to_adopt is None:
+            return self.state  # an adopted process that ended cannot be started again
         if self.state.is_running and self._want:
             await self._wait_for(lambda: self.state in _SETTLED or self.state is ComponentState.BACKOFF)
             return self.state
@@ -215,18 +226,22 @@ class Runner:
         """One run, from spawn to the end of its whole tree. Returns (how it ended, stop requested)."""
         self._ready_seen = anyio.Event()
         self._set_state(ComponentState.STARTING)
-        try:
-            child = launcher.spawn(self.spec, self._extra_env)
-        except SpawnError as exc:
-            log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
-            return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
+        if self._to_adopt is not None:
+            child, self._to_adopt = self._to_adopt, None
+            self._ready_seen.set()
+        else:
+            try:
+                child = launcher.spawn(self.spec, self._extra_env)
+            except SpawnError as exc:
+                log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
+                return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
         self.started_at = self.last_used = time.monotonic()
         self.peak_rss_bytes = 0
         self.recent_rss.clear()
         self.frozen_since = None
         self._on_change()
-        log.info("spawned", component=self.name, pid=child.pid, command=launcher.resolve_command(self.spec.command))
+        log.info("adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command)
         sink = launcher.RotatingLog(self.log_path, *self._log_limits)
         try:
             return await self._supervise(child, sink)
@@ -249,7 +264,8 @@ class Runner:
 
         async def pump() -> None:
             try:
-                await launcher.pump_output(child, sink, self._on_line)
+                if child.output_fd >= 0:
+                    await launcher.pump_output(child, sink, self._on_line)
             finally:
                 pump_done.set()
 
@@ -309,6 +325,8 @@ class Runner:
 
     async def _wait_ready(self, child: launcher.Child) -> None:
         ready = self.spec.ready
+        if self._ready_seen.is_set():  # adopted: it is already running
+            return
         if self._ready_pattern is not None:
             await self._ready_seen.wait()
         elif ready.port is not None:

@@ -1,0 +1,237 @@
+"""The Python API, with the seed's names:
+
+    from supervisor import M1MemoryManager, ComponentPriority, MemoryState
+
+    manager = M1MemoryManager(budget_mb=8192)
+    manager.register_component("nlp_engine", ComponentPriority.HIGH, 180,
+                               command=["python", "-m", "components.nlp_engine"])
+    await manager.start_monitoring()
+    ok, reason = await manager.can_load_component("nlp_engine")
+    if ok:
+        await manager.load_component("nlp_engine")
+
+Everything goes through the same `Supervisor` as the CLI and the control socket. The
+manager runs it in a background task of the running event loop (asyncio), so
+`start_monitoring()` returns at once; `async with M1MemoryManager(...)` does the same with
+a guaranteed stop. Components given a `command` are started and supervised; given a `pid`
+or a `subprocess.Popen` (`process=`), the manager adopts that running tree: it measures,
+freezes and unloads it, but cannot start it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+import anyio
+import msgspec
+import structlog
+
+from . import control, launcher, procs
+from .config import (
+    Config,
+    HttpSection,
+    MemorySection,
+    Paths,
+    SupervisorSection,
+    check_component,
+    decode_component,
+    resolve_paths,
+)
+from .core import Supervisor
+from .errors import ConfigError, IroncliwError, Refused
+from .model import MIB, ComponentState, MemoryState, Priority
+
+log = structlog.get_logger("ironcliw.api")
+
+ComponentPriority = Priority
+
+
+class MemorySnapshot(msgspec.Struct, frozen=True):
+    """What a state callback receives, and what `snapshot()` returns."""
+
+    state: MemoryState
+    percent_used: float
+    available_mb: float
+    components_loaded: list[str]
+    stack_mb: float = 0.0
+
+
+StateCallback = Callable[[MemorySnapshot], Awaitable[None]]
+
+
+class _SetOnStart:
+    """A task_status for running the supervisor in a plain asyncio task."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
+
+
+class M1MemoryManager:
+    def __init__(
+        self,
+        *,
+        budget_mb: int | None = None,
+        runtime_dir: str | None = None,
+        state_dir: str | None = None,
+        control_socket: bool = True,
+        **memory: Any,
+    ) -> None:
+        """`memory` takes any key of the config's `[memory]` table (warning_percent, dry_run, ...)."""
+        try:
+            memory_section = msgspec.convert({"budget_mb": budget_mb, **memory}, MemorySection)
+        except msgspec.ValidationError as exc:
+            raise ConfigError("<M1MemoryManager>", "$.memory", str(exc)) from None
+        base = tempfile.mkdtemp(prefix="ironcliw-api-")  # never collides with a CLI stack
+        config = Config(
+            source="<python>",
+            base_dir=os.getcwd(),
+            supervisor=SupervisorSection(),
+            memory=memory_section,
+            http=HttpSection(enabled=False),
+            components={},
+            order=[],
+        )
+        env = {"IRONCLIW_RUNTIME_DIR": runtime_dir or f"{base}/run", "IRONCLIW_STATE_DIR": state_dir or f"{base}/state"}
+        self.paths: Paths = resolve_paths(config, env, os.getuid(), str(Path.home()))
+        self.supervisor = Supervisor(config, self.paths)
+        self._control_socket = control_socket
+        self._callbacks: list[StateCallback] = []
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+
+    # --- components ------------------------------------------------------------------------
+
+    def register_component(
+        self,
+        name: str,
+        priority: Priority | str,
+        estimated_mb: int,
+        command: Sequence[str] | None = None,
+        *,
+        pid: int | None = None,
+        process: subprocess.Popen[Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Register a component: with a `command` to launch, or a running `pid` / `process` to adopt.
+        `options` are the config's component keys (cwd, env, after, trim_signal, ready, ...)."""
+        adopt_pid = process.pid if process is not None else pid
+        if (command is None) == (adopt_pid is None):
+            raise ConfigError("<register_component>", f"$.components.{name}", "exactly one of command, pid, process")
+        table: dict[str, Any] = {
+            "priority": priority.value if isinstance(priority, Priority) else priority,
+            "estimated_mb": estimated_mb,
+            **options,
+        }
+        if command is not None:
+            table.setdefault("autostart", False)
+            table["command"] = list(command)
+        else:
+            table.update(command=[f"<adopted pid {adopt_pid}>"], restart="never", autostart=False)
+        spec = check_component("<register_component>", Path(os.getcwd()), name, decode_component("<register_component>", name, table))
+        runner = self.supervisor.register(spec)
+        if adopt_pid is not None:
+            ident = procs.identity(adopt_pid)
+            if ident is None:
+                raise Refused(f"cannot adopt pid {adopt_pid}: no such process")
+            runner.adopt(launcher.Adopted(ident, process))
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def start_monitoring(self) -> None:
+        if self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        waiter = asyncio.ensure_future(self._started.wait())
+        done, _ = await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            waiter.cancel()
+            self._task.result()  # raises what stopped it
+
+    async def stop_monitoring(self) -> None:
+        if self._task is None:
+            return
+        self.supervisor.shutdown()
+        try:
+            await self._task
+        finally:
+            self._task = None
+
+    async def __aenter__(self) -> "M1MemoryManager":
+        await self.start_monitoring()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_monitoring()
+
+    async def _run(self) -> None:
+        services = [control.serve] if self._control_socket else []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._deliver_state_changes)
+            await self.supervisor.run(services=services, task_status=_SetOnStart(self._started))
+            tg.cancel_scope.cancel()
+
+    async def _deliver_state_changes(self) -> None:
+        with self.supervisor.bus.subscribe(["memory"]) as sub:
+            async for event in sub.receive:
+                if event.get("changed") and self._callbacks:
+                    snap = self._snapshot_from(event)
+                    for callback in list(self._callbacks):
+                        try:
+                            await callback(snap)
+                        except Exception:
+                            log.exception("state_callback_failed", callback=getattr(callback, "__name__", repr(callback)))
+
+    # --- the seed's queries --------------------------------------------------------------------
+
+    def add_state_callback(self, callback: StateCallback) -> None:
+        """`await callback(snapshot)` on every change of memory state."""
+        self._callbacks.append(callback)
+
+    def snapshot(self) -> MemorySnapshot:
+        self.supervisor.memory.sample()
+        return self._snapshot_from(self.supervisor.memory.summary())
+
+    async def can_load_component(self, name: str) -> tuple[bool, str]:
+        runner = self.supervisor.runner(name)
+        if runner.child is not None:
+            return True, f"{name} is already loaded ({runner.state.value})"
+        monitor = self.supervisor.memory
+        snap = monitor.sample()
+        need = runner.spec.estimated_mb * MIB
+        room = monitor.headroom_bytes(snap)
+        if need <= room:
+            return True, f"{name} needs ~{need / MIB:.0f} MB (estimate), {room / MIB:.0f} MB free before WARNING"
+        return False, f"{name} needs ~{need / MIB:.0f} MB (estimate), {max(room, 0) / MIB:.0f} MB free before WARNING"
+
+    async def load_component(self, name: str) -> bool:
+        try:
+            await self.supervisor.load(name)
+        except IroncliwError as exc:
+            log.warning("load_refused", component=name, reason=exc.message)
+            return False
+        return True
+
+    async def unload_component(self, name: str) -> bool:
+        status = await self.supervisor.unload(name)
+        return status.state in (ComponentState.STOPPED, ComponentState.EXITED)
+
+    def components(self) -> list[dict[str, Any]]:
+        return self.supervisor.components()["components"]
+
+    @staticmethod
+    def _snapshot_from(summary: dict[str, Any]) -> MemorySnapshot:
+        return MemorySnapshot(
+            state=MemoryState(summary["state"]),
+            percent_used=summary["percent_used"],
+            available_mb=summary["available_mb"],
+            components_loaded=list(summary["components_loaded"]),
+            stack_mb=summary.get("stack_mb", 0.0),
+        )
