@@ -224,7 +224,7 @@ class M1MemoryManager:
         return status.state in (ComponentState.STOPPED, ComponentState.EXITED)
 
     def components(self) -> list[dict[str, Any]]:
-        return self.supervisor.components()["components"]
+        return msgspec.to_builtins(self.supervisor.components()["components"])
 
     @staticmethod
     def _snapshot_from(summary: dict[str, Any]) -> MemorySnapshot:
