@@ -183,6 +183,8 @@ class MemoryMonitor:
     def report(self) -> dict[str, Any]:
         snap = self.current()
         now = time.monotonic()
+        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
+        split = procs.tree_usage(roots, with_anon=True)  # statm too: not on the hot path
         rows = []
         for name, r in self.runners.items():
             detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
@@ -194,8 +196,8 @@ class MemoryMonitor:
                     "state": r.state.value,
                     "rss_mb": round(r.usage.rss_mb, 1) if r.child else 0.0,
                     "peak_mb": round(r.peak_rss_bytes / MIB, 1),
-                    "anon_mb": round(r.usage.anon_bytes / MIB, 1) if r.child else 0.0,
-                    "file_mb": round(r.usage.file_bytes / MIB, 1) if r.child else 0.0,
+                    "anon_mb": round(split[name].anon_bytes / MIB, 1) if name in split else 0.0,
+                    "file_mb": round(split[name].file_bytes / MIB, 1) if name in split else 0.0,
                     "pss_mb": _mb(detail.pss_bytes) if detail else None,
                     "uss_mb": _mb(detail.uss_bytes) if detail else None,
                     "footprint_mb": _mb(detail.footprint_bytes) if detail else None,

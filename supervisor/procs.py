@@ -147,21 +147,64 @@ def _statm(pid: int) -> tuple[int, int] | None:
     return int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
 
 
-def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
-    """RSS summed over each root's whole tree, for every named root PID, in one pass."""
-    if _HAS_PROC_CHILDREN:
-        result = {}
-        for name, root in roots.items():
-            total = shared = count = 0
-            for pid in [root, *_walk(root)]:
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(resident bytes, thread count) from /proc/PID/stat: one read for both."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 1024)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[21]) * _PAGE_SIZE, int(fields[17])
+
+
+def _children_fast(pid: int, threads: int) -> list[int]:
+    if threads != 1:
+        return _proc_children(pid)
+    try:
+        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        return [int(x) for x in os.read(fd, 65536).split()]
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+
+
+def tree_usage(roots: Mapping[str, int], with_anon: bool = False) -> dict[str, TreeUsage]:
+    """RSS summed over each root's whole tree, for every named root PID, in one pass.
+
+    The hot path reads two small files per process (stat: RSS and thread count; the main
+    thread's children list) and lists the tasks only of multithreaded processes. The
+    anonymous/file split needs statm as well, so it is read only `with_anon`.
+    """
+    if not _HAS_PROC_CHILDREN:
+        return _tree_usage_psutil(roots)
+    result = {}
+    for name, root in roots.items():
+        total = count = anon = 0
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            st = _stat(pid)
+            if st is None:
+                continue
+            total += st[0]
+            count += 1
+            if with_anon:
                 statm = _statm(pid)
-                if statm is not None:
-                    total += statm[0]
-                    shared += statm[1]
-                    count += 1
-            result[name] = TreeUsage(rss_bytes=total, processes=count, anon_bytes=total - shared)
-        return result
-    return _tree_usage_psutil(roots)
+                anon += statm[0] - statm[1] if statm else 0
+            stack.extend(_children_fast(pid, st[1]))
+        result[name] = TreeUsage(rss_bytes=total, processes=count, anon_bytes=anon)
+    return result
 
 
 def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
