@@ -54,14 +54,25 @@ def supervisord_python() -> Path:
     return python
 
 
+def _cpu_ns(pid: int) -> int:
+    """On-CPU time of every thread of a process, in ns (Linux schedstat), else from psutil
+    (whose user/system times have a clock-tick resolution of 10 ms: too coarse for idle)."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total
+    except OSError:
+        t = psutil.Process(pid).cpu_times()
+        return int((t.user + t.system) * 1e9)
+
+
 def cpu_percent_over(pid: int, seconds: float) -> float:
     """Average CPU of one process over a window, in % of one core."""
-    proc = psutil.Process(pid)
-    before = proc.cpu_times()
+    before = _cpu_ns(pid)
     time.sleep(seconds)
-    after = proc.cpu_times()
-    used = (after.user - before.user) + (after.system - before.system)
-    return 100.0 * used / seconds
+    return 100.0 * (_cpu_ns(pid) - before) / 1e9 / seconds
 
 
 def rss_mb(pid: int) -> float:

@@ -1,7 +1,7 @@
 """Balloon: allocates and touches memory at a set rate up to a cap (LOW priority, tests and demos).
 
-Each step logs `allocated` with `total_mb` and both clocks (`t_mono`, `t_unix`), so a test
-or benchmark can tell exactly when the balloon crossed a threshold. The trim signal frees
+Each step logs `allocated` with `total_mb`, its own `rss_mb` and both clocks (`t_mono`,
+`t_unix`), so a test or benchmark can tell exactly when the balloon crossed a threshold. The trim signal frees
 everything (`trimmed`); afterwards it holds at zero unless `--after-trim regrow`.
 
     python -m components.balloon --rate-mb-s 50 --cap-mb 200 --step-mb 4
@@ -46,9 +46,17 @@ def main() -> int:
             due = started + (total + step) / 1048576 / args.rate_mb_s
             if sig.stop.wait(max(0.0, due - time.monotonic())) or sig.trim.is_set():
                 continue
+            t_start = time.time()
             chunks.append(b"\x01" * step)  # bytes * n is a memset: every page is touched
             total += step
-            log.info("allocated", total_mb=round(total / 1048576, 2), t_mono=time.monotonic(), t_unix=time.time())
+            log.info(
+                "allocated",
+                total_mb=round(total / 1048576, 2),
+                t_start_unix=t_start,  # when this step began touching memory
+                rss_mb=round(rss_mb(), 2),  # what the supervisor will read for this process
+                t_mono=time.monotonic(),
+                t_unix=time.time(),
+            )
         else:
             sig.stop.wait(0.05)
     log.info("stopping", total_mb=round(total / 1048576, 1))

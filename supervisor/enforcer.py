@@ -70,7 +70,9 @@ class Enforcer:
                 done.append(self._record(action, "stood_down", recheck_percent=round(fresh[1], 2)))
                 continue
             outcome = await self._carry_out(action, runner, tg)
-            if outcome is not None:
+            if outcome == "frozen":
+                done.append(self._record(action, outcome, sigstop_unix=runner.sigstop_unix))
+            elif outcome is not None:
                 done.append(self._record(action, outcome))
         return done
 
@@ -140,6 +142,7 @@ class Enforcer:
             rss_mb=action.rss_mb,
             threshold=action.threshold_percent,
             reason=action.reason,
+            time_unix=entry["time_unix"],
             **extra,
         )
         self.bus.publish("action", **{k: v for k, v in entry.items() if k != "time_unix"})

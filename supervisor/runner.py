@@ -76,6 +76,7 @@ class Runner:
         self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
+        self.sigstop_unix: float | None = None  # when the last SIGSTOP was sent (wall clock, for benchmarks)
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
@@ -144,6 +145,7 @@ class Runner:
             return False
         self._state_before_freeze = self.state
         pids = child.signal_fast(signal.SIGSTOP)
+        self.sigstop_unix = time.time()
         with anyio.move_on_after(FREEZE_VERIFY_S):
             while any(procs.process_state(pid) not in ("T", "t", None) for pid in pids):
                 await anyio.sleep(0.001)
