@@ -44,7 +44,7 @@ from .config import (
 )
 from .core import Supervisor
 from .errors import ConfigError, IroncliwError, Refused
-from .model import MIB, ComponentState, MemoryState, Priority
+from .model import ComponentState, MemoryState, Priority
 
 log = structlog.get_logger("ironcliw.api")
 
@@ -200,20 +200,13 @@ class M1MemoryManager:
         return self._snapshot_from(self.supervisor.memory.summary())
 
     async def can_load_component(self, name: str) -> tuple[bool, str]:
-        runner = self.supervisor.runner(name)
-        if runner.child is not None:
-            return True, f"{name} is already loaded ({runner.state.value})"
-        monitor = self.supervisor.memory
-        snap = monitor.sample()
-        need = runner.spec.estimated_mb * MIB
-        room = monitor.headroom_bytes(snap)
-        if need <= room:
-            return True, f"{name} needs ~{need / MIB:.0f} MB (estimate), {room / MIB:.0f} MB free before WARNING"
-        return False, f"{name} needs ~{need / MIB:.0f} MB (estimate), {max(room, 0) / MIB:.0f} MB free before WARNING"
+        """(ok, reason): the predicted peak (history, inputs, margin) against the room before WARNING."""
+        ok, reason, _prediction, _room = self.supervisor.can_load(name)
+        return ok, reason
 
-    async def load_component(self, name: str) -> bool:
+    async def load_component(self, name: str, make_room: bool = False) -> bool:
         try:
-            await self.supervisor.load(name)
+            await self.supervisor.load(name, make_room=make_room)
         except IroncliwError as exc:
             log.warning("load_refused", component=name, reason=exc.message)
             return False

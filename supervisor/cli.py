@@ -227,13 +227,15 @@ def _format_memory(m: dict[str, Any]) -> str:
 
 def _format_report(r: dict[str, Any]) -> str:
     lines = [_format_memory(r), ""]
-    head = ["NAME", "PRIORITY", "STATE", "RSS_MB", "PEAK_MB", "ANON_MB", "FILE_MB", "USS_MB", "TREND_MB_S", "TRIM_FREED", "LAST_EXIT"]
+    head = ["NAME", "PRIORITY", "STATE", "RSS_MB", "PEAK_MB", "ANON_MB", "FILE_MB", "USS_MB", "PRED_MB", "RUNS", "TREND_MB_MIN", "TRIM_FREED", "LAST_EXIT"]
     rows = [head]
     for c in r["components"]:
         rows.append([
             c["name"], c["priority"], c["state"], f"{c['rss_mb']:.1f}", f"{c['peak_mb']:.1f}", f"{c['anon_mb']:.1f}",
             f"{c['file_mb']:.1f}", "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
-            "-" if c["trend_mb_s"] is None else f"{c['trend_mb_s']:+.2f}",
+            "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
+            str(c["prediction"]["runs"]) if c["prediction"] else "-",
+            "-" if c["trend_mb_per_min"] is None else f"{c['trend_mb_per_min']:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
             ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-", c["last_exit"] or "-",
         ])
     lines += _columns(rows)
@@ -241,6 +243,8 @@ def _format_report(r: dict[str, Any]) -> str:
     lines += ["", f"system: {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB used; swap {s['swap_used_mb']:.0f}/{s['swap_total_mb']:.0f} MB; "
               f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
               f"last sample {r['sample_ms']} ms"]
+    lines += ["", "predictions:"]
+    lines += [f"  {c['name']:<14} {c['prediction']['detail']} ({c['prediction']['basis']})" for c in r["components"] if c["prediction"]]
     if r["recent_actions"]:
         lines += ["", "recent actions:"]
         lines += [f"  {a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in r["recent_actions"]]
@@ -255,9 +259,10 @@ def _format_explain(e: dict[str, Any]) -> str:
     nxt = e["fires_at_next_state"]
     lines.append(f"at {e['next_state']}: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in nxt) if nxt else "nothing"))
     key = "at_" + e["next_state"].lower()
-    rows = [["NAME", "PRIORITY", "STATE", "RSS_MB", "IDLE_S", "GROWING", "NOW", key.upper()]]
+    rows = [["NAME", "PRIORITY", "STATE", "RSS_MB", "PRED_MB", "IDLE_S", "GROWING", "NOW", key.upper()]]
     for c in e["candidates"]:
         rows.append([c["name"], c["priority"] + (" (protected)" if c["protected"] else ""), c["state"], f"{c['rss_mb']:.1f}",
+                     f"{c.get('predicted_mb') or 0:.0f}",
                      f"{c['idle_s']:.0f}", "yes" if c["growing"] else "no", ",".join(c["now"]) or "-", ",".join(c[key]) or "-"])
     return "\n".join(lines + [""] + _columns(rows))
 

@@ -73,6 +73,7 @@ class ComponentSpec(_Table):
     stop_grace_s: NonNegSeconds = 5.0
     trim_signal: str | None = None
     ready: Readiness = Readiness()
+    inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
 
 
 class SupervisorSection(_Table):
@@ -107,6 +108,7 @@ class MemorySection(_Table):
     recovery_hold_s: NonNegSeconds = 10.0  # HEALTHY this long before thawing and reloading
     wake_settle_s: NonNegSeconds = 5.0  # after the machine wakes from sleep, act only after this
     dry_run: bool = False  # log and publish actions without carrying them out
+    early_freeze_s: NonNegSeconds = 3.0  # WARNING freezes a LOW component set to reach CRITICAL sooner than this
 
 
 class HttpSection(_Table):

@@ -21,7 +21,10 @@ from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
 from .model import MIB, ComponentState, ComponentStatus, MemoryState
+from .history import History
 from .monitor import MemoryMonitor
+from .policy import plan_make_room
+from .predictor import Prediction, RunRecord, predict
 from .runner import Runner
 from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 
@@ -53,7 +56,8 @@ class Supervisor:
         self._env = env
         self._echo = echo
         self.runners: dict[str, Runner] = {name: self._make_runner(config.components[name]) for name in config.order}
-        self.memory = MemoryMonitor(config.memory, self.runners, self.bus)
+        self.history = History(paths.state_dir)
+        self.memory = MemoryMonitor(config.memory, self.runners, self.bus, predict=self.prediction)
 
     def _make_runner(self, spec: ComponentSpec) -> Runner:
         assert spec.name is not None
@@ -66,6 +70,8 @@ class Supervisor:
             extra_env=self._env,
             on_change=self._component_changed,
             echo=self._echo,
+            on_run_end=self._record_run,
+            run_context=lambda name: (self.prediction(name).peak_mb, self._inputs_bytes(self.config.components[name])),
         )
 
     def register(self, spec: ComponentSpec) -> Runner:
@@ -92,6 +98,7 @@ class Supervisor:
         try:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
+            self.history.load()
             grace = max((spec.stop_grace_s for spec in self.config.components.values()), default=5.0)
             await stop_leftovers(self.runtime, grace)
             async with anyio.create_task_group() as tg:
@@ -225,9 +232,83 @@ class Supervisor:
             )
         return {"components": rows}
 
+    # --- prediction and admission ------------------------------------------------------------
+
+    def _inputs_bytes(self, spec: ComponentSpec) -> int | None:
+        if not spec.inputs:
+            return None
+        total = 0
+        for path in spec.inputs:
+            try:
+                total += (Path(spec.cwd or ".") / path).stat().st_size
+            except OSError:
+                log.warning("input_missing", component=spec.name, path=path)
+        return total
+
+    def prediction(self, name: str) -> Prediction:
+        spec = self.runner(name).spec
+        # Runs that never became ready (crash loops, bad configs) say little about a load's need.
+        runs = [r for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        return predict(runs, spec.estimated_mb, self._inputs_bytes(spec))
+
+    def _record_run(self, name: str, record: RunRecord) -> None:
+        self.history.append(name, record)
+        log.info(
+            "run_recorded",
+            component=name,
+            peak_mb=record.peak_mb,
+            peak_source=record.peak_source,
+            predicted_mb=record.predicted_mb,
+            time_to_ready_s=record.time_to_ready_s,
+        )
+
+    def can_load(self, name: str) -> tuple[bool, str, Prediction, int]:
+        """(ok, reason with the numbers, the prediction, bytes free before WARNING)."""
+        runner = self.runner(name)
+        pred = self.prediction(name)
+        self._fresh_sample()
+        snap = self.memory.current()
+        room = self.memory.headroom_bytes(snap)
+        evidence = f"predicted from {pred.runs} run{'s' if pred.runs != 1 else ''}" if pred.runs else "its estimate, no history yet"
+        reason = f"{name} needs ~{_size(pred.peak_mb * MIB)} ({evidence}), {_size(max(room, 0))} free before WARNING"
+        if runner.child is not None:
+            return True, f"{name} is already loaded ({runner.state.value})", pred, room
+        return pred.peak_mb * MIB <= room, reason, pred, room
+
+    async def _make_room(self, name: str, pred: Prediction, room: int) -> None:
+        """Unload lower-priority components (never equal or higher) until the load fits."""
+        target = self.runner(name).spec.priority
+        candidates = [
+            (r.name, r.spec.priority, r.usage.rss_bytes, self._time_to_ready(r.name))
+            for r in self.runners.values()
+            if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
+        ]
+        shortfall = int(pred.peak_mb * MIB) - room
+        chosen, freed = plan_make_room(shortfall, candidates)
+        if freed < shortfall:
+            names = ", ".join(chosen) or "nothing"
+            raise Refused(
+                f"{name} needs ~{_size(pred.peak_mb * MIB)}, {_size(max(room, 0))} free before WARNING; "
+                f"unloading every lower priority ({names}) would free only {_size(freed)}"
+            )
+        log.info("making_room", component=name, unload=chosen, freed_mb=round(freed / MIB, 1), shortfall_mb=round(shortfall / MIB, 1))
+        for victim in chosen:
+            runner = self.runners[victim]
+            await runner.stop(f"unloaded to make room for {name} (needs ~{_size(pred.peak_mb * MIB)})")
+            runner.unloaded_by_policy = True  # comes back when it fits again
+
+    def _time_to_ready(self, name: str) -> float:
+        times = [r.time_to_ready_s for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        return sorted(times)[len(times) // 2] if times else 1.0
+
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
+        ok, reason, pred, room = self.can_load(name)
+        if not ok:
+            if not make_room:
+                raise Refused(reason + " (--make-room unloads lower priorities)")
+            await self._make_room(name, pred, room)
         state = await runner.start()
         if state is not ComponentState.READY:
             raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
@@ -242,7 +323,10 @@ class Supervisor:
         runner = self.runner(name)
         self._refuse_while_stopping()
         await runner.stop("restarting")
-        return await self.load(name)
+        state = await runner.start()  # it was running: admission already let it in
+        if state is not ComponentState.READY:
+            raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
+        return runner.status(time.monotonic())
 
     def touch(self, name: str) -> ComponentStatus:
         runner = self.runner(name)
@@ -285,3 +369,8 @@ class Supervisor:
     def _refuse_while_stopping(self) -> None:
         if self._stopping:
             raise Refused("the supervisor is shutting down")
+
+
+def _size(n_bytes: float) -> str:
+    mb = n_bytes / MIB
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"

@@ -120,6 +120,7 @@ class Enforcer:
         await anyio.sleep(self.cfg.trim_settle_s)
         freed_mb = max(0.0, (before - runner.usage.rss_bytes) / MIB)
         runner.trim_freed_mb.append(round(freed_mb, 1))
+        runner.current_run.trim_freed_mb.append(round(freed_mb, 1))
         log.info("trim_measured", component=runner.name, freed_mb=round(freed_mb, 1), rss_mb=round(runner.usage.rss_mb, 1))
         self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=round(freed_mb, 1))
 

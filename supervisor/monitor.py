@@ -26,18 +26,29 @@ from .config import MemorySection
 from .enforcer import Enforcer
 from .events import EventBus
 from .model import MIB, ComponentState, MemoryState, Snapshot, SystemMemory, state_rank
-from .policy import ComponentView, decide, decide_through_trims, explain
+from .policy import ComponentView, bytes_until, decide, decide_through_trims, explain
+from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
 from .pressure import PressureTracker, classify, kernel_floor, level_for, next_interval, threshold
 from .runner import Runner
 
 log = structlog.get_logger("ironcliw.memory")
 
 PUBLISH_EVERY_S = 0.25  # memory events at most this often (fast sampling runs at 50 Hz)
+HWM_EVERY_S = 1.0  # kernel high-water marks (VmHWM) are read this often: they keep peaks between reads
+TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
+LEAK_CHECK_EVERY_S = 10.0
 WAKE_JUMP_S = 1.0
 
 
 class MemoryMonitor:
-    def __init__(self, cfg: MemorySection, runners: dict[str, Runner], bus: EventBus) -> None:
+    def __init__(
+        self,
+        cfg: MemorySection,
+        runners: dict[str, Runner],
+        bus: EventBus,
+        predict: Callable[[str], Prediction] | None = None,
+    ) -> None:
+        self.predict = predict
         self.cfg = cfg
         self.runners = runners
         self.bus = bus
@@ -51,6 +62,8 @@ class MemoryMonitor:
         self._published_at = float("-inf")
         self._hold_until = float("-inf")
         self._suspended = platform.suspended_seconds()
+        self._hwm_at = self._trend_at = self._leak_at = float("-inf")
+        self._leaks_reported: dict[str, float] = {}
 
     # --- sampling ------------------------------------------------------------------------
 
@@ -71,6 +84,17 @@ class MemoryMonitor:
         usage, system, stack, percent = self._measure(now)
         for name, tree in usage.items():
             self.runners[name].record_usage(tree, now)
+        if now - self._hwm_at >= HWM_EVERY_S:
+            self._hwm_at = now
+            for r in self.runners.values():
+                r.read_hwm()
+        if now - self._trend_at >= TREND_EVERY_S:
+            self._trend_at = now
+            for name, tree in usage.items():
+                self.runners[name].trend_points.append((now, tree.rss_bytes / MIB))
+        if now - self._leak_at >= LEAK_CHECK_EVERY_S:
+            self._leak_at = now
+            self._check_leaks(now)
         previous = self.tracker.state
         self.tracker = classify(self.tracker, percent, system, self.cfg, now)
         self.own_rss_bytes = procs.own_rss_bytes()
@@ -98,6 +122,16 @@ class MemoryMonitor:
             self._published_at = now
             self.bus.publish("memory", **self.summary(), changed=self.tracker.state is not previous)
         return self.snapshot
+
+    def _check_leaks(self, now: float) -> None:
+        for name, r in self.runners.items():
+            if r.child is None or now - self._leaks_reported.get(name, float("-inf")) < 600:
+                continue
+            t = trend(list(r.trend_points), idle=now - r.last_used >= LEAK_WINDOW_S)
+            if t.leak:
+                self._leaks_reported[name] = now
+                log.warning("leak_suspected", component=name, slope_mb_per_min=t.slope_mb_per_min, detail=t.detail)
+                self.bus.publish("action", component=name, kind="LEAK_SUSPECTED", detail=t.detail)
 
     def level_now(self) -> tuple[MemoryState, float]:
         """A fresh reading without hysteresis: the enforcer's re-check before a destructive act."""
@@ -129,7 +163,8 @@ class MemoryMonitor:
                 last_trim_at=r.last_trim_at,
                 autostart=r.spec.autostart,
                 unloaded_by_policy=r.unloaded_by_policy,
-                estimated_bytes=r.spec.estimated_mb * MIB,
+                estimated_bytes=int(self.predict(name).peak_mb * MIB) if self.predict else r.spec.estimated_mb * MIB,
+                growth_bytes_s=r.growth_bytes_s,
                 after=tuple(r.spec.after),
                 busy=name in busy or r.state is ComponentState.STOPPING,
             )
@@ -188,7 +223,9 @@ class MemoryMonitor:
         rows = []
         for name, r in self.runners.items():
             detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
-            trend = _slope_mb_s(list(r.recent_rss))
+            t = trend(list(r.trend_points), idle=now - r.last_used >= LEAK_WINDOW_S)
+            pred = self.predict(name) if self.predict else None
+            to_next = self._time_to_next_threshold(snap, t.slope_mb_per_min)
             rows.append(
                 {
                     "name": name,
@@ -201,7 +238,15 @@ class MemoryMonitor:
                     "pss_mb": _mb(detail.pss_bytes) if detail else None,
                     "uss_mb": _mb(detail.uss_bytes) if detail else None,
                     "footprint_mb": _mb(detail.footprint_bytes) if detail else None,
-                    "trend_mb_s": trend,
+                    "trend_mb_per_min": t.slope_mb_per_min,
+                    "trend": t.detail,
+                    "leak_suspected": t.leak,
+                    "time_to_next_threshold_s": to_next,
+                    "predicted_mb": pred.peak_mb if pred else None,
+                    "prediction": {
+                        "basis": pred.basis, "runs": pred.runs, "margin": pred.margin,
+                        "confidence": pred.confidence, "detail": pred.detail,
+                    } if pred else None,
                     "idle_s": round(now - r.last_used, 1) if r.last_used else None,
                     "estimated_mb": r.spec.estimated_mb,
                     "trim_freed_mb": list(r.trim_freed_mb),
@@ -229,24 +274,30 @@ class MemoryMonitor:
             "recent_actions": list(self.enforcer.recent)[-20:],
         }
 
+    def _time_to_next_threshold(self, snap: Snapshot, slope_mb_per_min: float | None) -> float | None:
+        """Seconds until this growth alone takes memory to the next threshold up."""
+        nxt = {MemoryState.HEALTHY: self.cfg.warning_percent, MemoryState.WARNING: self.cfg.critical_percent,
+               MemoryState.CRITICAL: self.cfg.emergency_percent}.get(snap.state)
+        if nxt is None or slope_mb_per_min is None:
+            return None
+        eta = time_to_reach(0.0, bytes_until(snap, nxt) / MIB, slope_mb_per_min / 60)
+        return round(eta, 1) if eta is not None else None
+
     def explain(self) -> dict[str, Any]:
         snap = self.current()
         now = time.monotonic()
-        return explain(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
+        out = explain(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
+        for row in out["candidates"]:  # type: ignore[union-attr]
+            pred = self.predict(row["name"]) if self.predict else None
+            row["predicted_mb"] = pred.peak_mb if pred else None
+            row["prediction"] = pred.detail if pred else None
+            t = trend(list(self.runners[row["name"]].trend_points), idle=False)
+            row["trend_mb_per_min"] = t.slope_mb_per_min
+            row["time_to_next_threshold_s"] = self._time_to_next_threshold(snap, t.slope_mb_per_min)
+        return out
 
 
 def _mb(value: int | None) -> float | None:
     return round(value / MIB, 1) if value is not None else None
 
 
-def _slope_mb_s(points: list[tuple[float, int]]) -> float | None:
-    """Least-squares slope of RSS over the recent window, MB/s (the predictor refines this)."""
-    if len(points) < 2 or points[-1][0] - points[0][0] <= 0:
-        return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / var / MIB, 2)

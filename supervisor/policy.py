@@ -11,8 +11,11 @@ Rules, in the order they are tried (each action names its rule):
               `critical.unload`   unload LOW, then MEDIUM, until the projection is under CRITICAL;
                                   within a priority, the one that frees most, then least recently used
 - EMERGENCY   `emergency.freeze`, `emergency.unload`: every non-CRITICAL component
-- frozen      `frozen.max_time`   after max_frozen_s: unloaded if memory is still CRITICAL or
-                                  worse, thawed otherwise
+- WARNING     `warning.early_freeze` freeze a LOW component growing fast enough to reach
+                                  CRITICAL within early_freeze_s; `warning.unload_frozen` once
+                                  trims have settled, unload frozen LOW components
+- frozen      `frozen.max_time`   after max_frozen_s: unloaded if memory is still short (not
+                                  HEALTHY), thawed otherwise
 - HEALTHY     `recovery.thaw`, `recovery.reload`: after recovery_hold_s, thaw the frozen, and
               reload the autostart components pressure unloaded, highest priority first, while
               each fits below WARNING by its estimate
@@ -57,6 +60,7 @@ class ComponentView(msgspec.Struct, frozen=True):
     estimated_bytes: int = 0
     after: tuple[str, ...] = ()
     busy: bool = False  # an action on it is still being carried out
+    growth_bytes_s: float = 0.0  # recent growth rate
 
     @property
     def active(self) -> bool:
@@ -85,11 +89,14 @@ def decide(
     actions: list[Action] = []
     act = _Maker(snapshot, cfg)
 
-    trims = _trim_candidates(views, cfg, now) if state_rank(state) >= state_rank(WARNING) else []
-    actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
     # Destructive rules need the memory itself over the line, not just the state that
     # hysteresis holds on the way down.
     over = snapshot.percent_used >= threshold(state, cfg) if state is not HEALTHY else False
+    early = _about_to_cross(snapshot, views, cfg) if state is WARNING and over else []
+    actions += [act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early]
+    freezing = {v.name for v, _ in early}
+    trims = [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing] if state_rank(state) >= state_rank(WARNING) else []
+    actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
     if state is WARNING and over and not trims and _trims_settled(views, cfg, now):
         idle = [
             v for v in views
@@ -97,6 +104,9 @@ def decide(
             and now - v.last_used >= cfg.idle_unload_s
         ]
         actions += [act(ActionKind.UNLOAD, v, "warning.idle_unload", f"LOW and idle {now - v.last_used:.0f} s") for v in _respect_dependants(idle, views)]
+        # A LOW component frozen on its way up (early freeze) frees nothing while frozen.
+        stuck = [v for v in views if v.priority is Priority.LOW and v.frozen]
+        actions += [act(ActionKind.UNLOAD, v, "warning.unload_frozen", "LOW, frozen, and memory still short") for v in _respect_dependants(stuck, views)]
     if state is CRITICAL and over:
         growing = [v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing]
         actions += [act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL") for v in _respect_dependants(growing, views)]
@@ -111,13 +121,14 @@ def decide(
     for v in views:
         if v.frozen and v.frozen_since is not None and now - v.frozen_since >= cfg.max_frozen_s and v.name not in unloading:
             held = f"frozen {now - v.frozen_since:.0f} s (max_frozen_s {cfg.max_frozen_s:g})"
-            if state_rank(state) >= state_rank(CRITICAL):
+            if state is not HEALTHY:
                 actions.append(act(ActionKind.UNLOAD, v, "frozen.max_time", f"{held}, memory still {state.value}"))
             else:
                 actions.append(act(ActionKind.THAW, v, "frozen.max_time", f"{held}, memory {state.value}"))
 
     if state is HEALTHY and healthy_since is not None and now - healthy_since >= cfg.recovery_hold_s:
-        actions += _recover(snapshot, views, cfg, act, now - healthy_since)
+        thawing = {a.component for a in actions if a.kind is ActionKind.THAW}
+        actions += [a for a in _recover(snapshot, views, cfg, act, now - healthy_since) if a.component not in thawing]
     return actions
 
 
@@ -165,6 +176,44 @@ def _trims_settled(views: list[ComponentView], cfg: MemorySection, now: float) -
         for v in views
         if v.has_trim and v.active and v.state is ComponentState.READY
     )
+
+
+def _about_to_cross(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection) -> list[tuple[ComponentView, float]]:
+    """LOW components growing fast enough to take memory to CRITICAL within early_freeze_s."""
+    out = []
+    for v in views:
+        if v.priority is not Priority.LOW or not v.active or v.growth_bytes_s <= 0:
+            continue
+        room = bytes_until(snapshot, cfg.critical_percent)
+        eta = room / v.growth_bytes_s
+        if eta < cfg.early_freeze_s:
+            out.append((v, eta))
+    return out
+
+
+def bytes_until(snapshot: Snapshot, percent: float) -> float:
+    """How much the stack may still grow before used % reaches `percent`."""
+    system = snapshot.system
+    room = system.total_bytes * percent / 100 - (system.total_bytes - system.available_bytes)
+    if snapshot.budget_bytes:
+        room = min(room, snapshot.budget_bytes * percent / 100 - snapshot.stack_bytes)
+    return max(0.0, room)
+
+
+def plan_make_room(
+    shortfall_bytes: int, candidates: Iterable[tuple[str, Priority, int, float]]
+) -> tuple[list[str], int]:
+    """Which lower-priority components to unload so that `shortfall_bytes` fit: least costly to
+    bring back first (seconds of reload per MB freed), then the lowest priority. Candidates are
+    (name, priority, rss bytes, time to ready s). Returns (names, bytes they free)."""
+    ranked = sorted(candidates, key=lambda c: (c[3] / max(c[2] / MIB, 1.0), -c[1].rank))
+    chosen, freed = [], 0
+    for name, _prio, rss, _ttr in ranked:
+        if freed >= shortfall_bytes:
+            break
+        chosen.append(name)
+        freed += rss
+    return chosen, freed
 
 
 def _respect_dependants(chosen: list[ComponentView], views: list[ComponentView]) -> list[ComponentView]:

@@ -264,3 +264,22 @@ def signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
+
+
+def tree_hwm_bytes(root: int) -> int | None:
+    """The kernel's high-water mark of resident memory (VmHWM), summed over the tree: catches
+    spikes between samples. The sum of each process's own peak bounds the tree's peak from
+    above (they need not have peaked at once). None where the OS does not keep it."""
+    if not _HAS_PROC_CHILDREN:
+        return None
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total

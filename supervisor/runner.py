@@ -26,11 +26,27 @@ from . import launcher, procs, restart
 from .config import ComponentSpec
 from .errors import SpawnError
 from .events import EventBus
-from .model import ComponentState, ComponentStatus, ExitInfo, TreeUsage
+from .model import MIB, ComponentState, ComponentStatus, ExitInfo, TreeUsage
+from .predictor import RunRecord
 
 log = structlog.get_logger("ironcliw.runner")
 
+class RunStats:
+    """What one run of a component has shown so far (becomes a history RunRecord at its end)."""
+
+    def __init__(self, started_unix: float | None = None, predicted_mb: float | None = None, inputs_bytes: int | None = None) -> None:
+        self.started_unix = started_unix
+        self.predicted_mb = predicted_mb
+        self.inputs_bytes = inputs_bytes
+        self.hwm_bytes: int | None = None
+        self.ready_peak_bytes: int | None = None
+        self.time_to_ready_s: float | None = None
+        self.ready_samples: list[int] = []
+        self.trim_freed_mb: list[float] = []
+
+
 GROWTH_WINDOW_S = 1.0
+RATE_WINDOW_S = 0.3
 GROWTH_NOISE_BYTES = 1 << 20
 FREEZE_VERIFY_S = 0.1
 
@@ -49,6 +65,8 @@ class Runner:
         extra_env: dict[str, str],
         on_change: Callable[[], None],
         echo: Callable[[str, str], None] | None = None,
+        on_run_end: Callable[[str, RunRecord], None] | None = None,
+        run_context: Callable[[str], tuple[float | None, int | None]] | None = None,
     ) -> None:
         assert spec.name is not None
         self.name = spec.name
@@ -59,6 +77,8 @@ class Runner:
         self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
         self._on_change = on_change
         self._echo = echo
+        self._on_run_end = on_run_end
+        self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
         self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
         self._rng = random.Random()
 
@@ -70,12 +90,14 @@ class Runner:
         self.usage = TreeUsage(0, 0)
         self.peak_rss_bytes = 0  # highest sampled RSS of the current run
         self.recent_rss: deque[tuple[float, int]] = deque()  # (time, rss) over the last GROWTH_WINDOW_S
+        self.trend_points: deque[tuple[float, float]] = deque(maxlen=300)  # (time, MB) every TREND_EVERY_S
         self.last_used = 0.0  # monotonic: last start or touch
         self.frozen_since: float | None = None
         self.last_trim_at: float | None = None
         self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
+        self.current_run = RunStats()
         self.sigstop_unix: float | None = None  # when the last SIGSTOP was sent (wall clock, for benchmarks)
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
@@ -127,9 +149,23 @@ class Runner:
     def record_usage(self, usage: TreeUsage, now: float) -> None:
         self.usage = usage
         self.peak_rss_bytes = max(self.peak_rss_bytes, usage.rss_bytes)
+        if self.state is ComponentState.READY and len(self.current_run.ready_samples) < 4096:
+            self.current_run.ready_samples.append(usage.rss_bytes)
         self.recent_rss.append((now, usage.rss_bytes))
         while self.recent_rss and now - self.recent_rss[0][0] > GROWTH_WINDOW_S:
             self.recent_rss.popleft()
+
+    @property
+    def growth_bytes_s(self) -> float:
+        """Growth rate right now: over the samples of the last RATE_WINDOW_S, and only while
+        the latest sample is still higher than the one before (a burst that ended is not growth)."""
+        if len(self.recent_rss) < 3 or self.recent_rss[-1][1] <= self.recent_rss[-2][1]:
+            return 0.0
+        t1, v1 = self.recent_rss[-1]
+        first = next(((t, v) for t, v in self.recent_rss if t1 - t <= RATE_WINDOW_S), None)
+        if first is None or first[0] >= t1:
+            return 0.0
+        return (v1 - first[1]) / (t1 - first[0])
 
     @property
     def growing(self) -> bool:
@@ -137,6 +173,34 @@ class Runner:
         if len(self.recent_rss) < 2:
             return False
         return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
+
+    def read_hwm(self) -> None:
+        """Fold the kernel's high-water mark of the tree into this run's peak."""
+        if self.child is not None and self.child.returncode is None:
+            hwm = procs.tree_hwm_bytes(self.child.pid)
+            if hwm is not None:
+                self.current_run.hwm_bytes = max(self.current_run.hwm_bytes or 0, hwm)
+
+    def _end_run(self, exit_reason: str) -> None:
+        if self._on_run_end is None or self.current_run.started_unix is None:
+            return
+        run = self.current_run
+        sampled = max(self.peak_rss_bytes, 0)
+        peak = max(run.hwm_bytes or 0, sampled)
+        samples = sorted(run.ready_samples)
+        record = RunRecord(
+            started_unix=run.started_unix,
+            peak_mb=round(peak / MIB, 1),
+            peak_source="vmhwm" if (run.hwm_bytes or 0) >= sampled and run.hwm_bytes else "sampled",
+            ready_peak_mb=round(run.ready_peak_bytes / MIB, 1) if run.ready_peak_bytes is not None else None,
+            steady_mb=round(samples[len(samples) // 2] / MIB, 1) if samples else None,
+            time_to_ready_s=round(run.time_to_ready_s, 3) if run.time_to_ready_s is not None else None,
+            trim_freed_mb=list(run.trim_freed_mb),
+            exit_reason=exit_reason,
+            inputs_bytes=run.inputs_bytes,
+            predicted_mb=run.predicted_mb,
+        )
+        self._on_run_end(self.name, record)
 
     async def freeze(self, reason: str) -> bool:
         """SIGSTOP the whole tree and verify the kernel stopped it. Stops growth; frees nothing."""
@@ -239,15 +303,21 @@ class Runner:
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
         self.started_at = self.last_used = time.monotonic()
+        predicted, inputs = self._run_context(self.name) if self._run_context else (None, None)
+        self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)
         self.peak_rss_bytes = 0
         self.recent_rss.clear()
         self.frozen_since = None
         self._on_change()
         log.info("adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command)
         sink = launcher.RotatingLog(self.log_path, *self._log_limits)
+        ended = "supervisor stopped"
         try:
-            return await self._supervise(child, sink)
+            info, requested = await self._supervise(child, sink)
+            ended = info.reason
+            return info, requested
         finally:
+            self._end_run(ended)
             with anyio.CancelScope(shield=True):
                 if child.returncode is None or child.tree():
                     await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, self._frozen)
@@ -275,6 +345,9 @@ class Runner:
             with anyio.move_on_after(self.spec.ready.timeout_s):
                 await self._wait_ready(child)
                 if self.state is ComponentState.STARTING:
+                    self.read_hwm()
+                    self.current_run.ready_peak_bytes = max(self.current_run.hwm_bytes or 0, self.peak_rss_bytes)
+                    self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
                     self._set_state(ComponentState.READY)
                 return
             abort_reason.append(f"not ready within {self.spec.ready.timeout_s:g} s")
@@ -294,6 +367,7 @@ class Runner:
             else:
                 requested = not abort.is_set()
                 why = self._stop_reason if requested else abort_reason[0]
+                self.read_hwm()  # the last chance: the counters go with the process
                 was_frozen = self._frozen
                 self._set_state(ComponentState.STOPPING, why)
                 info = await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, was_frozen)

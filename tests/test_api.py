@@ -41,7 +41,7 @@ async def test_the_seed_usage_example() -> None:
     await manager.start_monitoring()
     try:
         ok, reason = await manager.can_load_component("nlp_engine")
-        assert ok and "needs ~180 MB" in reason
+        assert ok and "nlp_engine needs ~180 MB (its estimate, no history yet)" in reason
         assert await manager.load_component("chatbot")
         assert await manager.load_component("nlp_engine")
         snap = manager.snapshot()
@@ -66,7 +66,7 @@ async def test_can_load_refuses_with_the_numbers() -> None:
         manager.register_component("llm", ComponentPriority.HIGH, 500, command=SLEEPER)
         ok, reason = await manager.can_load_component("llm")
         assert not ok
-        assert reason.startswith("llm needs ~500 MB (estimate), ") and "MB free before WARNING" in reason
+        assert reason.startswith("llm needs ~500 MB (its estimate, no history yet), ") and "MB free before WARNING" in reason
 
 
 async def test_adopting_outside_processes_and_unloading_them_under_pressure() -> None:

@@ -94,7 +94,8 @@ def test_ballooning_low_component_is_frozen_then_unloaded_and_the_stack_recovers
     assert actions.index(("FREEZE", "balloon", "frozen")) < actions.index(("UNLOAD", "balloon", "unloading"))
     assert all(c != "chatbot" or k == "TRIM" for k, c, _ in actions)  # CRITICAL is never frozen or unloaded
     freeze = next(e for e in events(stack, "memory_action") if e["kind"] == "FREEZE")
-    assert freeze["state"] in ("CRITICAL", "EMERGENCY") and freeze["rss_mb"] > 100 and freeze["percent_used"] >= 85
+    # Frozen on its way up: early in WARNING if growth would reach CRITICAL within 3 s, else at CRITICAL.
+    assert freeze["state"] in ("WARNING", "CRITICAL", "EMERGENCY") and freeze["rss_mb"] > 100 and freeze["percent_used"] >= 70
     assert "chatbot" in chat(stack, "what is your name").lower() or "Ironcliw" in chat(stack, "who are you")
 
     # The balloon's first run ended by policy, with the reason kept ...
@@ -102,13 +103,61 @@ def test_ballooning_low_component_is_frozen_then_unloaded_and_the_stack_recovers
         lambda: next((e["reason"] for e in events(stack, "state_changed") if e["component"] == "balloon" and e["new"] == "STOPPED"), None),
         30, what="the balloon to stop",
     )
-    assert exit_reason.startswith("unloaded by policy at CRITICAL") or exit_reason.startswith("unloaded by policy at EMERGENCY")
-    # ... and once memory is healthy again it is reloaded (autostart), calm this time.
-    again = stack.wait_state("balloon", "READY", timeout=30)
-    assert again["pid"] != first["pid"]
-    assert any(e["kind"] == "RELOAD" and e["component"] == "balloon" for e in events(stack, "memory_action"))
+    assert exit_reason.startswith("unloaded by policy at ")
+    # ... and its recorded peak keeps it from being reloaded into a budget it does not fit.
+    wait_until(lambda: stack.call("memory")["state"] == "HEALTHY", 10, what="HEALTHY")
+    row = next(c for c in stack.call("report")["components"] if c["name"] == "balloon")
+    assert row["state"] == "STOPPED" and row["predicted_mb"] > 150 and row["unloaded_by_policy"]
     assert stack.component("chatbot")["state"] == "READY" and stack.component("chatbot")["restarts"] == 0
-    assert unloaded is not None
+    assert unloaded is not None and first["pid"]
+
+
+SPIKER = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("ready", flush=True)
+time.sleep(1.0)
+spike = b"x" * (220 << 20)
+time.sleep(3.0)
+del spike
+print("calm", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_the_stack_returns_to_its_configured_set_after_pressure(make_stack: StackFactory) -> None:
+    sleeper = python_command("import time; print('ready', flush=True); time.sleep(600)")
+    stack = make_stack(
+        memory_header()
+        + CHATBOT
+        + f"""
+        [components.spare]
+        command = {sleeper}
+        priority = "LOW"
+        estimated_mb = 10
+        ready = {{ log_pattern = "ready" }}
+        [components.spiker]
+        command = {python_command(SPIKER)}
+        priority = "HIGH"
+        estimated_mb = 20
+        ready = {{ log_pattern = "ready" }}
+        """
+    )
+    stack.up()
+    first = stack.wait_state("spare", "READY")
+    # The HIGH spike takes memory to CRITICAL: the LOW component is unloaded to make up ...
+    reason = wait_until(
+        lambda: next((e["reason"] for e in events(stack, "state_changed") if e["component"] == "spare" and e["new"] == "STOPPED"), None),
+        20, what="the LOW component to be unloaded",
+    )
+    assert reason.startswith("unloaded by policy at CRITICAL")
+    # ... and once the spike is over and memory has been HEALTHY for the hold, it comes back.
+    again = stack.wait_state("spare", "READY", timeout=20)
+    assert again["pid"] != first["pid"]
+    assert any(e["kind"] == "RELOAD" and e["component"] == "spare" for e in events(stack, "memory_action"))
+    states = {c["name"]: c["state"] for c in stack.call("status")["components"]}
+    assert states == {"chatbot": "READY", "spare": "READY", "spiker": "READY"}
 
 
 TRIMMABLE = """
@@ -150,7 +199,7 @@ def test_trim_is_measured_and_enough_trim_means_no_escalation(make_stack: StackF
     wait_until(lambda: stack.call("memory")["state"] == "HEALTHY", 10, what="HEALTHY")
     report = stack.call("report")
     row = next(c for c in report["components"] if c["name"] == "cache")
-    assert row["trim_freed_mb"] and row["trim_freed_mb"][0] > 150 and row["state"] == "READY"
+    assert row["trim_freed_mb"] and row["trim_freed_mb"][0] > 150 and row["state"] == "READY", (row, events(stack, "memory_action"))
     assert not any(e["kind"] == "UNLOAD" and e["outcome"] != "stood_down" for e in events(stack, "memory_action"))
 
 

@@ -118,7 +118,8 @@ def test_a_dependency_of_a_running_higher_priority_component_waits_for_it() -> N
 def test_frozen_too_long_is_unloaded_under_pressure_and_thawed_otherwise() -> None:
     frozen = [view("voice", "MEDIUM", 10, state=FROZEN, frozen_since=10.0)]
     assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=39.0, healthy_since=None)) == []
-    assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=41.0, healthy_since=None)) == [("THAW", "voice")]
+    assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=41.0, healthy_since=None)) == [("UNLOAD", "voice")]
+    assert kinds(decide(snap(50, MemoryState.HEALTHY), frozen, CFG, now=41.0, healthy_since=40.0)) == [("THAW", "voice")]
     # A HIGH component frozen in an EMERGENCY is not a CRITICAL-state candidate: only the time limit unloads it.
     high = [view("nlp", "HIGH", 10, state=FROZEN, frozen_since=10.0)]
     assert decide(snap(86, MemoryState.CRITICAL), high, CFG, now=39.0, healthy_since=None) == []
@@ -151,3 +152,14 @@ def test_explain_lists_candidates_and_the_next_rule() -> None:
     rows = {r["name"]: r for r in out["candidates"]}  # type: ignore[index]
     assert rows["chatbot"]["protected"] is True and rows["chatbot"]["at_warning"] == ["TRIM"]
     assert rows["balloon"]["at_warning"] == ["UNLOAD"] and rows["balloon"]["now"] == []
+
+
+def test_warning_freezes_a_low_component_about_to_reach_critical_then_unloads_it() -> None:
+    fast = view("balloon", "LOW", 200, growth_bytes_s=200 * MB, last_used=99.0)  # 200 MB/s; CRITICAL is 150 MB away
+    slow = view("cache", "LOW", 100, growth_bytes_s=1 * MB, last_used=99.0)
+    actions = decide(snap(70, MemoryState.WARNING), [fast, slow], CFG, now=100.0, healthy_since=None)
+    assert [(a.kind.value, a.component, a.rule) for a in actions] == [("FREEZE", "balloon", "warning.early_freeze")]
+    assert "set to reach CRITICAL in 0.8 s" in actions[0].reason  # 150 MB at 200 MB/s
+    frozen = msgspec.structs.replace(fast, state=FROZEN, frozen_since=100.0, growth_bytes_s=0.0)
+    later = decide(snap(71, MemoryState.WARNING), [frozen, slow], CFG, now=101.0, healthy_since=None)
+    assert [(a.kind.value, a.component, a.rule) for a in later] == [("UNLOAD", "balloon", "warning.unload_frozen")]

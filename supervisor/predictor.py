@@ -1,0 +1,188 @@
+"""How much memory the next load of a component will need, and where memory is heading.
+Pure functions over plain data; time arrives as an argument.
+
+Peak prediction (`predict`):
+- no history: the configured `estimated_mb`, with no confidence;
+- with history: the recency-weighted mean of past peaks (weights halve every
+  HALF_LIFE_RUNS runs) plus a spread term, times a safety margin that shrinks as runs
+  accumulate (MARGIN_FIRST at one run, falling as 1/sqrt(n) to MARGIN_FLOOR);
+- with declared `inputs` (file sizes): when past runs saw different input sizes, the peak is
+  fitted as `fixed + per_byte * size` (least squares, recency-weighted) and evaluated at the
+  current size, so a model that grows from 1 GB to 4 GB is predicted from the relation, not
+  from a stale history;
+- after an under-prediction (the last run peaked above what was predicted for it), the next
+  prediction is at least max(actual + 100 MB, actual x 1.2), as Kubernetes VPA records an OOM.
+
+Trend (`theil_sen`, `time_to_reach`): the median of pairwise slopes, robust to the spikes a
+sawtooth makes; a steady leak is growth over LEAK_WINDOW_S with a small spread.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import msgspec
+
+HALF_LIFE_RUNS = 4.0
+MARGIN_FIRST = 0.25
+MARGIN_FLOOR = 0.05
+SPREAD_WEIGHT = 1.5
+OOM_BUMP_MB = 100.0
+OOM_BUMP_FACTOR = 1.2
+LEAK_WINDOW_S = 120.0
+LEAK_MIN_MB_PER_MIN = 1.0
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One past run of a component, as the history keeps it."""
+
+    started_unix: float
+    peak_mb: float  # overall peak: kernel high-water marks summed over the tree, or the highest sample
+    peak_source: str = "sampled"  # "vmhwm" (Linux), "footprint" (macOS), "sampled"
+    ready_peak_mb: float | None = None  # start-to-ready peak
+    steady_mb: float | None = None  # median level once ready
+    time_to_ready_s: float | None = None
+    trim_freed_mb: list[float] = []
+    exit_reason: str | None = None
+    inputs_bytes: int | None = None  # total size of the declared inputs at start
+    predicted_mb: float | None = None  # what was predicted for this run
+
+
+class Prediction(msgspec.Struct, frozen=True):
+    peak_mb: float
+    confidence: float  # 0 (a guess) .. 1 (many consistent runs)
+    runs: int
+    margin: float  # the safety factor applied
+    basis: str  # "estimate", "history", "inputs", "history+bump"
+    detail: str  # human words with the evidence
+
+
+def _weights(n: int) -> list[float]:
+    """Newest run last; weight halves every HALF_LIFE_RUNS runs back."""
+    return [0.5 ** ((n - 1 - i) / HALF_LIFE_RUNS) for i in range(n)]
+
+
+def margin_for(runs: int) -> float:
+    if runs <= 0:
+        return MARGIN_FIRST
+    return max(MARGIN_FLOOR, MARGIN_FIRST / math.sqrt(runs))
+
+
+def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | None = None) -> Prediction:
+    if not runs:
+        return Prediction(float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB")
+    n = len(runs)
+    w = _weights(n)
+    total_w = sum(w)
+    peaks = [r.peak_mb for r in runs]
+    mean = sum(wi * p for wi, p in zip(w, peaks)) / total_w
+    var = sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks)) / total_w
+    spread = math.sqrt(var)
+    base, basis = mean + SPREAD_WEIGHT * spread, "history"
+    fitted = _fit_inputs(runs, w, inputs_bytes)
+    if fitted is not None:
+        base, basis = fitted, "inputs"
+    margin = margin_for(n)
+    peak = base * (1.0 + margin)
+    last = runs[-1]
+    detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
+    if basis == "inputs":
+        detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
+    if last.predicted_mb is not None and last.peak_mb > last.predicted_mb:
+        bumped = max(last.peak_mb + OOM_BUMP_MB, last.peak_mb * OOM_BUMP_FACTOR)
+        if bumped > peak:
+            peak, basis = bumped, basis + "+bump"
+            detail += f"; last run peaked {last.peak_mb:.0f} MB over its prediction {last.predicted_mb:.0f} MB"
+    confidence = min(1.0, n / 10.0) * (1.0 / (1.0 + spread / max(mean, 1.0)))
+    return Prediction(round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%}")
+
+
+def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | None) -> float | None:
+    """peak = fixed + per_byte * size, weighted least squares; None when it cannot be fitted."""
+    if inputs_bytes is None:
+        return None
+    points = [(wi, float(r.inputs_bytes), r.peak_mb) for wi, r in zip(w, runs) if r.inputs_bytes is not None]
+    sizes = {x for _, x, _ in points}
+    if not points:
+        return None
+    if len(sizes) < 2:
+        # One size seen: fixed and per-byte cost cannot be told apart. Larger inputs are
+        # scaled as if all of the peak grew with them (an upper bound); smaller ones are not.
+        (seen,) = sizes
+        if seen > 0 and inputs_bytes > seen:
+            return max(y for _, _, y in points) * inputs_bytes / seen
+        return None
+    sw = sum(wi for wi, _, _ in points)
+    mx = sum(wi * x for wi, x, _ in points) / sw
+    my = sum(wi * y for wi, _, y in points) / sw
+    sxx = sum(wi * (x - mx) ** 2 for wi, x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in points) / sxx
+    slope = max(0.0, slope)  # memory does not shrink as inputs grow
+    fixed = my - slope * mx
+    residual = math.sqrt(sum(wi * (y - (fixed + slope * x)) ** 2 for wi, x, y in points) / sw)
+    return max(0.0, fixed + slope * inputs_bytes) + SPREAD_WEIGHT * residual
+
+
+# --- trend ----------------------------------------------------------------------------------
+
+
+def theil_sen(points: Sequence[tuple[float, float]], max_points: int = 60) -> float | None:
+    """Median of pairwise slopes (units of value per unit of time); None with under 3 points."""
+    if len(points) > max_points:  # thin evenly: the estimator is O(n^2)
+        step = len(points) / max_points
+        points = [points[int(i * step)] for i in range(max_points)]
+    if len(points) < 3:
+        return None
+    slopes = sorted(
+        (b[1] - a[1]) / (b[0] - a[0]) for i, a in enumerate(points) for b in points[i + 1 :] if b[0] != a[0]
+    )
+    if not slopes:
+        return None
+    mid = len(slopes) // 2
+    return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
+
+
+def time_to_reach(current: float, target: float, slope: float | None) -> float | None:
+    """Seconds until `current` reaches `target` at `slope` per second; None if never."""
+    if slope is None or slope <= 0 or current >= target:
+        return 0.0 if current >= target else None
+    return (target - current) / slope
+
+
+class Trend(msgspec.Struct, frozen=True):
+    slope_mb_per_min: float | None
+    leak: bool
+    detail: str
+
+
+def max_drawdown(values: Sequence[float]) -> float:
+    """The largest fall from a running maximum: what a leak never shows and a sawtooth always does."""
+    top = float("-inf")
+    worst = 0.0
+    for v in values:
+        top = max(top, v)
+        worst = max(worst, top - v)
+    return worst
+
+
+def trend(points_mb: Sequence[tuple[float, float]], idle: bool) -> Trend:
+    """Slope over the points (time s, MB). A leak: while idle, growth of at least
+    LEAK_MIN_MB_PER_MIN sustained over LEAK_WINDOW_S, in both halves of the window, without a
+    fall larger than noise (a sawtooth that frees what it took is not a leak)."""
+    slope = theil_sen(points_mb)
+    if slope is None:
+        return Trend(None, False, "not enough samples")
+    per_min = slope * 60
+    span = points_mb[-1][0] - points_mb[0][0]
+    leak = False
+    if idle and span >= LEAK_WINDOW_S and per_min >= LEAK_MIN_MB_PER_MIN:
+        half = len(points_mb) // 2
+        first, second = theil_sen(points_mb[: half + 1]), theil_sen(points_mb[half:])
+        rise = per_min * span / 60
+        sustained = first is not None and second is not None and min(first, second) * 60 >= 0.3 * per_min
+        leak = sustained and max_drawdown([v for _, v in points_mb]) < max(2.0, 0.1 * rise)
+    word = "leak" if leak else ("growing" if per_min > 0.5 else "shrinking" if per_min < -0.5 else "flat")
+    return Trend(round(per_min, 2), leak, f"{word}: {per_min:+.1f} MB/min over {span:.0f} s")

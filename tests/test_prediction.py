@@ -1,0 +1,131 @@
+"""Exact peaks, persisted history and admission, on real processes (budget mode)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from supervisor.history import History
+from supervisor.predictor import RunRecord
+from tests.helpers import Stack, python_command, wait_until
+
+StackFactory = Callable[[str], Stack]
+pytestmark = pytest.mark.timeout(90)
+
+
+def record(peak: float) -> RunRecord:
+    return RunRecord(started_unix=1.0, peak_mb=peak, peak_source="vmhwm", time_to_ready_s=0.5)
+
+
+def test_history_survives_a_restart_and_sets_a_corrupt_file_aside(tmp_path: Path) -> None:
+    h = History(str(tmp_path), max_runs=3)
+    h.load()
+    for peak in (100, 200, 300, 400):
+        h.append("nlp", record(peak))
+    again = History(str(tmp_path), max_runs=3)
+    again.load()
+    assert [r.peak_mb for r in again.runs("nlp")] == [200, 300, 400]  # bounded per component
+
+    (tmp_path / "history.json").write_bytes(b'{"schema": 1, "components": {"nlp": [{"peak_m')  # truncated
+    broken = History(str(tmp_path))
+    broken.load()
+    assert broken.runs("nlp") == [] and broken.set_aside is not None and broken.set_aside.exists()
+    assert not (tmp_path / "history.json").exists()
+    broken.append("nlp", record(50))  # and it carries on with a fresh file
+    assert json.loads((tmp_path / "history.json").read_text())["schema"] == 1
+
+    (tmp_path / "history.json").write_text(json.dumps({"schema": 99, "components": {}}))
+    foreign = History(str(tmp_path))
+    foreign.load()
+    assert foreign.runs("nlp") == [] and foreign.set_aside is not None
+
+
+SPIKE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("ready", flush=True)
+time.sleep(0.7)
+spike = b"x" * (200 << 20)   # 200 MB for 50 ms: between two samples 2 s apart
+time.sleep(0.05)
+del spike
+print("spiked", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_the_kernel_high_water_mark_catches_a_spike_that_sampling_misses(make_stack: StackFactory) -> None:
+    stack = make_stack(
+        f"""
+        [memory]
+        sample_interval_s = 2.0
+        [components.spiky]
+        command = {python_command(SPIKE)}
+        priority = "MEDIUM"
+        estimated_mb = 20
+        ready = {{ log_pattern = "^ready" }}
+        """
+    )
+    stack.up()
+    stack.wait_state("spiky", "READY")
+    wait_until(lambda: "spiked" in stack.call("logs", name="spiky", lines=5)["lines"], 10, what="the spike")
+    sampled_peak = next(c for c in stack.call("report")["components"] if c["name"] == "spiky")["peak_mb"]
+    assert sampled_peak < 100  # polling never saw it
+    assert stack.cli("unload", "spiky").returncode == 0
+    history = json.loads((stack.state / "history.json").read_text())
+    (run,) = history["components"]["spiky"]
+    assert run["peak_mb"] >= 200 and run["peak_source"] == "vmhwm"
+    assert run["time_to_ready_s"] > 0 and run["exit_reason"] == "unloaded"
+    # The next load is predicted from that run, not from the 20 MB estimate.
+    prediction = next(c for c in stack.call("report")["components"] if c["name"] == "spiky")
+    assert prediction["predicted_mb"] >= 200 and prediction["prediction"]["runs"] == 1
+
+
+SLEEPER = python_command("import time; print('ready', flush=True); time.sleep(600)")
+HOG = "import time; data = b'x' * ({mb} << 20); print('ready', flush=True); time.sleep(600)"
+
+
+def admission_stack(make_stack: StackFactory) -> Stack:
+    parts = [
+        "[memory]\nbudget_mb = 400\nrecovery_hold_s = 3600\n",
+        f'[components.core]\ncommand = {SLEEPER}\npriority = "CRITICAL"\nestimated_mb = 10\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.peer]\ncommand = {python_command(HOG.format(mb=40))}\npriority = "HIGH"\nestimated_mb = 50\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.voice]\ncommand = {python_command(HOG.format(mb=60))}\npriority = "MEDIUM"\nestimated_mb = 70\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.extra]\ncommand = {python_command(HOG.format(mb=80))}\npriority = "LOW"\nestimated_mb = 90\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.big]\ncommand = {SLEEPER}\npriority = "HIGH"\nestimated_mb = 150\nautostart = false\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.huge]\ncommand = {SLEEPER}\npriority = "HIGH"\nestimated_mb = 900\nautostart = false\nready = {{ log_pattern = "ready" }}\n',
+    ]
+    stack = make_stack("".join(parts))
+    stack.up()
+    for name in ("core", "peer", "voice", "extra"):
+        stack.wait_state(name, "READY")
+    return stack
+
+
+def test_load_is_refused_with_the_numbers_and_make_room_spares_equal_and_higher(make_stack: StackFactory) -> None:
+    stack = admission_stack(make_stack)
+    refused = stack.cli("load", "big")
+    assert refused.returncode == 1
+    assert "big needs ~150 MB (its estimate, no history yet), " in refused.stderr and "MB free before WARNING" in refused.stderr
+    assert stack.component("big")["state"] == "STOPPED"
+
+    made = stack.cli("load", "big", "--make-room")
+    assert made.returncode == 0, made.stderr
+    states = {c["name"]: c["state"] for c in stack.call("status")["components"]}
+    assert states["big"] == "READY"
+    assert states["core"] == "READY" and states["peer"] == "READY"  # equal and higher priorities untouched
+    assert states["extra"] == "STOPPED"  # the LOW one went first
+    extra = stack.component("extra")
+    assert extra["last_exit"].startswith("unloaded to make room for big")
+
+
+def test_make_room_refuses_when_even_all_lower_priorities_would_not_do(make_stack: StackFactory) -> None:
+    stack = admission_stack(make_stack)
+    proc = stack.cli("load", "huge", "--make-room")
+    assert proc.returncode == 1
+    assert "huge needs ~900 MB" in proc.stderr and "would free only" in proc.stderr
+    states = {c["name"]: c["state"] for c in stack.call("status")["components"]}
+    assert states == {"core": "READY", "peer": "READY", "voice": "READY", "extra": "READY", "big": "STOPPED", "huge": "STOPPED"}

@@ -1,0 +1,75 @@
+"""The predictor on hand-made histories, and the trend detector on synthetic series."""
+
+from __future__ import annotations
+
+import random
+
+from supervisor.predictor import RunRecord, predict, theil_sen, time_to_reach, trend
+
+MB = 1 << 20
+
+
+def run(peak: float, inputs_mb: float | None = None, predicted: float | None = None) -> RunRecord:
+    return RunRecord(
+        started_unix=0.0, peak_mb=peak, inputs_bytes=int(inputs_mb * MB) if inputs_mb is not None else None, predicted_mb=predicted
+    )
+
+
+def test_cold_start_uses_the_configured_estimate() -> None:
+    p = predict([], estimated_mb=180)
+    assert (p.peak_mb, p.confidence, p.runs, p.basis) == (180.0, 0.0, 0, "estimate")
+
+
+def test_stable_history_predicts_just_above_with_a_shrinking_margin() -> None:
+    few = predict([run(500)] * 2, 100)
+    many = predict([run(500)] * 20, 100)
+    assert 500 < many.peak_mb < few.peak_mb <= 500 * 1.25
+    assert many.confidence > few.confidence and many.margin < few.margin
+    assert many.peak_mb <= 500 * 1.06  # little slack once the evidence is strong
+
+
+def test_one_outlier_raises_the_prediction_but_fades_with_recency() -> None:
+    history = [run(500)] * 8 + [run(900)] + [run(500)] * 2
+    just_after = predict(history[:9], 100)
+    later = predict(history + [run(500)] * 8, 100)
+    assert just_after.peak_mb > 850  # right after a 900 MB run, another one would fit
+    assert later.peak_mb < just_after.peak_mb and later.peak_mb < 700  # ten runs on, it has faded
+
+
+def test_growing_inputs_are_predicted_from_the_size_relation() -> None:
+    # peak = 50 MB + 2 x input: history at 100..400 MB of input, next load with 1600 MB.
+    history = [run(50 + 2 * s, inputs_mb=s) for s in (100, 200, 300, 400, 200, 100)]
+    p = predict(history, 100, inputs_bytes=1600 * MB)
+    assert p.basis == "inputs"
+    assert 3250 <= p.peak_mb <= 3250 * 1.15  # 50 + 3200, plus the margin
+    stale = predict(history, 100)  # without the input size: the history's level, far too low
+    assert stale.peak_mb < 1000
+
+
+def test_a_single_input_size_scales_up_for_a_larger_input() -> None:
+    history = [run(1100, inputs_mb=1000)] * 3
+    p = predict(history, 100, inputs_bytes=4000 * MB)
+    assert p.peak_mb >= 4400
+
+
+def test_under_prediction_bumps_the_next_one_like_vpa() -> None:
+    history = [run(500, predicted=550)] * 5 + [run(800, predicted=550)]
+    p = predict(history, 100)
+    assert p.peak_mb >= max(800 + 100, 800 * 1.2) and p.basis.endswith("+bump")
+
+
+def test_theil_sen_ignores_spikes_and_time_to_threshold() -> None:
+    points = [(float(t), 100.0 + 2.0 * t) for t in range(30)]
+    points[10] = (10.0, 900.0)  # one wild sample
+    assert abs(theil_sen(points) - 2.0) < 1e-9  # type: ignore[operator]
+    assert time_to_reach(100.0, 160.0, 2.0) == 30.0
+    assert time_to_reach(100.0, 160.0, -1.0) is None and time_to_reach(200.0, 160.0, 1.0) == 0.0
+
+
+def test_a_slow_leak_is_reported_and_a_sawtooth_is_not() -> None:
+    leak = [(float(t), 200.0 + 0.05 * t) for t in range(0, 300, 2)]  # 3 MB/min for 5 minutes
+    assert trend(leak, idle=True).leak
+    assert not trend(leak, idle=False).leak  # growth while working is not a leak
+    rng = random.Random(3)
+    saw = [(float(t), 200.0 + (t % 20) * 5 + rng.uniform(-1, 1)) for t in range(0, 300, 2)]
+    assert not trend(saw, idle=True).leak
