@@ -34,9 +34,12 @@ from .runner import Runner
 log = structlog.get_logger("ironcliw.memory")
 
 PUBLISH_EVERY_S = 0.25  # memory events at most this often (fast sampling runs at 50 Hz)
-HWM_EVERY_S = 1.0  # kernel high-water marks (VmHWM) are read this often: they keep peaks between reads
+# Kernel high-water marks (VmHWM) keep a peak until they are read, so they need not be read
+# often: only a process that exits on its own takes its last stretch with it.
+HWM_EVERY_S = 10.0
+HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
-LEAK_CHECK_EVERY_S = 10.0
+LEAK_CHECK_EVERY_S = 30.0
 WAKE_JUMP_S = 1.0
 
 
@@ -84,7 +87,8 @@ class MemoryMonitor:
         usage, system, stack, percent = self._measure(now)
         for name, tree in usage.items():
             self.runners[name].record_usage(tree, now)
-        if now - self._hwm_at >= HWM_EVERY_S:
+        hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
+        if now - self._hwm_at >= hwm_every:
             self._hwm_at = now
             for r in self.runners.values():
                 r.read_hwm()

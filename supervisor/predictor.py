@@ -129,7 +129,7 @@ def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | N
 # --- trend ----------------------------------------------------------------------------------
 
 
-def theil_sen(points: Sequence[tuple[float, float]], max_points: int = 60) -> float | None:
+def theil_sen(points: Sequence[tuple[float, float]], max_points: int = 30) -> float | None:
     """Median of pairwise slopes (units of value per unit of time); None with under 3 points."""
     if len(points) > max_points:  # thin evenly: the estimator is O(n^2)
         step = len(points) / max_points

@@ -314,3 +314,20 @@ def test_log_file_rotates_by_size(tmp_path: Path) -> None:
     assert names == ["c.log", "c.log.1", "c.log.2"]
     assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
     assert tail_lines(tmp_path / "c.log", 1) == ["line 29 ........"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+def test_children_get_an_oom_score_adj_by_priority(make_stack: StackFactory) -> None:
+    base = int(Path("/proc/self/oom_score_adj").read_text())
+    stack = make_stack(
+        "".join(
+            f'[components.{p.lower()}]\ncommand = {SLEEPER}\npriority = "{p}"\nready = {{ alive_s = 0.1 }}\n'
+            for p in ("CRITICAL", "HIGH", "MEDIUM", "LOW")
+        )
+    )
+    stack.up()
+    adj = {}
+    for p in ("critical", "high", "medium", "low"):
+        pid = stack.wait_state(p, "READY")["pid"]
+        adj[p] = int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    assert adj == {"critical": base, "high": min(1000, base + 300), "medium": min(1000, base + 600), "low": 1000}
