@@ -62,7 +62,20 @@ def ironcliw_config(workdir: Path, trivial: int) -> Path:
     return path
 
 
-class Ironcliw:
+class Managed:
+    """A supervisor under test, started as a subprocess."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> float:
+        assert self.proc is not None
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        return time.monotonic() - t
+
+
+class Ironcliw(Managed):
     def __init__(self, trivial: int = 0) -> None:
         self.dir = short_tmpdir("icwb-")
         self.config = ironcliw_config(self.dir, trivial)
@@ -104,18 +117,11 @@ class Ironcliw:
             times.append(time.perf_counter() - t)
         return times
 
-    def stop(self) -> float:
-        assert self.proc is not None
-        t = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        return time.monotonic() - t
-
 
 # --- supervisord ----------------------------------------------------------------------------
 
 
-class Supervisord:
+class Supervisord(Managed):
     def __init__(self, trivial: int = 0) -> None:
         self.python = supervisord_python()
         self.bin = self.python.parent
@@ -192,13 +198,6 @@ class Supervisord:
             subprocess.run([str(self.bin / "supervisorctl"), "-c", str(self.conf), "status"], stdout=subprocess.DEVNULL, cwd=self.dir)
             times.append(time.perf_counter() - t)
         return times
-
-    def stop(self) -> float:
-        assert self.proc is not None
-        t = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        return time.monotonic() - t
 
 
 def measure(kind: type, trivial: int, args: argparse.Namespace) -> dict[str, object]:

@@ -132,33 +132,34 @@ def _proc_children(pid: int) -> list[int]:
     return children
 
 
-def _statm(pid: int) -> tuple[int, int] | None:
-    """(resident, shared) bytes; shared is file-backed plus shmem (RssFile + RssShmem)."""
+def _read_small(path: str, size: int = 1024) -> bytes | None:
+    """One read of a small /proc file with raw os calls (a third of open()'s cost); None if gone."""
     try:
-        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fields = os.read(fd, 256).split()
+        return os.read(fd, size)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _statm(pid: int) -> tuple[int, int] | None:
+    """(resident, shared) bytes; shared is file-backed plus shmem (RssFile + RssShmem)."""
+    data = _read_small(f"/proc/{pid}/statm", 256)
+    if data is None:
+        return None
+    fields = data.split()
     return int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(resident bytes, thread count) from /proc/PID/stat: one read for both."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
+    data = _read_small(f"/proc/{pid}/stat")
+    if data is None:
         return None
-    try:
-        data = os.read(fd, 1024)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[21]) * _PAGE_SIZE, int(fields[17])
@@ -167,16 +168,8 @@ def _stat(pid: int) -> tuple[int, int] | None:
 def _children_fast(pid: int, threads: int) -> list[int]:
     if threads != 1:
         return _proc_children(pid)
-    try:
-        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
-    except OSError:
-        return []
-    try:
-        return [int(x) for x in os.read(fd, 65536).split()]
-    except OSError:
-        return []
-    finally:
-        os.close(fd)
+    data = _read_small(f"/proc/{pid}/task/{pid}/children", 65536)
+    return [int(x) for x in data.split()] if data else []
 
 
 def tree_usage(roots: Mapping[str, int], with_anon: bool = False) -> dict[str, TreeUsage]:
