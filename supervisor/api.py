@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -89,7 +90,10 @@ class M1MemoryManager:
             memory_section = msgspec.convert({"budget_mb": budget_mb, **memory}, MemorySection)
         except msgspec.ValidationError as exc:
             raise ConfigError("<M1MemoryManager>", "$.memory", str(exc)) from None
-        base = tempfile.mkdtemp(prefix="ironcliw-api-")  # never collides with a CLI stack
+        # A private runtime dir unless one is given: it never collides with a CLI stack, and
+        # it is removed again at stop_monitoring().
+        base = tempfile.mkdtemp(prefix="ironcliw-api-")
+        self._owned_dir = base
         config = Config(
             source="<python>",
             base_dir=os.getcwd(),
@@ -163,6 +167,7 @@ class M1MemoryManager:
             await self._task
         finally:
             self._task = None
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
 
     async def __aenter__(self) -> "M1MemoryManager":
         await self.start_monitoring()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -69,8 +70,8 @@ def chat(stack: Stack, message: str) -> str:
         return json.loads(s.makefile().readline())["reply"]
 
 
-def test_ballooning_low_component_is_frozen_then_unloaded_and_the_stack_recovers(make_stack: StackFactory) -> None:
-    marker = "/tmp/icw-balloon-marker-" + str(id(make_stack))
+def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answers(make_stack: StackFactory, tmp_path: Path) -> None:
+    marker = str(tmp_path / "balloon-ran")
     stack = make_stack(
         memory_header()
         + CHATBOT
