@@ -28,7 +28,7 @@ from .events import EventBus
 from .model import MIB, ComponentState, MemoryState, Snapshot, SystemMemory, state_rank
 from .policy import ComponentView, bytes_until, decide, decide_through_trims, explain
 from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
-from .pressure import PressureTracker, classify, kernel_floor, level_for, next_interval, threshold
+from .pressure import PressureTracker, classify, hold_after_wake, kernel_floor, level_for, next_interval, threshold
 from .runner import Runner
 
 log = structlog.get_logger("ironcliw.memory")
@@ -40,7 +40,6 @@ HWM_EVERY_S = 10.0
 HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
 LEAK_CHECK_EVERY_S = 30.0
-WAKE_JUMP_S = 1.0
 
 
 class MemoryMonitor:
@@ -182,9 +181,10 @@ class MemoryMonitor:
             snap = self.sample()
             now = snap.time
             suspended = platform.suspended_seconds()
-            if suspended - self._suspended > WAKE_JUMP_S:
-                self._hold_until = now + self.cfg.wake_settle_s
+            hold = hold_after_wake(self._suspended, suspended, now, self._hold_until, self.cfg)
+            if hold != self._hold_until:
                 log.warning("woke_from_sleep", slept_s=round(suspended - self._suspended, 1), hold_s=self.cfg.wake_settle_s)
+                self._hold_until = hold
             self._suspended = suspended
             if not stopping() and now >= self._hold_until:
                 actions = decide(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)

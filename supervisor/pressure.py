@@ -100,3 +100,14 @@ def next_interval(state: MemoryState, headroom_bytes: int, cfg: MemorySection) -
         return cfg.fast_interval_s
     time_to_cross = max(0, headroom_bytes) / (cfg.max_fill_rate_mb_s * 1048576)
     return min(cfg.sample_interval_s, max(cfg.fast_interval_s, time_to_cross))
+
+
+WAKE_JUMP_S = 1.0
+
+
+def hold_after_wake(previous_suspended_s: float, suspended_s: float, now: float, hold_until: float, cfg: MemorySection) -> float:
+    """Until when to hold actions off: a jump in the time spent suspended means the machine
+    just woke up, and memory figures right after a wake-up are not to be trusted."""
+    if suspended_s - previous_suspended_s > WAKE_JUMP_S:
+        return max(hold_until, now + cfg.wake_settle_s)
+    return hold_until

@@ -6,7 +6,7 @@ import msgspec
 
 from supervisor.config import MemorySection
 from supervisor.model import KernelPressure, MemoryState, SystemMemory
-from supervisor.pressure import PressureTracker, classify, kernel_floor, level_for, next_interval
+from supervisor.pressure import PressureTracker, classify, hold_after_wake, kernel_floor, level_for, next_interval
 
 CFG = MemorySection(hysteresis_percent=3.0, hold_s=5.0)
 GB = 1 << 30
@@ -75,3 +75,9 @@ def test_sampling_speeds_up_near_a_threshold_and_under_pressure() -> None:
     fast_fill = msgspec.structs.replace(CFG, max_fill_rate_mb_s=1000.0)
     assert next_interval(H, 500 * 1048576, fast_fill) == 0.5  # 500 MB of headroom at 1 GB/s
     assert next_interval(H, 1, fast_fill) == CFG.fast_interval_s
+
+
+def test_actions_are_held_off_after_a_wake_from_sleep() -> None:
+    cfg = msgspec.structs.replace(CFG, wake_settle_s=5.0)
+    assert hold_after_wake(10.0, 10.2, now=100.0, hold_until=0.0, cfg=cfg) == 0.0  # clock noise
+    assert hold_after_wake(10.0, 3610.0, now=100.0, hold_until=0.0, cfg=cfg) == 105.0  # slept an hour
