@@ -110,6 +110,8 @@ class ControlServer:
         # Each connection's cancel scope -> the monotonic time by which its current send or
         # frame must finish (None while it waits for the client's next request).
         self._deadlines: dict[anyio.CancelScope, float | None] = {}
+        # The raw socket of each connection: looked up once (stream.extra builds a dict per call).
+        self._sockets: dict[anyio.CancelScope, socket.socket] = {}
         self._watchdog_asleep: anyio.Event | None = None
 
     def _arm(self, scope: anyio.CancelScope, deadline: float | None) -> None:
@@ -141,6 +143,7 @@ class ControlServer:
         finally:
             self.clients -= 1
             del self._deadlines[scope]
+            self._sockets.pop(scope, None)
 
     async def _handle(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope) -> None:
         try:
@@ -164,6 +167,7 @@ class ControlServer:
         # most of a status call's cost. Waiting for data yields to the loop; a client that
         # keeps the socket full gets a checkpoint every YIELD_EVERY frames so it cannot hog it.
         sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        self._sockets[scope] = sock
         buffer = bytearray()
         served = 0
         while True:
@@ -287,7 +291,7 @@ class ControlServer:
                 tg.cancel_scope.cancel()
 
     async def _send(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope, reply: Reply) -> None:
-        sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        sock = self._sockets.get(scope) or stream.extra(SocketAttribute.raw_socket)
         view = memoryview(encode_frame(reply))
         while view:
             try:

@@ -58,6 +58,10 @@ class EventBus:
         self._subscriptions.append(sub)
         return sub
 
+    def wants(self, topic: str) -> bool:
+        """Whether anyone listens to `topic` (so a publisher can skip building the event)."""
+        return any(topic in sub.topics for sub in self._subscriptions)
+
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)

@@ -121,7 +121,7 @@ class MemoryMonitor:
                 stack_mb=round(stack / MIB, 1),
                 available_mb=round(self.snapshot.available_mb, 1),
             )
-        if self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S:
+        if self.bus.wants("memory") and (self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S):
             self._published_at = now
             self.bus.publish("memory", **self.summary(), changed=self.tracker.state is not previous)
         return self.snapshot
@@ -186,10 +186,17 @@ class MemoryMonitor:
                 log.warning("woke_from_sleep", slept_s=round(suspended - self._suspended, 1), hold_s=self.cfg.wake_settle_s)
                 self._hold_until = hold
             self._suspended = suspended
-            if not stopping() and now >= self._hold_until:
+            if not stopping() and now >= self._hold_until and self._may_act(snap):
                 actions = decide(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
                 await self.enforcer.apply(actions, tg)
             await anyio.sleep(next_interval(snap.state, self.headroom_bytes(snap), self.cfg))
+
+    def _may_act(self, snap: Snapshot) -> bool:
+        """HEALTHY with nothing frozen or unloaded by pressure: no rule can fire, skip deciding
+        (most samples of an idle stack)."""
+        if snap.state is not MemoryState.HEALTHY:
+            return True
+        return any(r.state is ComponentState.FROZEN or r.unloaded_by_policy for r in self.runners.values())
 
     async def act_as(self, state: MemoryState, tg: anyio.abc.TaskGroup) -> list[dict[str, object]]:
         """Carry out now what the policy does at `state` (optimize: WARNING; emergency-cleanup:
