@@ -123,10 +123,16 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
 
     supervisor = Supervisor(config, paths, echo=echo)
 
+    services = [control.serve]
+    if config.http.enabled:
+        from .http.server import serve as serve_http  # the web stack only when asked for
+
+        services.append(serve_http)
+
     async def run() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_forward_signals, supervisor)
-            await supervisor.run(services=[control.serve])
+            await supervisor.run(services=services)
             tg.cancel_scope.cancel()
 
     try:

@@ -57,6 +57,12 @@ class Refused(IroncliwError):
     code = "REFUSED"
 
 
+class BadRequest(IroncliwError):
+    """An HTTP request body that is not what the endpoint takes."""
+
+    code = "BAD_REQUEST"
+
+
 class ProtocolError(IroncliwError):
     """A control-socket frame or message that does not follow the protocol."""
 

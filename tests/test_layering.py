@@ -31,17 +31,19 @@ def module_of(path: Path) -> str:
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
-    """(supervisor modules imported, third-party/stdlib top-level names imported)."""
+    """(supervisor modules imported, third-party/stdlib top-level names imported). A module
+    inside a subpackage (platform/, http/) importing its siblings counts as importing itself."""
+    in_subpackage = path.is_relative_to(PACKAGE) and len(path.relative_to(PACKAGE).parts) > 1
     tree = ast.parse(path.read_text())
     internal, external = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level > 0 or (node.module or "").startswith("supervisor"):
+            if node.level == 1 and in_subpackage:
+                internal.add(module_of(path))
+            elif node.level > 0 or (node.module or "").startswith("supervisor"):
                 base = (node.module or "").removeprefix("supervisor").lstrip(".")
                 if base:
                     internal.add(base.split(".")[0])
-                elif node.level <= 1:
-                    internal.update(alias.name for alias in node.names)
                 else:
                     internal.update(alias.name for alias in node.names)
             else:
@@ -70,6 +72,8 @@ def test_imports_go_downwards() -> None:
                 problems.append(f"{path.relative_to(REPO)} is a pure module but imports {sorted(bad)}")
         if me not in {"procs", "platform"} and "psutil" in external and int(LAYERS[me]) != 3:
             problems.append(f"{path.relative_to(REPO)} imports psutil outside layer 3")
+        if me != "http" and external & {"starlette", "uvicorn"}:
+            problems.append(f"{path.relative_to(REPO)} imports the web stack outside supervisor/http/")
     assert not problems, "\n".join(problems)
 
 

@@ -30,7 +30,10 @@ def pid_alive(pid: int) -> bool:
 
 def default_stack_text() -> str:
     text = (REPO / "configs" / "ironcliw.toml").read_text()
-    return text.replace('cwd = ".."', f"cwd = {json.dumps(str(REPO))}")
+    with socket.socket() as probe:  # the HTTP API on a free port, not 8000
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return text.replace('cwd = ".."', f"cwd = {json.dumps(str(REPO))}").replace("port = 8000", f"port = {port}")
 
 
 @pytest.mark.timeout(90)

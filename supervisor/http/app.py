@@ -1,0 +1,148 @@
+"""The seed's HTTP endpoints, each a thin door onto the same `Supervisor` methods that the
+control socket and the Python API use.
+
+Bad JSON, wrong types and unknown components get a 4xx with a JSON error body; a refusal
+(a load that does not fit) is 409 with the numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..config import check_component, decode_component
+from ..core import Supervisor
+from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
+
+from .responses import error_response, json_response
+
+Handler = Callable[[Request], Awaitable[Response]]
+_STATUS_FOR = {UnknownComponent: 404, Refused: 409, ConfigError: 422}
+
+
+def build_app(supervisor: Supervisor) -> Starlette:
+    sup = supervisor
+
+    def guarded(fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return json_response(await fn(request), status)
+            except IroncliwError as exc:
+                code = next((s for cls, s in _STATUS_FOR.items() if isinstance(exc, cls)), 400)
+                return error_response(code, exc.code, exc.message)
+
+        return endpoint
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw:
+            return {}
+        try:
+            value = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ConfigError("<request>", "$", "a JSON object")
+        return value
+
+    async def health(request: Request) -> dict[str, Any]:
+        m = sup.memory_status()
+        status = {"HEALTHY": "healthy", "WARNING": "warning", "CRITICAL": "critical", "EMERGENCY": "emergency"}[m["state"]]
+        return {
+            "status": status,
+            "memory": {k: m[k] for k in ("state", "percent_used", "available_mb", "components_loaded")},
+        }
+
+    async def status(request: Request) -> dict[str, Any]:
+        return sup.memory_status()
+
+    async def report(request: Request) -> dict[str, Any]:
+        return sup.report()
+
+    async def components(request: Request) -> dict[str, Any]:
+        return sup.components()
+
+    async def register(request: Request) -> Any:
+        table = await body(request)
+        name = table.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError("<request>", "$.name", "a component name (string)")
+        spec = check_component("<request>", Path(sup.config.base_dir), name, decode_component("<request>", name, table))
+        sup.register(spec)
+        return sup.runner(name).status(0.0)
+
+    async def load(request: Request) -> Any:
+        args = await body(request)
+        make_room = args.get("make_room", False)
+        if not isinstance(make_room, bool):
+            raise ConfigError("<request>", "$.make_room", "true or false")
+        return await sup.load(request.path_params["name"], make_room=make_room)
+
+    async def unload(request: Request) -> Any:
+        return await sup.unload(request.path_params["name"])
+
+    async def optimize(request: Request) -> Any:
+        return await sup.optimize()
+
+    async def emergency(request: Request) -> Any:
+        return await sup.emergency_cleanup()
+
+    async def openapi(request: Request) -> dict[str, Any]:
+        return OPENAPI
+
+    routes = [
+        Route("/health", guarded(health)),
+        Route("/memory/status", guarded(status)),
+        Route("/memory/report", guarded(report)),
+        Route("/memory/components", guarded(components)),
+        Route("/memory/components/register", guarded(register, 201), methods=["POST"]),
+        Route("/memory/components/{name}/load", guarded(load), methods=["POST"]),
+        Route("/memory/components/{name}/unload", guarded(unload), methods=["POST"]),
+        Route("/memory/optimize", guarded(optimize), methods=["POST"]),
+        Route("/memory/emergency-cleanup", guarded(emergency), methods=["POST"]),
+        Route("/openapi.json", guarded(openapi)),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "NOT_FOUND", f"no endpoint {request.method} {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.url.path}")
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        return error_response(500, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed, Exception: internal})
+
+
+def _op(summary: str, method: str = "get", body: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "JSON"}, "4XX": {"description": "JSON error"}}}
+    if method == "post":
+        op["parameters"] = [{"name": "X-Ironcliw-Token", "in": "header", "required": True, "schema": {"type": "string"}}]
+    if body:
+        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    return {method: op}
+
+
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Ironcliw supervisor", "version": "0.1.0"},
+    "paths": {
+        "/health": _op("Memory state in the seed's shape"),
+        "/memory/status": _op("State, percent used, available MB, loaded components"),
+        "/memory/report": _op("Per-component memory, predictions, trends, recent actions"),
+        "/memory/components": _op("Components with their state and config"),
+        "/memory/components/register": _op("Register a component (config keys plus name)", "post", body=True),
+        "/memory/components/{name}/load": {"post": {**_op("Load (admission; make_room)", "post", body=True)["post"], "parameters": _op("", "post")["post"]["parameters"] + _NAME}},
+        "/memory/components/{name}/unload": {"post": {**_op("Unload", "post")["post"], "parameters": _op("", "post")["post"]["parameters"] + _NAME}},
+        "/memory/optimize": _op("The WARNING actions now", "post"),
+        "/memory/emergency-cleanup": _op("The EMERGENCY actions now", "post"),
+    },
+}

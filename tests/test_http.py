@@ -1,0 +1,128 @@
+"""The HTTP API against a running supervisor with real components, and its security rules."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any, Callable
+
+import pytest
+
+from tests.helpers import Stack, python_command
+
+StackFactory = Callable[[str], Stack]
+SLEEPER = python_command("import time; print('ready', flush=True); time.sleep(600)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def web(make_stack: StackFactory) -> tuple[Stack, int, str]:
+    port = free_port()
+    stack = make_stack(
+        f"""
+        [memory]
+        budget_mb = 400
+        [http]
+        enabled = true
+        port = {port}
+        [components.chatbot]
+        command = {SLEEPER}
+        priority = "CRITICAL"
+        ready = {{ log_pattern = "ready" }}
+        [components.extra]
+        command = {SLEEPER}
+        priority = "LOW"
+        ready = {{ log_pattern = "ready" }}
+        [components.big]
+        command = {SLEEPER}
+        priority = "HIGH"
+        estimated_mb = 900
+        autostart = false
+        """
+    )
+    stack.up()
+    stack.wait_state("chatbot", "READY")
+    stack.wait_state("extra", "READY")
+    token = (stack.runtime / "http.token").read_text().strip()
+    return stack, port, token
+
+
+def request(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=payload, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    assert response.getheader("content-type") == "application/json", data
+    return response.status, json.loads(data)
+
+
+def test_read_endpoints(web: tuple[Stack, int, str]) -> None:
+    stack, port, _ = web
+    status, health = request(port, "GET", "/health")
+    assert status == 200 and health["status"] == "healthy"
+    assert set(health["memory"]) == {"state", "percent_used", "available_mb", "components_loaded"}
+    assert sorted(health["memory"]["components_loaded"]) == ["chatbot", "extra"]
+    status, mem = request(port, "GET", "/memory/status")
+    assert status == 200 and mem["state"] == "HEALTHY" and mem["budget_mb"] == 400
+    status, report = request(port, "GET", "/memory/report")
+    assert status == 200 and {c["name"] for c in report["components"]} == {"chatbot", "extra", "big"}
+    status, comps = request(port, "GET", "/memory/components")
+    assert status == 200 and {c["name"] for c in comps["components"]} == {"chatbot", "extra", "big"}
+    status, spec = request(port, "GET", "/openapi.json")
+    assert status == 200 and "/memory/components/{name}/load" in spec["paths"]
+    assert (stack.runtime / "http.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
+    stack, port, token = web
+    auth = {"X-Ironcliw-Token": token, "Content-Type": "application/json"}
+    status, row = request(port, "POST", "/memory/components/extra/unload", headers=auth)
+    assert status == 200 and row["state"] == "STOPPED"
+    status, row = request(port, "POST", "/memory/components/extra/load", {}, headers=auth)
+    assert status == 200 and row["state"] == "READY"
+    status, refused = request(port, "POST", "/memory/components/big/load", {}, headers=auth)
+    assert status == 409 and "big needs ~900 MB" in refused["error"]["message"]
+    status, row = request(port, "POST", "/memory/components/register", {"name": "late", "command": json.loads(SLEEPER), "priority": "LOW", "estimated_mb": 10, "ready": {"log_pattern": "ready"}}, headers=auth)
+    assert status == 201 and row["name"] == "late" and row["state"] == "STOPPED"
+    status, row = request(port, "POST", "/memory/components/late/load", headers=auth)
+    assert status == 200 and row["state"] == "READY"
+    status, done = request(port, "POST", "/memory/optimize", headers=auth)
+    assert status == 200 and isinstance(done["actions"], list)
+    status, done = request(port, "POST", "/memory/emergency-cleanup", headers=auth)
+    assert status == 200 and {a["component"] for a in done["actions"] if a["kind"] == "UNLOAD"} == {"extra", "late"}
+    stack.wait_state("extra", "STOPPED")
+    assert stack.component("chatbot")["state"] == "READY"
+
+
+@pytest.mark.parametrize(
+    "method, path, headers, body, status, code",
+    [
+        ("GET", "/health", {"Host": "evil.example"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "evil.example:8000"}, None, 400, "BAD_HOST"),
+        ("POST", "/memory/optimize", {}, None, 403, "NO_TOKEN"),
+        ("POST", "/memory/optimize", {"X-Ironcliw-Token": "wrong"}, None, 403, "BAD_TOKEN"),
+        ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://evil.example"}, None, 403, "CROSS_ORIGIN"),
+        ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b"{not json", 400, "BAD_REQUEST"),
+        ("POST", "/memory/components/ghost/load", {"TOKEN": ""}, b"{}", 404, "UNKNOWN_COMPONENT"),
+        ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b'{"make_room": "yes"}', 422, "BAD_CONFIG"),
+        ("POST", "/memory/components/register", {"TOKEN": ""}, b'{"name": "x", "command": "not a list"}', 422, "BAD_CONFIG"),
+        ("GET", "/nowhere", {}, None, 404, "NOT_FOUND"),
+        ("GET", "/memory/optimize", {}, None, 405, "METHOD_NOT_ALLOWED"),
+    ],
+)
+def test_refusals_are_4xx_with_a_json_error(web: tuple[Stack, int, str], method: str, path: str, headers: dict[str, str], body: bytes | None, status: int, code: str) -> None:
+    stack, port, token = web
+    if "TOKEN" in headers:
+        headers = {k: v for k, v in headers.items() if k != "TOKEN"} | {"X-Ironcliw-Token": token}
+    got, payload = request(port, method, path, headers=headers, raw=body)
+    assert got == status, payload
+    assert payload["error"]["code"] == code
+    assert stack.component("extra")["state"] == "READY"  # nothing refused changed anything
