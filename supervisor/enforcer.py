@@ -15,7 +15,7 @@ Every action becomes a structlog event with its evidence and an `action` event o
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Callable
 
 import anyio
@@ -48,6 +48,7 @@ class Enforcer:
         self.current_level = current_level  # a fresh sample: (state without hysteresis, percent)
         self.busy: set[str] = set()
         self.recent: deque[dict[str, object]] = deque(maxlen=100)
+        self.counts: Counter[tuple[str, str]] = Counter()  # (kind, outcome) -> how many, for metrics
         self._dry_run_seen: dict[tuple[ActionKind, str], float] = {}
 
     async def apply(self, actions: list[Action], tg: anyio.abc.TaskGroup, force: bool = False) -> list[dict[str, object]]:
@@ -132,6 +133,7 @@ class Enforcer:
             **extra,
         }
         self.recent.append(entry)
+        self.counts[(action.kind.value, outcome)] += 1
         log.info(
             "memory_action",
             kind=action.kind.value,

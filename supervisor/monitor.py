@@ -123,7 +123,12 @@ class MemoryMonitor:
             )
         if self.bus.wants("memory") and (self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S):
             self._published_at = now
-            self.bus.publish("memory", **self.summary(), changed=self.tracker.state is not previous)
+            self.bus.publish(
+                "memory",
+                **self.summary(),
+                components_mb={name: round(tree.rss_bytes / MIB, 1) for name, tree in usage.items()},
+                changed=self.tracker.state is not previous,
+            )
         return self.snapshot
 
     def _check_leaks(self, now: float) -> None:
@@ -224,6 +229,13 @@ class MemoryMonitor:
             "stack_mb": round(snap.stack_bytes / MIB, 1),
             "budget_mb": self.cfg.budget_mb,
             "system_used_percent": round(snap.system.used_percent, 2),
+            # What the percentages are of, and where the lines are: for charts.
+            "basis_mb": round((snap.budget_bytes or snap.system.total_bytes) / MIB, 1),
+            "thresholds": {
+                "warning": self.cfg.warning_percent,
+                "critical": self.cfg.critical_percent,
+                "emergency": self.cfg.emergency_percent,
+            },
         }
 
     def report(self) -> dict[str, Any]:

@@ -126,3 +126,41 @@ def test_refusals_are_4xx_with_a_json_error(web: tuple[Stack, int, str], method:
     assert got == status, payload
     assert payload["error"]["code"] == code
     assert stack.component("extra")["state"] == "READY"  # nothing refused changed anything
+
+
+def test_metrics_pass_promtool(web: tuple[Stack, int, str]) -> None:
+    import shutil
+    import subprocess
+
+    _, port, _ = web
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics", headers={"Host": f"127.0.0.1:{port}"})
+    response = conn.getresponse()
+    text = response.read()
+    conn.close()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/plain")
+    for name in ("ironcliw_component_rss_bytes", "ironcliw_component_state", "ironcliw_component_restarts_total",
+                 "ironcliw_actions_total", "ironcliw_memory_state", "ironcliw_sample_duration_seconds"):
+        assert name.encode() in text, name
+    assert b'ironcliw_component_state{component="chatbot",state="READY"} 1.0' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian's prometheus package; .ci/run installs it)")
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert lint.returncode == 0 and lint.stdout == b"" and lint.stderr == b"", (lint.stdout, lint.stderr)
+
+
+def test_server_sent_events_stream_memory_and_state(web: tuple[Stack, int, str]) -> None:
+    stack, port, token = web
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET /memory/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    got = b""
+    try:
+        while b"event: hello" not in got:
+            got += sock.recv(65536)
+        request(port, "POST", "/memory/components/extra/unload", headers={"X-Ironcliw-Token": token})
+        while b"event: state" not in got or b"event: memory" not in got:
+            got += sock.recv(65536)
+    finally:
+        sock.close()
+    assert b"text/event-stream" in got and b'"component":"extra"' in got

@@ -8,25 +8,50 @@ Bad JSON, wrong types and unknown components get a 4xx with a JSON error body; a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import anyio
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..config import check_component, decode_component
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
 
+from .metrics import make_registry, metrics_text
 from .responses import error_response, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
 _STATUS_FOR = {UnknownComponent: 404, Refused: 409, ConfigError: 422}
 
 
-def build_app(supervisor: Supervisor) -> Starlette:
+DASHBOARD = Path(__file__).parent / "dashboard.html"
+SSE_KEEPALIVE_S = 15.0
+
+
+async def _event_stream(sup: Supervisor, request: Request) -> AsyncIterator[bytes]:
+    """Server-Sent Events: memory samples (at most 4 a second), state changes and actions."""
+    with sup.bus.subscribe(["memory", "state", "action"], buffer=256) as sub:
+        yield b"event: hello\ndata: " + msgspec.json.encode(sup.memory_status()) + b"\n\n"
+        while True:
+            with anyio.move_on_after(SSE_KEEPALIVE_S) as scope:
+                try:
+                    event = await sub.receive.receive()
+                except anyio.EndOfStream:
+                    return
+            if scope.cancel_called:
+                if await request.is_disconnected():
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            yield b"event: " + event["topic"].encode() + b"\ndata: " + msgspec.json.encode(event) + b"\n\n"
+
+
+def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
     sup = supervisor
 
     def guarded(fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Handler:
@@ -96,6 +121,18 @@ def build_app(supervisor: Supervisor) -> Starlette:
     async def openapi(request: Request) -> dict[str, Any]:
         return OPENAPI
 
+    registry = make_registry(sup)
+
+    async def metrics(request: Request) -> Response:
+        return Response(metrics_text(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(_event_stream(sup, request), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    async def dashboard(request: Request) -> Response:
+        page = DASHBOARD.read_text().replace("__IRONCLIW_TOKEN__", token)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+
     routes = [
         Route("/health", guarded(health)),
         Route("/memory/status", guarded(status)),
@@ -107,6 +144,9 @@ def build_app(supervisor: Supervisor) -> Starlette:
         Route("/memory/optimize", guarded(optimize), methods=["POST"]),
         Route("/memory/emergency-cleanup", guarded(emergency), methods=["POST"]),
         Route("/openapi.json", guarded(openapi)),
+        Route("/metrics", metrics),
+        Route("/memory/events", events),
+        Route("/memory_dashboard.html", dashboard),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

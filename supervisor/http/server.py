@@ -27,7 +27,7 @@ class _EmbeddedServer(uvicorn.Server):
 async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     cfg = supervisor.config.http
     token = create_token(supervisor.paths.runtime_dir)
-    app = Guard(build_app(supervisor), token, cfg.port)
+    app = Guard(build_app(supervisor, token), token, cfg.port)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off", server_header=False)
     server = _EmbeddedServer(config)
     async with anyio.create_task_group() as tg:
