@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true", help="print JSON")
+    top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     touch = sub.add_parser("touch", help="mark a component used (idle unloading goes by this)")
     touch.add_argument("name")
     touch.add_argument("--json", action="store_true", help="print JSON")
@@ -94,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         return cmd_up(config, paths, args.log_format)
     try:
+        if args.command == "top":
+            from .top import run_top
+
+            ControlClient(paths.socket, timeout=2.0).connect().close()  # not running: exit 3 before curses
+            return run_top(paths.socket, args.interval)
         return run_client_command(args, paths)
     except NotRunning as exc:
         print(f"ironcliw: {exc}\nhint: start it with `bin/ironcliw up` (config {config.source})", file=sys.stderr)

@@ -19,7 +19,7 @@ LAYERS = {
     "runner": 4, "enforcer": 4.2, "monitor": 4.5,
     "core": 5,
     "control": 6, "client": 6, "http": 6, "api": 6.5,
-    "logsetup": 6.5, "cli": 7, "__main__": 8, "__init__": 8,
+    "logsetup": 6.5, "top": 6.5, "cli": 7, "__main__": 8, "__init__": 8,
 }
 PURE = {"errors", "model", "config", "protocol", "restart", "pressure", "predictor", "policy"}
 FORBIDDEN_IN_PURE = {"anyio", "psutil", "os", "signal", "time"}
