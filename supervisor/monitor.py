@@ -59,6 +59,7 @@ class MemoryMonitor:
         self.own_rss_bytes = 0
         self.sample_cost_s = 0.0  # how long the last sample took
         self.samples = 0
+        self.scheduled_samples = 0  # taken by the loop on its own schedule (not asked by a request)
         self.stale = True  # a component started or ended since the last sample
         self.enforcer = Enforcer(runners, bus, cfg, self.level_now)
         self._published_at = float("-inf")
@@ -184,6 +185,7 @@ class MemoryMonitor:
     async def run(self, tg: anyio.abc.TaskGroup, stopping: Callable[[], bool]) -> None:
         while True:
             snap = self.sample()
+            self.scheduled_samples += 1
             now = snap.time
             suspended = platform.suspended_seconds()
             hold = hold_after_wake(self._suspended, suspended, now, self._hold_until, self.cfg)
