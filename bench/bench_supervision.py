@@ -5,7 +5,9 @@
 - time from `up` to all components ready (the default stack: chatbot, nlp_engine, voice_engine);
 - status round trip over the control socket vs supervisord's XML-RPC getAllProcessInfo,
   and the CLIs (`ironcliw status` vs `supervisorctl status`) as whole commands;
-- the supervisor's own RSS and idle CPU with the default stack and with 100 trivial programs.
+- the supervisor's own RSS and idle CPU with the default stack and with 100 trivial programs
+  (the rounds run without the HTTP API, which supervisord lacks; one more start measures the
+  RSS of the default config as shipped, HTTP API included).
 
 Readiness differs by design: ironcliw's default stack waits for each component's "ready"
 log line (nlp_engine builds its index first); supervisord calls a program RUNNING after
@@ -50,9 +52,12 @@ DEFAULT_PROGRAMS = {
 # --- ironcliw -------------------------------------------------------------------------------
 
 
-def ironcliw_config(workdir: Path, trivial: int) -> Path:
+def ironcliw_config(workdir: Path, trivial: int, http_port: int | None = None) -> Path:
     text = (REPO / "configs" / "ironcliw.toml").read_text().replace('cwd = ".."', f'cwd = "{REPO}"')
-    text = text.replace("[http]\nenabled = true", "[http]\nenabled = false")
+    if http_port is None:
+        text = text.replace("[http]\nenabled = true", "[http]\nenabled = false")
+    else:
+        text = text.replace("port = 8000", f"port = {http_port}")
     if trivial:
         text = text.split("[components.")[0]
         for i in range(trivial):
@@ -76,9 +81,9 @@ class Managed:
 
 
 class Ironcliw(Managed):
-    def __init__(self, trivial: int = 0) -> None:
+    def __init__(self, trivial: int = 0, http_port: int | None = None) -> None:
         self.dir = short_tmpdir("icwb-")
-        self.config = ironcliw_config(self.dir, trivial)
+        self.config = ironcliw_config(self.dir, trivial, http_port)
         self.env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(self.dir / "run"), "IRONCLIW_STATE_DIR": str(self.dir / "state")}
         self.socket = str(self.dir / "run" / "control.sock")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -217,6 +222,24 @@ def measure(kind: type, trivial: int, args: argparse.Namespace) -> dict[str, obj
             kill_tree(runner.proc.pid)
 
 
+def rss_with_http() -> float:
+    """The default stack as configured, HTTP API included (on a free port)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = Ironcliw(0, http_port=port)
+    try:
+        runner.start()
+        time.sleep(3.0)
+        assert runner.proc is not None
+        return rss_mb(runner.proc.pid)
+    finally:
+        if runner.proc is not None and runner.proc.poll() is None:
+            runner.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls and a shorter idle window")
@@ -226,6 +249,7 @@ def main() -> None:
     args.cli_calls = 5 if args.quick else 15
     args.idle_s = 10.0 if args.quick else 60.0
 
+    http_rss = rss_with_http()
     rows = []
     for label, trivial in (("default stack (3)", 0), (f"{args.trivial} trivial", args.trivial)):
         ours = measure(Ironcliw, trivial, args)
@@ -241,6 +265,8 @@ def main() -> None:
         print(f"{'  ... speed-up at p50':44} {t50 / o50:>33.1f}x")
         print(f"{'  CLI status, whole command (median ms)':44} {statistics.median(ours['cli']) * 1000:>34.1f}   {statistics.median(theirs['cli']) * 1000:>34.1f}")
         print(f"{'  own RSS (MB)':44} {ours['rss']:>34.1f}   {theirs['rss']:>34.1f}")
+        if not label.endswith("trivial"):
+            print(f"{'  own RSS with [http] enabled (MB)':44} {http_rss:>34.1f}   {'-':>34}")
         print(f"{'  idle CPU (% of one core, ' + str(int(args.idle_s)) + ' s)':44} {ours['cpu']:>34.3f}   {theirs['cpu']:>34.3f}")
         print(f"{'  stop all (s)':44} {ours['stop_s']:>34.2f}   {theirs['stop_s']:>34.2f}")
 
