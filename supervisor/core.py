@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 import anyio
 import structlog
 
-from . import launcher
+from . import launcher, procs
 from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
@@ -31,6 +31,7 @@ from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 log = structlog.get_logger("ironcliw.supervisor")
 
 STATUS_SAMPLE_MAX_AGE_S = 0.5
+PREDICTION_TTL_S = 5.0  # input files are stat()ed at most this often
 
 
 class Service(Protocol):
@@ -47,6 +48,7 @@ class Supervisor:
         self._shutdown = anyio.Event()
         self._stopping = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self._predictions: dict[str, tuple[float, Prediction]] = {}
         self._recorded: list[ChildRecord] = []
         env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
@@ -203,7 +205,7 @@ class Supervisor:
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started_at, 1),
-                "rss_mb": round(self.memory.own_rss_bytes / MIB, 1),
+                "rss_mb": round(procs.own_rss_bytes() / MIB, 1),
                 "config": self.config.source,
                 "runtime_dir": self.paths.runtime_dir,
                 "stopping": self._stopping,
@@ -246,6 +248,17 @@ class Supervisor:
         return total
 
     def prediction(self, name: str) -> Prediction:
+        """Cached for PREDICTION_TTL_S (the policy asks on every decision, up to 50 times a
+        second under pressure); a finished run invalidates it at once."""
+        cached = self._predictions.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < PREDICTION_TTL_S:
+            return cached[1]
+        pred = self._predict(name)
+        self._predictions[name] = (now, pred)
+        return pred
+
+    def _predict(self, name: str) -> Prediction:
         spec = self.runner(name).spec
         # Runs that never became ready (crash loops, bad configs) say little about a load's need.
         runs = [r for r in self.history.runs(name) if r.time_to_ready_s is not None]
@@ -253,6 +266,7 @@ class Supervisor:
 
     def _record_run(self, name: str, record: RunRecord) -> None:
         self.history.append(name, record)
+        self._predictions.pop(name, None)
         log.info(
             "run_recorded",
             component=name,

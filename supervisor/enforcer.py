@@ -106,8 +106,7 @@ class Enforcer:
                 f"unloaded by policy at {action.state.value} {action.percent_used:.0f} % "
                 f"with {action.rss_mb:.0f} MB ({action.rule})"
             )
-            await runner.stop(reason)
-            runner.unloaded_by_policy = True  # stop() does not clear it; start() does
+            await runner.stop(reason)  # keeps unloaded_by_policy; only start() clears it
         finally:
             self.busy.discard(runner.name)
 

@@ -56,7 +56,6 @@ class MemoryMonitor:
         self.bus = bus
         self.tracker = PressureTracker()
         self.snapshot: Snapshot | None = None
-        self.own_rss_bytes = 0
         self.sample_cost_s = 0.0  # how long the last sample took
         self.samples = 0
         self.scheduled_samples = 0  # taken by the loop on its own schedule (not asked by a request)
@@ -101,7 +100,6 @@ class MemoryMonitor:
             self._check_leaks(now)
         previous = self.tracker.state
         self.tracker = classify(self.tracker, percent, system, self.cfg, now)
-        self.own_rss_bytes = procs.own_rss_bytes()
         self.snapshot = Snapshot(
             time=now,
             system=system,
@@ -293,7 +291,7 @@ class MemoryMonitor:
                 "kernel_level": system.kernel_level.value if system.kernel_level else None,
                 "compressed_mb": _mb(system.compressed_bytes),
             },
-            "supervisor_rss_mb": round(self.own_rss_bytes / MIB, 1),
+            "supervisor_rss_mb": round(procs.own_rss_bytes() / MIB, 1),
             "sample_ms": round(self.sample_cost_s * 1000, 3),
             "components": rows,
             "recent_actions": list(self.enforcer.recent)[-20:],

@@ -168,6 +168,14 @@ class Stack:
             what=f"{name} to reach {'/'.join(states)}",
         )
 
+    def ready_pids(self, name: str) -> list[int]:
+        """The PIDs a test component printed on its `ready PID ...` line, tracked for cleanup."""
+        line = next(l for l in self.call("logs", name=name, lines=50)["lines"] if l.startswith("ready"))
+        pids = [int(p) for p in line.split()[1:]]
+        for pid in pids:
+            self.reaper.track(pid)
+        return pids
+
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "supervisor", "-c", str(self.config), *args],

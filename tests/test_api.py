@@ -11,7 +11,7 @@ import pytest
 
 from supervisor import ComponentPriority, M1MemoryManager, MemoryState
 from supervisor.client import ControlClient
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -113,7 +113,3 @@ async def _wait(predicate, what: str, timeout: float = 20.0) -> None:  # type: i
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def test_wait_until_helper_is_shared() -> None:
-    assert wait_until(lambda: 5, 1) == 5

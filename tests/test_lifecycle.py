@@ -128,10 +128,7 @@ def test_sigterm_ignorer_is_killed_after_grace_with_its_grandchildren(make_stack
     )
     stack.up()
     row = stack.wait_state("stubborn", "READY")
-    line = next(l for l in stack.call("logs", name="stubborn", lines=10)["lines"] if l.startswith("ready"))
-    grandchildren = [int(p) for p in line.split()[1:]]
-    for pid in grandchildren:
-        stack.reaper.track(pid)
+    grandchildren = stack.ready_pids("stubborn")
     assert all(pid_alive(p) for p in [row["pid"], *grandchildren])
     assert stack.component("stubborn")["processes"] == 3  # the leader and both grandchildren: measured whole
 
@@ -163,9 +160,7 @@ def test_supervisor_killed_with_sigkill_is_cleaned_up_by_next_up(make_stack: Sta
     )
     first = stack.up()
     row = stack.wait_state("parent", "READY")
-    line = next(l for l in stack.call("logs", name="parent", lines=5)["lines"] if l.startswith("ready"))
-    grandchild = int(line.split()[1])
-    stack.reaper.track(grandchild)
+    (grandchild,) = stack.ready_pids("parent")
 
     first.kill()
     first.wait(5)

@@ -87,7 +87,6 @@ def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answ
     first = stack.wait_state("balloon", "READY")
     stack.wait_state("chatbot", "READY")
     # 4 MB every 20 ms: about 200 MB/s until 300 MB, far past CRITICAL (255 MB of 300).
-    unloaded = stack.wait_state("balloon", "STOPPED", "STARTING", "READY", timeout=30)
     wait_until(lambda: events(stack, "memory_action"), 30, what="an action")
     wait_until(lambda: any(e["outcome"] == "unloading" for e in events(stack, "memory_action")), 30, what="the unload")
     actions = [(e["kind"], e["component"], e["outcome"]) for e in events(stack, "memory_action")]
@@ -97,7 +96,7 @@ def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answ
     freeze = next(e for e in events(stack, "memory_action") if e["kind"] == "FREEZE")
     # Frozen on its way up: early in WARNING if growth would reach CRITICAL within 3 s, else at CRITICAL.
     assert freeze["state"] in ("WARNING", "CRITICAL", "EMERGENCY") and freeze["rss_mb"] > 100 and freeze["percent_used"] >= 70
-    assert "chatbot" in chat(stack, "what is your name").lower() or "Ironcliw" in chat(stack, "who are you")
+    assert "Ironcliw" in chat(stack, "what is your name")  # the CRITICAL chatbot still answers
 
     # The balloon's first run ended by policy, with the reason kept ...
     exit_reason = wait_until(
@@ -110,7 +109,7 @@ def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answ
     row = next(c for c in stack.call("report")["components"] if c["name"] == "balloon")
     assert row["state"] == "STOPPED" and row["predicted_mb"] > 150 and row["unloaded_by_policy"]
     assert stack.component("chatbot")["state"] == "READY" and stack.component("chatbot")["restarts"] == 0
-    assert unloaded is not None and first["pid"]
+    assert first["pid"] not in [c["pid"] for c in stack.call("status")["components"]]
 
 
 SPIKER = """
@@ -278,10 +277,7 @@ def test_a_forking_component_is_measured_and_unloaded_as_a_whole(make_stack: Sta
     )
     stack.up()
     row = stack.wait_state("forker", "READY")
-    line = next(l for l in stack.call("logs", name="forker", lines=20)["lines"] if l.startswith("ready"))
-    kids = [int(p) for p in line.split()[1:]]
-    for pid in kids:
-        stack.reaper.track(pid)
+    kids = stack.ready_pids("forker")
     wait_until(lambda: stack.component("forker")["rss_mb"] > 140, 10, what="the whole tree's memory")
     assert stack.component("forker")["processes"] == 3
     result = stack.call("emergency-cleanup")

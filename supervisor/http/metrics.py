@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..core import Supervisor
+from ..procs import own_rss_bytes
 from ..model import MIB, ComponentState, MemoryState
 
 
@@ -38,7 +39,7 @@ class SupervisorCollector:
         yield GaugeMetricFamily("ironcliw_memory_used_ratio", "Used memory as the supervisor judges it (budget mode included)", value=snap.percent_used / 100)
         yield GaugeMetricFamily("ironcliw_memory_available_bytes", "Room before 100 %", value=snap.available_mb * MIB)
         yield GaugeMetricFamily("ironcliw_stack_rss_bytes", "Sum over every component tree", value=snap.stack_bytes)
-        yield GaugeMetricFamily("ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=monitor.own_rss_bytes)
+        yield GaugeMetricFamily("ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes())
         yield GaugeMetricFamily("ironcliw_sample_duration_seconds", "How long the last memory sample took", value=monitor.sample_cost_s)
         yield CounterMetricFamily("ironcliw_samples", "Memory samples taken (the loop's and those requests asked for)", value=monitor.samples)
         yield CounterMetricFamily("ironcliw_monitor_samples", "Memory samples the monitor loop took on its own schedule", value=monitor.scheduled_samples)
