@@ -164,3 +164,14 @@ def test_server_sent_events_stream_memory_and_state(web: tuple[Stack, int, str])
     finally:
         sock.close()
     assert b"text/event-stream" in got and b'"component":"extra"' in got
+
+
+def test_up_with_the_http_port_taken_is_refused_with_one_clear_line(make_stack: StackFactory) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = make_stack(f"[http]\nenabled = true\nport = {port}\n[components.s]\ncommand = {SLEEPER}\n")
+        proc = stack.cli("up", timeout=30)
+    assert proc.returncode == 1
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -1,2 +1,2 @@
-"""The HTTP API (Starlette under an embedded Uvicorn). Imported only when `[http] enabled`,
+"""The HTTP API (Starlette, served by server.py on anyio and h11). Imported only when `[http] enabled`,
 so a supervisor without it does not carry the web stack's memory."""

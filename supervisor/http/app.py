@@ -22,7 +22,6 @@ from ..config import check_component, decode_component
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
 
-from .metrics import make_registry, metrics_text
 from .responses import error_response, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -121,9 +120,16 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
     async def openapi(request: Request) -> dict[str, Any]:
         return OPENAPI
 
-    registry = make_registry(sup)
+    registry: Any = None
 
     async def metrics(request: Request) -> Response:
+        # prometheus_client loads on the first scrape, not at start: a stack that nobody
+        # scrapes does not carry it (about 1.3 MB of RSS).
+        nonlocal registry
+        from .metrics import make_registry, metrics_text
+
+        if registry is None:
+            registry = make_registry(sup)
         return Response(metrics_text(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def events(request: Request) -> Response:

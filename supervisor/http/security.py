@@ -10,25 +10,13 @@
 from __future__ import annotations
 
 import hmac
-import os
-import secrets
-from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .responses import error_response
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-TOKEN_HEADER = b"x-ironcliw-token"
-
-
-def create_token(runtime_dir: str) -> str:
-    path = Path(runtime_dir) / "http.token"
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+TOKEN_HEADER = b"x-ironcliw-token"  # the token itself: see token.py
 
 
 def _host_name(host: str) -> str:

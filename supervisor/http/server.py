@@ -1,50 +1,282 @@
-"""Uvicorn inside the supervisor's task group.
+"""A small HTTP/1.1 server for the ASGI app: anyio sockets and h11, in the supervisor's task group.
 
-Uvicorn's own signal handling is switched off (the supervisor alone owns SIGINT/SIGTERM);
-a port that cannot be bound becomes a clear error instead of Uvicorn's `sys.exit`.
+Why not Uvicorn: its main loop wakes every 100 ms even when no request comes (ten times the
+idle wake-ups of the whole supervisor), and it imports click, multiprocessing and logging.config
+that a loopback API never uses (about 2.5 MB of the supervisor's RSS). h11 is the HTTP/1.1
+state machine Uvicorn itself runs on when httptools is absent; what is left here is the ASGI
+glue: keep-alive, bounded request heads and bodies, streamed responses (SSE) and the
+disconnect a streaming endpoint waits for. Nothing here wakes unless a client sends bytes.
+
+Limits (a loopback API for one user's tools, not a public server): MAX_CONNECTIONS at once
+(more wait in the listen backlog), a request head within HEAD_TIMEOUT_S (slowloris),
+bodies up to MAX_BODY bytes (413 beyond), idle keep-alive connections closed after
+KEEPALIVE_S.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+import importlib.util
+import socket
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
 
 import anyio
-import uvicorn
+import anyio.abc
+import anyio.streams.stapled
+import h11
+import structlog
 
 from ..core import Supervisor
 from ..errors import IroncliwError
-from .app import build_app
-from .security import Guard, create_token
+from .token import create_token
+
+log = structlog.get_logger("ironcliw.http")
+
+MAX_CONNECTIONS = 64
+MAX_HEAD = 16 * 1024
+MAX_BODY = 1 << 20
+HEAD_TIMEOUT_S = 10.0
+KEEPALIVE_S = 30.0
+READ_CHUNK = 65536
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
 
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+class _Closed(Exception):
+    """The client went away or broke the protocol: drop the connection."""
+
+
+class _Connection:
+    def __init__(self, app: ASGIApp, stream: anyio.abc.SocketStream) -> None:
+        self.app = app
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.server = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
+        self.client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                # The first request may take HEAD_TIMEOUT_S to arrive; a kept-alive one KEEPALIVE_S.
+                first = self.h11.their_state is h11.IDLE and self.h11.our_state is h11.IDLE
+                request = None
+                with anyio.move_on_after(KEEPALIVE_S if not first else HEAD_TIMEOUT_S):
+                    request = await self._next_event()
+                if not isinstance(request, h11.Request):
+                    return  # a timeout, a close, or the end of the stream
+                with anyio.fail_after(HEAD_TIMEOUT_S):
+                    body = await self._read_body()
+                if body is None:
+                    await self._reply_plain(413, b"request body too large")
+                    return
+                await self._run_app(request, body)
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._reply_plain(exc.error_status_hint, str(exc).encode())
+        except (_Closed, TimeoutError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        finally:
+            await self.stream.aclose()
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive(READ_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            self.h11.receive_data(data)
+
+    async def _read_body(self) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY:
+                    return None
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise _Closed()
+
+    async def _run_app(self, request: h11.Request, body: bytes) -> None:
+        raw_path, _, query = request.target.partition(b"?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": request.http_version.decode("ascii"),
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "path": unquote(raw_path.decode("ascii", "replace")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": list(request.headers),  # h11 gives lower-case names
+            "client": self.client,
+            "server": self.server,
+        }
+        body_sent = False
+        disconnected = anyio.Event()
+        started = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        head = request.method == b"HEAD"
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", ())]
+                await self._send(h11.Response(status_code=message["status"], headers=headers))
+            elif message["type"] == "http.response.body":
+                data = message.get("body", b"")
+                if data and not head and self.h11.our_state is h11.SEND_BODY:
+                    await self._send(h11.Data(data=data))
+                if not message.get("more_body", False):
+                    await self._send(h11.EndOfMessage())
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_disconnect, disconnected)
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:  # kept out of the task group, which would wrap it in a group
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is None:
+            return
+        if not isinstance(failure, (_Closed, OSError, anyio.BrokenResourceError)):
+            log.error("http_app_failed", path=scope["path"], error=f"{type(failure).__name__}: {failure}")
+            if not started:
+                await self._reply_plain(500, b"internal error")
+        raise _Closed()
+
+    async def _watch_disconnect(self, disconnected: anyio.Event) -> None:
+        """While the app runs, a read that ends the stream means the client left (an SSE
+        client closing its tab); bytes are a pipelined next request, kept for h11."""
+        while True:
+            try:
+                data = await self.stream.receive(READ_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                disconnected.set()
+                return
+            self.h11.receive_data(data)
+
+    async def _send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            try:
+                await self.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                raise _Closed() from None
+
+    async def _reply_plain(self, status: int, text: bytes) -> None:
+        try:
+            await self._send(h11.Response(status_code=status, headers=[(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()), (b"connection", b"close")]))
+            await self._send(h11.Data(data=text))
+            await self._send(h11.EndOfMessage())
+        except (_Closed, h11.LocalProtocolError):
+            pass
+
+
+def _bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` names ("localhost": IPv4 and IPv6).
+
+    Resolved and bound here, synchronously: a loopback name resolves from /etc/hosts at once,
+    and anyio.create_tcp_listener would resolve it through asyncio's executor, whose thread
+    then idles for the supervisor's whole life (~0.5 MB of RSS)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys((i[0], i[1], i[2], "", i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            if port == 0:  # the other families on the port the first one got
+                port = sock.getsockname()[1]
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _address(addr: Any) -> tuple[str, int] | None:
+    return (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) and len(addr) >= 2 else None
+
+
+async def serve_app(app: ASGIApp, host: str, port: int, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve `app` on host:port until cancelled; reports the bound (host, port) once listening."""
+    try:
+        listeners = [await anyio.abc.SocketListener.from_socket(sock) for sock in _bind_tcp(host, port)]
+    except OSError as exc:
+        raise IroncliwError(f"cannot serve HTTP on {host}:{port} ({exc.strerror or exc}); set [http] port or enabled = false") from None
+    listener = listeners[0] if len(listeners) == 1 else anyio.streams.stapled.MultiListener(listeners)
+    limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with limiter:
+            raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                await _Connection(app, stream).serve()
+            except Exception as exc:  # one connection's bug must not take the listener down
+                log.error("http_connection_failed", error=f"{type(exc).__name__}: {exc}")
+
+    bound = listener.extra(anyio.abc.SocketAttribute.local_address)
+    async with listener:
+        task_status.started(_address(bound) or (host, port))
+        await listener.serve(handle)
+
+
+class _BuiltOnFirstRequest:
+    """The API's ASGI app (Starlette, the routes, the guard), imported and built when the first
+    request arrives: a supervisor whose API nobody calls does not carry the web framework
+    (about 2.5 MB of RSS); the first request pays ~50 ms for the import once."""
+
+    def __init__(self, build: Callable[[], ASGIApp]) -> None:
+        self._build = build
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._app is None:
+            self._app = self._build()  # synchronous: no other request can start a second build
+        await self._app(scope, receive, send)
 
 
 async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     cfg = supervisor.config.http
+    for module in ("starlette", "msgspec"):  # a broken install fails at `up`, not at the first request
+        if importlib.util.find_spec(module) is None:
+            raise IroncliwError(f"the HTTP API needs the `{module}` package; reinstall the project or set [http] enabled = false")
     token = create_token(supervisor.paths.runtime_dir)
-    app = Guard(build_app(supervisor, token), token, cfg.port)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off", server_header=False)
-    server = _EmbeddedServer(config)
+
+    def build() -> ASGIApp:
+        from .app import build_app
+        from .security import Guard
+
+        return Guard(build_app(supervisor, token), token, cfg.port)  # type: ignore[return-value]
+
     async with anyio.create_task_group() as tg:
-
-        async def run() -> None:
-            try:
-                await server.serve()
-            except SystemExit:
-                raise IroncliwError(f"cannot serve HTTP on {cfg.host}:{cfg.port} (in use?); set [http] port or enabled = false") from None
-
-        tg.start_soon(run)
-        while not server.started:
-            if server.should_exit:
-                break
-            await anyio.sleep(0.01)
+        await tg.start(serve_app, _BuiltOnFirstRequest(build), cfg.host, cfg.port)
         task_status.started()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            server.should_exit = True

@@ -1,0 +1,17 @@
+"""The HTTP API's token: created at start in `<runtime_dir>/http.token`, mode 0600 from the
+first byte, so only the supervisor's user can read it (security.py checks it)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def create_token(runtime_dir: str) -> str:
+    path = Path(runtime_dir) / "http.token"
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token

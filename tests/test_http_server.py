@@ -1,0 +1,173 @@
+"""The small HTTP/1.1 server (supervisor/http/server.py) on real loopback sockets, with plain
+ASGI apps: keep-alive, limits, malformed input, failures and the disconnect an SSE stream needs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Awaitable, Callable
+
+import anyio
+import pytest
+
+from supervisor.errors import IroncliwError
+from supervisor.http import server
+
+pytestmark = pytest.mark.timeout(30)
+
+Client = Callable[[int], Any]
+
+
+def run_with_server(app: Any, client: Client) -> Any:
+    """Serve `app` on a free loopback port, run the blocking `client(port)` in a thread."""
+
+    async def main() -> Any:
+        async with anyio.create_task_group() as tg:
+            _, port = await tg.start(server.serve_app, app, "127.0.0.1", 0)
+            try:
+                return await anyio.to_thread.run_sync(client, port)
+            finally:
+                tg.cancel_scope.cancel()
+
+    return anyio.run(main)
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    message = await receive()
+    body = f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {len(message['body'])}".encode()
+    if scope["path"] == "/boom":
+        raise RuntimeError("the app failed")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request, read one response with a Content-Length body."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    def client(port: int) -> list[bytes]:
+        with connect(port) as s:
+            return [exchange(s, f"GET /a/{i}?x={i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()) for i in range(3)]
+
+    replies = run_with_server(echo_app, client)
+    for i, reply in enumerate(replies):
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert reply.endswith(f"GET /a/{i} x={i} 0".encode())
+
+
+def test_body_is_delivered_and_an_oversized_one_gets_413() -> None:
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            ok = exchange(s, b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        with connect(port) as s:
+            size = server.MAX_BODY + 1
+            s.sendall(f"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+            try:
+                s.sendall(b"x" * size)
+            except OSError:
+                pass  # the server may close before reading it all
+            big = s.recv(65536)
+        return ok, big
+
+    ok, big = run_with_server(echo_app, client)
+    assert ok.endswith(b"POST /p  5")
+    assert big.startswith(b"HTTP/1.1 413 ")
+
+
+def test_malformed_request_gets_400_and_the_server_keeps_serving() -> None:
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            bad = exchange(s, b"THIS IS NOT HTTP\r\n\r\n")
+        with connect(port) as s:
+            good = exchange(s, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        return bad, good
+
+    bad, good = run_with_server(echo_app, client)
+    assert bad.startswith(b"HTTP/1.1 400 ")
+    assert good.startswith(b"HTTP/1.1 200 ") and good.endswith(b"GET /after  0")
+
+
+def test_an_app_failure_is_a_500_and_the_server_keeps_serving() -> None:
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            failed = exchange(s, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        with connect(port) as s:
+            good = exchange(s, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n")
+        return failed, good
+
+    failed, good = run_with_server(echo_app, client)
+    assert failed.startswith(b"HTTP/1.1 500 ")
+    assert good.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_silent_client_is_closed_after_the_head_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.3)
+
+    def client(port: int) -> tuple[bytes, float]:
+        with connect(port) as s:
+            started = time.monotonic()
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost")  # never finishes the head
+            return s.recv(100), time.monotonic() - started
+
+    data, waited = run_with_server(echo_app, client)
+    assert data == b"" and waited < 5  # closed by the server, not by our 10 s socket timeout
+
+
+def test_a_streaming_app_sees_the_client_disconnect() -> None:
+    seen: list[str] = []
+
+    async def stream_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
+        message = await receive()  # waits until the client goes away
+        seen.append(message["type"])
+
+    def client(port: int) -> bytes:
+        with connect(port) as s:
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"data: one" not in data:
+                data += s.recv(65536)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return data
+
+    data = run_with_server(stream_app, client)
+    assert b"transfer-encoding: chunked" in data.lower()
+    assert seen == ["http.disconnect"]
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def main() -> None:
+            await server.serve_app(echo_app, "127.0.0.1", port)
+
+        with pytest.raises(IroncliwError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            anyio.run(main)
