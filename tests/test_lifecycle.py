@@ -181,6 +181,7 @@ def test_second_supervisor_on_the_same_runtime_dir_is_refused(make_stack: StackF
     proc = stack.cli("up", timeout=20)
     assert proc.returncode == 1
     assert f"another supervisor (pid {first.pid}) is already running on {stack.runtime}" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr  # one clear line, not a crash
     assert stack.ping()
 
 
