@@ -118,6 +118,7 @@ class Supervisor:
                     await self.stop_many(list(self.runners), "supervisor shutdown")
                 tg.cancel_scope.cancel()
         finally:
+            self.memory.close()
             self.runtime.release()
             log.info("supervisor_stopped", pid=os.getpid())
 
@@ -170,7 +171,6 @@ class Supervisor:
     async def _monitor(self) -> None:
         async with anyio.create_task_group() as actions_tg:  # unloads and reloads run here
             await self.memory.run(actions_tg, lambda: self._stopping)
-
 
     def _component_changed(self) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""

@@ -66,13 +66,16 @@ class MemoryMonitor:
         self._suspended = platform.suspended_seconds()
         self._hwm_at = self._trend_at = self._leak_at = float("-inf")
         self._leaks_reported: dict[str, float] = {}
+        # /proc files kept open between samples: used from the loop's thread only.
+        self.trees = procs.TreeSampler()
+        self.system_reader = platform.SystemReader()
 
     # --- sampling ------------------------------------------------------------------------
 
     def _measure(self, now: float) -> tuple[dict[str, Any], SystemMemory, int, float]:
         roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
-        usage = procs.tree_usage(roots)
-        system = platform.read_system()
+        usage = self.trees.usage(roots)
+        system = self.system_reader.read()
         stack = sum(t.rss_bytes for t in usage.values())
         percent = system.used_percent
         if self.cfg.budget_mb:
@@ -129,6 +132,10 @@ class MemoryMonitor:
                 changed=self.tracker.state is not previous,
             )
         return self.snapshot
+
+    def close(self) -> None:
+        self.trees.close()
+        self.system_reader.close()
 
     def _check_leaks(self, now: float) -> None:
         for name, r in self.runners.items():
@@ -242,7 +249,7 @@ class MemoryMonitor:
         snap = self.current()
         now = time.monotonic()
         roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
-        split = procs.tree_usage(roots, with_anon=True)  # statm too: not on the hot path
+        split = self.trees.usage(roots)
         rows = []
         for name, r in self.runners.items():
             detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None

@@ -8,25 +8,60 @@ signalled through their pidfd instead (see `launcher.Child`).
 Tree memory is measured by walking down from our own children, not by scanning the whole
 system: on Linux each process lists its children in /proc/PID/task/TID/children and its
 resident size in /proc/PID/statm, which costs microseconds per process (see MEASURING in
-the design notes). Elsewhere one `psutil.process_iter` pass builds the parent map.
+the design notes), and the monitor's `TreeSampler` keeps those files open between samples.
+Linux needs nothing but /proc here; elsewhere psutil does the work (imported only there:
+on Linux it would be 1 MB of the supervisor's RSS for nothing).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 from typing import Iterable, Mapping
-
-import psutil
 
 from .model import ProcessIdentity, TreeUsage
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _HAS_PROC_CHILDREN else 100
+_boot_time: float | None = None
+
+
+def _btime() -> float:
+    """Boot time in Unix seconds (/proc/stat `btime`), read once."""
+    global _boot_time
+    if _boot_time is None:
+        with open("/proc/stat", "rb") as f:
+            _boot_time = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+    return _boot_time
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat after the command name (state first), or None if the process is gone.
+
+    The name (field 2) may hold spaces and parentheses: split after the last ')'."""
+    data = _read_small(f"/proc/{pid}/stat")
+    if not data:
+        return None
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def _linux_identity(pid: int) -> tuple[ProcessIdentity, bytes] | None:
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # psutil's formula (start ticks / CLK_TCK + btime), so identities recorded by either agree.
+    return ProcessIdentity(pid, int(fields[19]) / _CLOCK_TICKS + _btime()), fields[0]
 
 
 def identity(pid: int) -> ProcessIdentity | None:
+    if _HAS_PROC_CHILDREN:
+        found = _linux_identity(pid)
+        return found[0] if found else None
+    import psutil
+
     try:
         return ProcessIdentity(pid, psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -35,6 +70,11 @@ def identity(pid: int) -> ProcessIdentity | None:
 
 def is_alive(ident: ProcessIdentity) -> bool:
     """True while that very process exists and has not yet been reaped or become a zombie."""
+    if _HAS_PROC_CHILDREN:
+        found = _linux_identity(ident.pid)
+        return found is not None and found[0] == ident and found[1] != b"Z"
+    import psutil
+
     try:
         proc = psutil.Process(ident.pid)
         return proc.create_time() == ident.create_time and proc.status() != psutil.STATUS_ZOMBIE
@@ -44,14 +84,12 @@ def is_alive(ident: ProcessIdentity) -> bool:
 
 def signal_identity(ident: ProcessIdentity, sig: int) -> bool:
     """Send `sig` to that very process; False if it is gone or the PID now names another one."""
+    if identity(ident.pid) != ident:
+        return False
     try:
-        if psutil.Process(ident.pid).create_time() != ident.create_time:
-            return False
         os.kill(ident.pid, sig)
         return True
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
-        return False
-    except (psutil.AccessDenied, PermissionError):
+    except (ProcessLookupError, PermissionError):
         return False
 
 
@@ -72,21 +110,32 @@ def group_members(pgid: int, not_before: float) -> list[ProcessIdentity]:
     The create-time bound keeps a recycled group number from matching older processes.
     """
     members = []
-    for proc in psutil.process_iter(["create_time"]):
+    for pid, created, state in _all_processes_in_group(pgid):
+        if state != "Z" and created >= not_before - 0.01:
+            members.append(ProcessIdentity(pid, created))
+    return members
+
+
+def _all_processes_in_group(pgid: int) -> Iterable[tuple[int, float, str]]:
+    """(pid, create time, state letter) of every process in group `pgid`: one pass over the table."""
+    if _HAS_PROC_CHILDREN:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[2]) == pgid:
+                yield int(entry), int(fields[19]) / _CLOCK_TICKS + _btime(), fields[0].decode()
+        return
+    import psutil
+
+    for proc in psutil.process_iter(["create_time", "status"]):
         try:
             if os.getpgid(proc.pid) != pgid:
                 continue
         except (ProcessLookupError, PermissionError):
             continue
-        created = proc.info["create_time"]
-        if created is not None and created >= not_before - 0.01:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-            except psutil.Error:
-                continue
-            members.append(ProcessIdentity(proc.pid, created))
-    return members
+        if proc.info["create_time"] is not None:
+            yield proc.pid, proc.info["create_time"], "Z" if proc.info["status"] == psutil.STATUS_ZOMBIE else "S"
 
 
 def descendants(pid: int) -> list[ProcessIdentity]:
@@ -109,6 +158,8 @@ def _walk(root: int) -> list[int]:
                 found.append(child)
                 stack.append(child)
         return found
+    import psutil
+
     try:
         return [p.pid for p in psutil.Process(root).children(recursive=True)]
     except psutil.Error:
@@ -124,18 +175,16 @@ def _proc_children(pid: int) -> list[int]:
         return []
     children: list[int] = []
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                children.extend(int(x) for x in f.read().split())
-        except OSError:
-            continue
+        data = _read_small(f"/proc/{pid}/task/{tid}/children", 65536)
+        if data:
+            children.extend(map(int, data.split()))
     return children
 
 
 def _read_small(path: str, size: int = 1024) -> bytes | None:
     """One read of a small /proc file with raw os calls (a third of open()'s cost); None if gone."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -146,61 +195,119 @@ def _read_small(path: str, size: int = 1024) -> bytes | None:
         os.close(fd)
 
 
-def _statm(pid: int) -> tuple[int, int] | None:
-    """(resident, shared) bytes; shared is file-backed plus shmem (RssFile + RssShmem)."""
-    data = _read_small(f"/proc/{pid}/statm", 256)
-    if data is None:
-        return None
-    fields = data.split()
-    return int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
+def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
+    """RSS (and its anonymous part) summed over each root's whole tree, in one pass; for a
+    one-off reading (the monitor samples through its own `TreeSampler`)."""
+    sampler = TreeSampler(max_kept=0)
+    try:
+        return sampler.usage(roots)
+    finally:
+        sampler.close()
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(resident bytes, thread count) from /proc/PID/stat: one read for both."""
-    data = _read_small(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[21]) * _PAGE_SIZE, int(fields[17])
+class TreeSampler:
+    """Tree memory for the sampling loop, through /proc files kept open between samples.
 
+    Per process: statm (resident and file-backed pages), the thread count (the link count of
+    /proc/PID/task is 2 + threads) and the main thread's children list; only multithreaded
+    processes list their tasks. Every 2 s for as long as the stack runs, and cold: opening
+    and closing the files, and layers of small helpers, cost three times what the reads do,
+    so this is one flat loop over descriptors opened once, re-read with pread (which makes
+    the kernel generate the file afresh).
 
-def _children_fast(pid: int, threads: int) -> list[int]:
-    if threads != 1:
-        return _proc_children(pid)
-    data = _read_small(f"/proc/{pid}/task/{pid}/children", 65536)
-    return [int(x) for x in data.split()] if data else []
-
-
-def tree_usage(roots: Mapping[str, int], with_anon: bool = False) -> dict[str, TreeUsage]:
-    """RSS summed over each root's whole tree, for every named root PID, in one pass.
-
-    The hot path reads two small files per process (stat: RSS and thread count; the main
-    thread's children list) and lists the tasks only of multithreaded processes. The
-    anonymous/file split needs statm as well, so it is read only `with_anon`.
+    PID reuse: /proc/PID descriptors stay bound to the process they were opened on; once it
+    is gone, statm fails (ESRCH) instead of describing whoever has the number now. statm is
+    read first, and its failure reopens all three files once, on the current process.
+    Descriptors of processes that left the trees are closed after each sample, and at most
+    `max_kept` processes (a ninth of the soft RLIMIT_NOFILE: three files each) keep theirs.
+    Not thread-safe: one per sampling loop.
     """
-    if not _HAS_PROC_CHILDREN:
-        return _tree_usage_psutil(roots)
-    result = {}
-    for name, root in roots.items():
-        total = count = anon = 0
-        stack = [root]
-        while stack:
-            pid = stack.pop()
-            st = _stat(pid)
-            if st is None:
-                continue
-            total += st[0]
-            count += 1
-            if with_anon:
-                statm = _statm(pid)
-                anon += statm[0] - statm[1] if statm else 0
-            stack.extend(_children_fast(pid, st[1]))
-        result[name] = TreeUsage(rss_bytes=total, processes=count, anon_bytes=anon)
-    return result
+
+    def __init__(self, max_kept: int | None = None) -> None:
+        if max_kept is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            max_kept = min(soft, 1 << 16) // 9
+        self.max_kept = max_kept
+        self._files: dict[int, tuple[int, int, int]] = {}  # pid -> (statm, task dir, children)
+
+    def _open(self, pid: int) -> tuple[int, int, int] | None:
+        base = f"/proc/{pid}"
+        opened: list[int] = []
+        try:
+            for path, flags in ((f"{base}/statm", os.O_RDONLY), (f"{base}/task", os.O_RDONLY | os.O_DIRECTORY),
+                                (f"{base}/task/{pid}/children", os.O_RDONLY)):
+                opened.append(os.open(path, flags | os.O_CLOEXEC))
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            return None
+        fds = (opened[0], opened[1], opened[2])
+        self._files[pid] = fds
+        return fds
+
+    def _forget(self, pid: int) -> None:
+        for fd in self._files.pop(pid, ()):
+            os.close(fd)
+
+    def usage(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
+        if not _HAS_PROC_CHILDREN:
+            return _tree_usage_psutil(roots)
+        files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
+        seen: set[int] = set()
+        result = {}
+        for name, root in roots.items():
+            resident = shared = count = 0
+            stack = [root]
+            while stack:
+                pid = stack.pop()
+                fds = files.get(pid) or self._open(pid)
+                if fds is None:
+                    continue  # gone
+                try:
+                    statm = pread(fds[0], 256, 0)
+                except OSError:  # exited since the last sample; the PID may name another process
+                    self._forget(pid)
+                    fds = self._open(pid)
+                    if fds is None:
+                        continue
+                    try:
+                        statm = pread(fds[0], 256, 0)
+                    except OSError:
+                        self._forget(pid)
+                        continue
+                seen.add(pid)
+                fields = statm.split(None, 3)
+                resident += int(fields[1])
+                shared += int(fields[2])  # file-backed + shmem
+                count += 1
+                try:
+                    if fstat(fds[1]).st_nlink == 3:  # one thread: only its children list
+                        children = pread(fds[2], 65536, 0)
+                        if children:
+                            stack.extend(map(int, children.split()))
+                    else:
+                        stack.extend(_proc_children(pid))
+                except OSError:
+                    pass  # exited between the reads: no children to follow
+            result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)
+        if len(files) != len(seen) or len(files) > self.max_kept:
+            self._close_except(seen)
+        return result
+
+    def _close_except(self, keep: set[int]) -> None:
+        for pid in [p for p in self._files if p not in keep]:
+            self._forget(pid)
+        for pid in list(self._files)[self.max_kept :]:
+            self._forget(pid)
+
+    def close(self) -> None:
+        for pid in list(self._files):
+            self._forget(pid)
 
 
 def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
+    import psutil
+
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for proc in psutil.process_iter(["ppid", "memory_info"]):
@@ -224,8 +331,13 @@ def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
 
 
 def own_rss_bytes() -> int:
-    statm = _statm(os.getpid()) if _HAS_PROC_CHILDREN else None
-    return statm[0] if statm is not None else psutil.Process().memory_info().rss
+    if _HAS_PROC_CHILDREN:
+        statm = _read_small(f"/proc/{os.getpid()}/statm", 256)
+        if statm:
+            return int(statm.split()[1]) * _PAGE_SIZE
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def tree_pids(root: int) -> list[int]:
@@ -235,11 +347,10 @@ def tree_pids(root: int) -> list[int]:
 def process_state(pid: int) -> str | None:
     """The kernel's one-letter state ('T' once SIGSTOP took, 'S', 'R', 'Z', ...)."""
     if _HAS_PROC_CHILDREN:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0].decode()
-        except (OSError, IndexError):
-            return None
+        fields = _stat_fields(pid)
+        return fields[0].decode() if fields else None
+    import psutil
+
     try:
         status = psutil.Process(pid).status()
     except psutil.Error:

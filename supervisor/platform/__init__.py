@@ -3,6 +3,9 @@
     read_system() -> SystemMemory
         System-wide figures. Cheap (tens of microseconds on Linux): called on every sample,
         including the fast samples under pressure.
+    SystemReader().read() -> SystemMemory, .close()
+        The same for a sampling loop: the Linux backend keeps its /proc files open between
+        samples; elsewhere it calls read_system().
     read_detail(pids) -> MemoryDetail
         Costlier per-tree figures (PSS/USS on Linux from smaps_rollup, which holds the
         target's mmap lock and costs ~10 ms per GB; the footprint on macOS). Only on demand
@@ -15,14 +18,27 @@ from __future__ import annotations
 
 import sys
 
-if sys.platform.startswith("linux"):
-    from .linux import read_detail, read_system
-elif sys.platform == "darwin":
-    from .darwin import read_detail, read_system
-else:  # pragma: no cover - other Unixes: what psutil knows
-    from .generic import read_detail, read_system
+from ..model import SystemMemory
 
-__all__ = ["read_detail", "read_system"]
+if sys.platform.startswith("linux"):
+    from .linux import SystemReader, read_detail, read_system
+else:
+    if sys.platform == "darwin":
+        from .darwin import read_detail, read_system
+    else:  # pragma: no cover - other Unixes: what psutil knows
+        from .generic import read_detail, read_system
+
+    class SystemReader:  # type: ignore[no-redef]
+        """Nothing to keep open: each read is a fresh reading."""
+
+        def read(self) -> SystemMemory:
+            return read_system()
+
+        def close(self) -> None:
+            pass
+
+
+__all__ = ["SystemReader", "read_detail", "read_system"]
 
 
 def suspended_seconds() -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable
 
 from ..model import MemoryDetail, SystemMemory
@@ -32,58 +33,81 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def parse_psi(text: str) -> tuple[float | None, float | None]:
-    """(some avg10, full avg10) from /proc/pressure/memory."""
-    some = full = None
-    for line in text.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-        if line.startswith("some"):
-            some = float(fields.get("avg10", "nan"))
-        elif line.startswith("full"):
-            full = float(fields.get("avg10", "nan"))
-    return some, full
-
-
-_WANTED = ("MemTotal:", "MemAvailable:", "MemFree:", "Cached:", "SwapTotal:", "SwapFree:")
-
-
-def parse_meminfo_fields(text: str) -> dict[str, int]:
-    """Only the fields the backend uses (a full parse of ~55 lines costs more than the read)."""
-    out = {}
-    for key in _WANTED:
-        if text.startswith(key):
-            at = 0
-        else:
-            at = text.find("\n" + key)
-            if at < 0:
-                continue
-            at += 1
-        end = text.find("\n", at)
-        out[key[:-1]] = int(text[at + len(key) : end if end >= 0 else None].split()[0]) * 1024
-    return out
-
-
 def system_from(meminfo: str, psi: str | None) -> SystemMemory:
-    info = parse_meminfo_fields(meminfo)
-    total = info["MemTotal"]
-    # MemAvailable exists since 3.14; before it, free + cache is the usual approximation.
-    available = info.get("MemAvailable", info.get("MemFree", 0) + info.get("Cached", 0))
-    some, full = parse_psi(psi) if psi else (None, None)
+    """System figures from the text of /proc/meminfo and /proc/pressure/memory."""
+    return system_from_bytes(meminfo.encode(), psi.encode() if psi else None)
+
+
+_PSI_AVG10 = re.compile(rb"avg10=([0-9.]+)")  # the "some" line, then (4.20+ kernels) "full"
+
+
+def _meminfo_kb(meminfo: bytes, key: bytes) -> int | None:
+    at = meminfo.find(key)
+    if at < 0:
+        return None
+    at += len(key)
+    return int(meminfo[at : meminfo.find(b"kB", at)])
+
+
+def system_from_bytes(meminfo: bytes, psi: bytes | None) -> SystemMemory:
+    """`system_from` for raw reads: a find per field and no decoding (the sampler's hot path:
+    a regex or a full parse of meminfo costs more than the kernel takes to produce it).
+    MemAvailable exists since 3.14; before it, free + cached is the usual approximation."""
+    total = _meminfo_kb(meminfo, b"MemTotal:")
+    if total is None:
+        raise OSError("no MemTotal in /proc/meminfo")
+    available = _meminfo_kb(meminfo, b"\nMemAvailable:")
+    if available is None:
+        available = (_meminfo_kb(meminfo, b"\nMemFree:") or 0) + (_meminfo_kb(meminfo, b"\nCached:") or 0)
+    swap_total = _meminfo_kb(meminfo, b"\nSwapTotal:") or 0
+    swap_free = _meminfo_kb(meminfo, b"\nSwapFree:") or 0
+    pressure = _PSI_AVG10.findall(psi) if psi else []
     return SystemMemory(
-        total_bytes=total,
-        available_bytes=available,
-        swap_total_bytes=info.get("SwapTotal", 0),
-        swap_used_bytes=info.get("SwapTotal", 0) - info.get("SwapFree", 0),
-        psi_some_avg10=some,
-        psi_full_avg10=full,
+        total_bytes=total * 1024,
+        available_bytes=available * 1024,
+        swap_total_bytes=swap_total * 1024,
+        swap_used_bytes=(swap_total - swap_free) * 1024,
+        psi_some_avg10=float(pressure[0]) if pressure else None,
+        psi_full_avg10=float(pressure[1]) if len(pressure) > 1 else None,
     )
 
 
 def read_system() -> SystemMemory:
-    meminfo = _read("/proc/meminfo")
-    if meminfo is None:
-        raise OSError("cannot read /proc/meminfo")
-    return system_from(meminfo, _read("/proc/pressure/memory"))
+    reader = SystemReader()
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
+class SystemReader:
+    """/proc/meminfo and PSI for the sampling loop, through descriptors opened on the first
+    read, kept open between samples and re-read with pread (see procs.TreeSampler for why)."""
+
+    def __init__(self) -> None:
+        self._meminfo: int | None = None
+        self._psi: int | None = None
+
+    def read(self) -> SystemMemory:
+        if self._meminfo is None:
+            self._meminfo = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._psi = os.open("/proc/pressure/memory", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # before 4.20, or PSI switched off (psi=0)
+                self._psi = None
+        psi = None
+        if self._psi is not None:
+            try:
+                psi = os.pread(self._psi, 512, 0)
+            except OSError:  # the file can exist while PSI is unsupported
+                psi = None
+        return system_from_bytes(os.pread(self._meminfo, 8192, 0), psi)
+
+    def close(self) -> None:
+        for fd in (self._meminfo, self._psi):
+            if fd is not None:
+                os.close(fd)
+        self._meminfo = self._psi = None
 
 
 def parse_smaps_rollup(text: str) -> tuple[int, int]:

@@ -1,0 +1,118 @@
+"""The process-table layer on real processes: identities (checked against psutil), the tree
+walk through kept /proc descriptors, and what happens to those descriptors as processes
+come and go."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from supervisor import procs
+from tests.helpers import wait_until
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the /proc walk is Linux's"),
+]
+
+# A parent that forks one child from its main thread and one from a worker thread (which the
+# kernel lists only under that thread's own children file), then prints their PIDs.
+FAMILY = """
+import os, subprocess, sys, threading, time
+main_child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+holder = {}
+def spawn():
+    holder["p"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(60)   # the thread stays alive, so its child stays listed under it
+t = threading.Thread(target=spawn, daemon=True); t.start()
+while "p" not in holder: time.sleep(0.01)
+print(main_child.pid, holder["p"].pid, flush=True)
+main_child.wait()   # reaped at once when a test kills it
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def family() -> tuple[subprocess.Popen[str], list[int]]:
+    proc = subprocess.Popen([sys.executable, "-c", FAMILY], stdout=subprocess.PIPE, text=True)
+    try:
+        kids = [int(x) for x in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        yield proc, kids
+    finally:
+        for pid in [proc.pid, *kids]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_identity_agrees_with_psutil_and_tells_a_live_process_from_a_gone_one() -> None:
+    ident = procs.identity(os.getpid())
+    assert ident is not None and ident.create_time == psutil.Process().create_time()
+    assert procs.is_alive(ident)
+    short = subprocess.Popen([sys.executable, "-c", "pass"])
+    short_ident = procs.identity(short.pid)
+    short.wait()
+    assert short_ident is not None and not procs.is_alive(short_ident)
+    assert not procs.signal_identity(short_ident, 0)
+
+
+def test_tree_includes_children_forked_from_worker_threads(family: tuple[subprocess.Popen[str], list[int]]) -> None:
+    parent, kids = family
+    expected = sum(psutil.Process(p).memory_info().rss for p in [parent.pid, *kids])
+    sampler = procs.TreeSampler()
+    try:
+        usage = sampler.usage({"family": parent.pid})["family"]
+    finally:
+        sampler.close()
+    assert usage.processes == 3
+    assert abs(usage.rss_bytes - expected) < 0.1 * expected  # the same pages, read a moment apart
+    assert 0 < usage.anon_bytes < usage.rss_bytes
+    assert sorted(procs.tree_pids(parent.pid)) == sorted([parent.pid, *kids])
+
+
+def test_kept_descriptors_follow_processes_as_they_come_and_go(family: tuple[subprocess.Popen[str], list[int]]) -> None:
+    parent, kids = family
+    sampler = procs.TreeSampler()
+    try:
+        first = sampler.usage({"family": parent.pid})["family"]
+        kept = len(os.listdir("/proc/self/fd"))
+        assert sampler.usage({"family": parent.pid})["family"].processes == first.processes == 3
+        assert len(os.listdir("/proc/self/fd")) == kept  # a second sample opens nothing new
+        os.kill(kids[0], 9)
+        wait_until(lambda: sampler.usage({"family": parent.pid})["family"].processes == 2, 10, what="the child to leave the tree")
+        assert len(os.listdir("/proc/self/fd")) == kept - 3  # its three files were closed
+    finally:
+        sampler.close()
+    assert len(os.listdir("/proc/self/fd")) == kept - 9
+
+
+def test_a_gone_root_reads_as_an_empty_tree_and_a_cap_of_zero_keeps_nothing() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    before = len(os.listdir("/proc/self/fd"))
+    sampler = procs.TreeSampler(max_kept=0)
+    usage = sampler.usage({"gone": gone.pid, "me": os.getpid()})
+    assert usage["gone"].processes == 0 and usage["gone"].rss_bytes == 0
+    assert usage["me"].processes >= 1
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_process_state_sees_a_stop_take_effect() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        os.kill(child.pid, 19)  # SIGSTOP
+        wait_until(lambda: procs.process_state(child.pid) == "T", 5, what="the stop")
+        os.kill(child.pid, 18)  # SIGCONT
+        wait_until(lambda: procs.process_state(child.pid) in ("S", "R"), 5, what="the continue")
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.process_state(child.pid) is None
