@@ -68,13 +68,6 @@ def _cpu_ns(pid: int) -> int:
         return int((t.user + t.system) * 1e9)
 
 
-def cpu_percent_over(pid: int, seconds: float) -> float:
-    """Average CPU of one process over a window, in % of one core."""
-    before = _cpu_ns(pid)
-    time.sleep(seconds)
-    return 100.0 * (_cpu_ns(pid) - before) / 1e9 / seconds
-
-
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 1048576
 

@@ -59,13 +59,15 @@ class _Connection:
             while True:
                 # The first request may take HEAD_TIMEOUT_S to arrive; a kept-alive one KEEPALIVE_S.
                 first = self.h11.their_state is h11.IDLE and self.h11.our_state is h11.IDLE
-                request = None
-                with anyio.move_on_after(KEEPALIVE_S if not first else HEAD_TIMEOUT_S):
+                request = body = None
+                with anyio.move_on_after(KEEPALIVE_S if not first else HEAD_TIMEOUT_S) as deadline:
                     request = await self._next_event()
-                if not isinstance(request, h11.Request):
+                    if isinstance(request, h11.Request):
+                        # Once the head is in, the body has HEAD_TIMEOUT_S at most.
+                        deadline.deadline = min(deadline.deadline, anyio.current_time() + HEAD_TIMEOUT_S)
+                        body = await self._read_body()
+                if not isinstance(request, h11.Request) or deadline.cancelled_caught:
                     return  # a timeout, a close, or the end of the stream
-                with anyio.fail_after(HEAD_TIMEOUT_S):
-                    body = await self._read_body()
                 if body is None:
                     await self._reply_plain(413, b"request body too large")
                     return
@@ -124,66 +126,66 @@ class _Connection:
             "server": self.server,
         }
         body_sent = False
-        disconnected = anyio.Event()
         started = False
 
         async def receive() -> dict[str, Any]:
+            # The body first; after it, the only message left is the disconnect, which a
+            # streaming app (SSE) waits for: read until the client closes. Bytes that come
+            # meanwhile are a pipelined next request, kept for h11. One receiver at a time,
+            # as ASGI apps do; cancelling it (the stream ended) loses nothing.
             nonlocal body_sent
             if not body_sent:
                 body_sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
+            while True:
+                try:
+                    data = await self.stream.receive(READ_CHUNK)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return {"type": "http.disconnect"}
+                self.h11.receive_data(data)
 
         head = request.method == b"HEAD"
+
+        pending: list[bytes] = []  # the head waits for the first body part: one write, not two
 
         async def send(message: dict[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", ())]
-                await self._send(h11.Response(status_code=message["status"], headers=headers))
+                pending.append(self.h11.send(h11.Response(status_code=message["status"], headers=headers)) or b"")
             elif message["type"] == "http.response.body":
                 data = message.get("body", b"")
                 if data and not head and self.h11.our_state is h11.SEND_BODY:
-                    await self._send(h11.Data(data=data))
+                    pending.append(self.h11.send(h11.Data(data=data)) or b"")
                 if not message.get("more_body", False):
-                    await self._send(h11.EndOfMessage())
+                    pending.append(self.h11.send(h11.EndOfMessage()) or b"")
+                out = b"".join(pending)
+                pending.clear()
+                if out:
+                    await self._write(out)
 
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_disconnect, disconnected)
-            try:
-                await self.app(scope, receive, send)
-            except Exception as exc:  # kept out of the task group, which would wrap it in a group
-                failure = exc
-            tg.cancel_scope.cancel()
-        if failure is None:
+        try:
+            await self.app(scope, receive, send)
             return
+        except Exception as exc:
+            failure = exc
         if not isinstance(failure, (_Closed, OSError, anyio.BrokenResourceError)):
             log.error("http_app_failed", path=scope["path"], error=f"{type(failure).__name__}: {failure}")
             if not started:
                 await self._reply_plain(500, b"internal error")
         raise _Closed()
 
-    async def _watch_disconnect(self, disconnected: anyio.Event) -> None:
-        """While the app runs, a read that ends the stream means the client left (an SSE
-        client closing its tab); bytes are a pipelined next request, kept for h11."""
-        while True:
-            try:
-                data = await self.stream.receive(READ_CHUNK)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                disconnected.set()
-                return
-            self.h11.receive_data(data)
-
     async def _send(self, event: Any) -> None:
         data = self.h11.send(event)
         if data:
-            try:
-                await self.stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                raise _Closed() from None
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise _Closed() from None
 
     async def _reply_plain(self, status: int, text: bytes) -> None:
         try:
