@@ -8,7 +8,7 @@ slowing everybody down.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -52,10 +52,13 @@ class Subscription:
 class EventBus:
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
+        self.on_subscribe: Callable[[], None] | None = None  # the memory monitor: wake up
 
     def subscribe(self, topics: Iterable[str], components: Iterable[str] | None = None, buffer: int = 1024) -> Subscription:
         sub = Subscription(self, frozenset(topics), frozenset(components) if components is not None else None, buffer)
         self._subscriptions.append(sub)
+        if self.on_subscribe is not None:
+            self.on_subscribe()
         return sub
 
     def wants(self, topic: str) -> bool:

@@ -13,11 +13,13 @@ After the machine wakes from sleep (the suspend clock jumped), actions are held 
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import msgspec
 import structlog
 
@@ -25,7 +27,7 @@ from . import platform, procs
 from .config import MemorySection
 from .enforcer import Enforcer
 from .events import EventBus
-from .model import MIB, ComponentState, MemoryState, Snapshot, SystemMemory, state_rank
+from .model import MIB, ComponentState, MemoryState, Snapshot, SystemMemory, TreeUsage, state_rank
 from .policy import ComponentView, bytes_until, decide, decide_through_trims, explain
 from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
 from .pressure import PressureTracker, classify, hold_after_wake, kernel_floor, level_for, next_interval, threshold
@@ -40,6 +42,51 @@ HWM_EVERY_S = 10.0
 HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
 LEAK_CHECK_EVERY_S = 30.0
+IDLE_HANDOFF_S = 30.0  # an idle stack's readings reach the loop at least this often
+
+
+class _Wake:
+    """A one-shot wake-up for the idle watcher: `threading.Event` without its Python layers.
+
+    Event.wait runs a Condition's Python code on every timeout; here the wait is one C call
+    (a lock acquired with a timeout), which matters when it runs every 2 s on a cold cache.
+    The lock is held while "clear"; `set` releases it, and a wait that gets it is woken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # already set
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+    def wait(self, timeout: float) -> bool:
+        """True if set (it stays set), False after `timeout` seconds."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+            return True
+        return False
+
+
+class MonitorClosed(Exception):
+    """A reading was asked for after `close()` (the idle watcher, at shutdown)."""
+
+
+class Reading(NamedTuple):
+    """One reading of the trees and the system, before it is classified."""
+
+    time: float
+    usage: dict[str, TreeUsage]
+    system: SystemMemory
+    stack: int
+    percent: float
+    roots: dict[str, int]  # the PID each tree was read from
 
 
 class MemoryMonitor:
@@ -59,36 +106,68 @@ class MemoryMonitor:
         self.sample_cost_s = 0.0  # how long the last sample took
         self.samples = 0
         self.scheduled_samples = 0  # taken by the loop on its own schedule (not asked by a request)
-        self.stale = True  # a component started or ended since the last sample
+        self._wake = _Wake()  # set: the idle watcher hands back to the loop now
+        self._lock = threading.Lock()  # the /proc readers, shared with the idle watcher's thread
+        self._closed = False
+        self._stale = True  # see `stale`
+        self._absorbed_at = float("-inf")
+        bus.on_subscribe = self._wake.set  # a new subscriber wants memory events from the loop
         self.enforcer = Enforcer(runners, bus, cfg, self.level_now)
         self._published_at = float("-inf")
         self._hold_until = float("-inf")
         self._suspended = platform.suspended_seconds()
         self._hwm_at = self._trend_at = self._leak_at = float("-inf")
         self._leaks_reported: dict[str, float] = {}
-        # /proc files kept open between samples: used from the loop's thread only.
+        # /proc files kept open between samples, under `_lock`.
         self.trees = procs.TreeSampler()
         self.system_reader = platform.SystemReader()
 
     # --- sampling ------------------------------------------------------------------------
 
     def _measure(self, now: float) -> tuple[dict[str, Any], SystemMemory, int, float]:
-        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
-        usage = self.trees.usage(roots)
-        system = self.system_reader.read()
+        reading = self._read(now)
+        return reading.usage, reading.system, reading.stack, reading.percent
+
+    def _read(self, now: float | None = None, watcher: bool = False) -> Reading:
+        """One reading of every tree and the system. Thread-safe: the idle watcher takes its
+        readings from a worker thread, and the /proc files are shared under the lock. After
+        `close()` the watcher gets MonitorClosed; the APIs still read (files reopen)."""
+        roots = {}
+        for name, runner in list(self.runners.items()):
+            child = runner.child  # read once: the loop may replace it meanwhile
+            if child is not None:
+                roots[name] = child.pid
+        with self._lock:
+            if watcher and self._closed:
+                raise MonitorClosed()
+            if now is None:
+                now = time.monotonic()
+            usage = self.trees.usage(roots)
+            system = self.system_reader.read()
         stack = sum(t.rss_bytes for t in usage.values())
         percent = system.used_percent
         if self.cfg.budget_mb:
             percent = max(percent, 100.0 * stack / (self.cfg.budget_mb * MIB))
-        return usage, system, stack, percent
+        return Reading(now, usage, system, stack, percent, roots)
 
     def sample(self) -> Snapshot:
-        started = time.perf_counter()
-        now = time.monotonic()
-        self.stale = False
-        usage, system, stack, percent = self._measure(now)
+        """A reading now, taken in (classified, recorded, published)."""
+        return self._absorb(self._read())
+
+    def _record(self, reading: Reading) -> bool:
+        """What a reading says about each component: usage, trend points, high-water marks,
+        leak checks. False if the reading is older than one already taken in (the loop
+        sampled since the idle watcher took it)."""
+        now, usage, roots = reading.time, reading.usage, reading.roots
+        if now < self._absorbed_at:
+            return False
+        self._absorbed_at = now
+        self._stale = False
         for name, tree in usage.items():
-            self.runners[name].record_usage(tree, now)
+            runner = self.runners.get(name)
+            # A reading from the idle watcher may predate a restart: it belongs to the old process.
+            if runner is not None and runner.child is not None and runner.child.pid == roots[name]:
+                runner.record_usage(tree, now)
         hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
         if now - self._hwm_at >= hwm_every:
             self._hwm_at = now
@@ -97,21 +176,24 @@ class MemoryMonitor:
         if now - self._trend_at >= TREND_EVERY_S:
             self._trend_at = now
             for name, tree in usage.items():
-                self.runners[name].trend_points.append((now, tree.rss_bytes / MIB))
+                if name in self.runners:
+                    self.runners[name].trend_points.append((now, tree.rss_bytes / MIB))
         if now - self._leak_at >= LEAK_CHECK_EVERY_S:
             self._leak_at = now
             self._check_leaks(now)
+        return True
+
+    def _absorb(self, reading: Reading) -> Snapshot:
+        """Take a reading in: record it, classify it, publish it. (The idle watcher's earlier
+        readings of a batch are only recorded: all HEALTHY and none near WARNING, or it would
+        have handed over at once.)"""
+        started = time.perf_counter()
+        if not self._record(reading) and self.snapshot is not None:
+            return self.snapshot
+        now, usage, system, stack, percent, _ = reading
         previous = self.tracker.state
         self.tracker = classify(self.tracker, percent, system, self.cfg, now)
-        self.snapshot = Snapshot(
-            time=now,
-            system=system,
-            components=usage,
-            stack_bytes=stack,
-            budget_bytes=self.cfg.budget_mb * MIB if self.cfg.budget_mb else None,
-            percent_used=percent,
-            state=self.tracker.state,
-        )
+        self.snapshot = self._snapshot(reading, self.tracker.state)
         self.samples += 1
         self.sample_cost_s = time.perf_counter() - started
         if self.tracker.state is not previous:
@@ -133,9 +215,83 @@ class MemoryMonitor:
             )
         return self.snapshot
 
+    def _snapshot(self, reading: Reading, state: MemoryState) -> Snapshot:
+        return Snapshot(
+            time=reading.time,
+            system=reading.system,
+            components=reading.usage,
+            stack_bytes=reading.stack,
+            budget_bytes=self.cfg.budget_mb * MIB if self.cfg.budget_mb else None,
+            percent_used=reading.percent,
+            state=state,
+        )
+
+    # --- the idle watcher ----------------------------------------------------------------
+    #
+    # An idle stack (HEALTHY, nothing frozen or unloaded, nobody subscribed to memory events)
+    # is sampled from a worker thread that sleeps between readings, not by the event loop:
+    # waking an asyncio loop costs more CPU than the reading itself (see the idle CPU figures
+    # in the README). The thread keeps `snapshot` and each runner's `usage` current for the
+    # APIs, and hands its readings to the loop, which takes them in (records, trends, high-
+    # water marks, leak checks), as soon as one is interesting (memory at or near WARNING,
+    # a kernel signal, growth that could reach WARNING before the next reading) and at least
+    # every IDLE_HANDOFF_S; it reads the kernel's high-water marks itself, every HWM_EVERY_S.
+    # Anything that changes the picture wakes it: a component starting or ending (`stale`), a
+    # subscriber, shutdown.
+
+    @property
+    def stale(self) -> bool:
+        """A component started or ended since the last sample."""
+        return self._stale
+
+    @stale.setter
+    def stale(self, value: bool) -> None:
+        self._stale = value
+        if value:
+            self._wake.set()
+
+    def _idle(self, snap: Snapshot) -> bool:
+        return not self._stale and not self._may_act(snap) and not self.bus.wants("memory")
+
+    def _interesting(self, reading: Reading, interval: float) -> bool:
+        if level_for(reading.percent, self.cfg) is not MemoryState.HEALTHY:
+            return True
+        if kernel_floor(reading.system, self.cfg) is not MemoryState.HEALTHY:
+            return True
+        snap = self._snapshot(reading, MemoryState.HEALTHY)
+        return next_interval(MemoryState.HEALTHY, self.headroom_bytes(snap), self.cfg) < interval
+
+    def _watch_idle(self, interval: float) -> list[Reading]:
+        """In a worker thread: readings every `interval` until one is interesting, the loop
+        wakes us, or IDLE_HANDOFF_S have passed. Returns what it read."""
+        readings: list[Reading] = []
+        handoff_at = time.monotonic() + IDLE_HANDOFF_S
+        while not self._wake.wait(interval):
+            try:
+                reading = self._read(watcher=True)
+            except MonitorClosed:
+                break
+            readings.append(reading)
+            self.scheduled_samples += 1
+            self.snapshot = self._snapshot(reading, self.tracker.state)
+            for name, tree in reading.usage.items():
+                runner = self.runners.get(name)
+                if runner is not None and runner.child is not None and runner.child.pid == reading.roots[name]:
+                    runner.usage = tree
+            if reading.time - self._hwm_at >= HWM_EVERY_S:  # peaks must not wait for the hand-over
+                self._hwm_at = reading.time
+                for runner in list(self.runners.values()):
+                    runner.read_hwm()
+            if self._interesting(reading, interval) or reading.time >= handoff_at:
+                break
+        return readings
+
     def close(self) -> None:
-        self.trees.close()
-        self.system_reader.close()
+        self._wake.set()
+        with self._lock:  # after the idle watcher's last read, before the next
+            self._closed = True
+            self.trees.close()
+            self.system_reader.close()
 
     def _check_leaks(self, now: float) -> None:
         for name, r in self.runners.items():
@@ -188,9 +344,12 @@ class MemoryMonitor:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self, tg: anyio.abc.TaskGroup, stopping: Callable[[], bool]) -> None:
+        pending: list[Reading] = [self._read()]
+        self.scheduled_samples += 1
         while True:
-            snap = self.sample()
-            self.scheduled_samples += 1
+            for early in pending[:-1]:  # the idle watcher's readings, in order
+                self._record(early)
+            snap = self._absorb(pending[-1])
             now = snap.time
             suspended = platform.suspended_seconds()
             hold = hold_after_wake(self._suspended, suspended, now, self._hold_until, self.cfg)
@@ -201,7 +360,20 @@ class MemoryMonitor:
             if not stopping() and now >= self._hold_until and self._may_act(snap):
                 actions = decide(snap, self.views(now), self.cfg, now, self.tracker.healthy_since)
                 await self.enforcer.apply(actions, tg)
-            await anyio.sleep(next_interval(snap.state, self.headroom_bytes(snap), self.cfg))
+            interval = next_interval(snap.state, self.headroom_bytes(snap), self.cfg)
+            if self._idle(snap):
+                self._wake.clear()  # on the loop, after the checks: a later stale/subscribe wakes it
+                try:
+                    pending = await anyio.to_thread.run_sync(self._watch_idle, interval, abandon_on_cancel=True)
+                finally:
+                    self._wake.set()  # cancelled (shutdown): let the thread end now
+                if not pending:  # woken before its first reading: read now
+                    pending = [self._read()]
+                    self.scheduled_samples += 1
+            else:
+                await anyio.sleep(interval)
+                pending = [self._read()]
+                self.scheduled_samples += 1
 
     def _may_act(self, snap: Snapshot) -> bool:
         """HEALTHY with nothing frozen or unloaded by pressure: no rule can fire, skip deciding
@@ -248,8 +420,7 @@ class MemoryMonitor:
     def report(self) -> dict[str, Any]:
         snap = self.current()
         now = time.monotonic()
-        roots = {name: r.child.pid for name, r in self.runners.items() if r.child is not None}
-        split = self.trees.usage(roots)
+        split = self._read().usage
         rows = []
         for name, r in self.runners.items():
             detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
@@ -300,6 +471,7 @@ class MemoryMonitor:
             },
             "supervisor_rss_mb": round(procs.own_rss_bytes() / MIB, 1),
             "sample_ms": round(self.sample_cost_s * 1000, 3),
+            "scheduled_samples": self.scheduled_samples,
             "components": rows,
             "recent_actions": list(self.enforcer.recent)[-20:],
         }

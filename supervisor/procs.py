@@ -205,6 +205,9 @@ def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
         sampler.close()
 
 
+THREAD_REFRESH_SAMPLES = 30  # a minute at the default 2 s
+
+
 class TreeSampler:
     """Tree memory for the sampling loop, through /proc files kept open between samples.
 
@@ -229,6 +232,8 @@ class TreeSampler:
             max_kept = min(soft, 1 << 16) // 9
         self.max_kept = max_kept
         self._files: dict[int, tuple[int, int, int]] = {}  # pid -> (statm, task dir, children)
+        self._threads: dict[int, tuple[int, list[int]]] = {}  # pid -> (task link count, children files)
+        self._samples = 0
 
     def _open(self, pid: int) -> tuple[int, int, int] | None:
         base = f"/proc/{pid}"
@@ -248,11 +253,39 @@ class TreeSampler:
     def _forget(self, pid: int) -> None:
         for fd in self._files.pop(pid, ()):
             os.close(fd)
+        self._forget_threads(pid)
+
+    def _forget_threads(self, pid: int) -> None:
+        for fd in self._threads.pop(pid, (0, []))[1]:
+            os.close(fd)
+
+    def _thread_files(self, pid: int, links: int) -> list[int]:
+        """The children files of every thread of a multithreaded process, kept while its
+        thread count stays the same (a thread that ends hands its children to another, whose
+        file we read). A thread replaced by a new one between two samples keeps the count:
+        the new one's children would be missed, so the lists are refreshed every
+        THREAD_REFRESH_SAMPLES samples."""
+        cached = self._threads.get(pid)
+        if cached is not None and cached[0] == links:
+            return cached[1]
+        self._forget_threads(pid)
+        fds = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                fds.append(os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                continue  # that thread just ended
+        self._threads[pid] = (links, fds)
+        return fds
 
     def usage(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
         if not _HAS_PROC_CHILDREN:
             return _tree_usage_psutil(roots)
         files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
+        self._samples += 1
+        if self._samples % THREAD_REFRESH_SAMPLES == 0:
+            for pid in list(self._threads):
+                self._forget_threads(pid)
         seen: set[int] = set()
         result = {}
         for name, root in roots.items():
@@ -281,12 +314,16 @@ class TreeSampler:
                 shared += int(fields[2])  # file-backed + shmem
                 count += 1
                 try:
-                    if fstat(fds[1]).st_nlink == 3:  # one thread: only its children list
+                    links = fstat(fds[1]).st_nlink
+                    if links == 3:  # one thread: only its children list
                         children = pread(fds[2], 65536, 0)
                         if children:
                             stack.extend(map(int, children.split()))
                     else:
-                        stack.extend(_proc_children(pid))
+                        for fd in self._thread_files(pid, links):
+                            children = pread(fd, 65536, 0)
+                            if children:
+                                stack.extend(map(int, children.split()))
                 except OSError:
                     pass  # exited between the reads: no children to follow
             result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)

@@ -176,10 +176,13 @@ class Runner:
 
     def read_hwm(self) -> None:
         """Fold the kernel's high-water mark of the tree into this run's peak."""
-        if self.child is not None and self.child.returncode is None:
-            hwm = procs.tree_hwm_bytes(self.child.pid)
-            if hwm is not None:
-                self.current_run.hwm_bytes = max(self.current_run.hwm_bytes or 0, hwm)
+        # Also called from the idle watcher's thread: read each attribute once, and fold only
+        # into the run the process belongs to (a restart meanwhile starts a new one).
+        child, run = self.child, self.current_run
+        if child is not None and child.returncode is None:
+            hwm = procs.tree_hwm_bytes(child.pid)
+            if hwm is not None and self.current_run is run and self.child is child:
+                run.hwm_bytes = max(run.hwm_bytes or 0, hwm)
 
     def _end_run(self, exit_reason: str) -> None:
         if self._on_run_end is None or self.current_run.started_unix is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -354,3 +355,34 @@ def test_a_load_hovering_at_the_warning_threshold_does_not_flap(make_stack: Stac
     changes = events(stack, "memory_state_changed")
     assert len(changes) <= 2, changes  # up once (maybe to CRITICAL's edge too), never back and forth
     assert stack.component("hover")["state"] == "READY"
+
+
+def test_an_idle_stack_is_sampled_on_schedule_and_a_new_subscriber_is_served_at_once(make_stack: StackFactory) -> None:
+    """An idle stack is sampled by the idle watcher's thread, which hands its readings to the
+    loop only every 30 s; the numbers the APIs show still follow every sample, and a new
+    memory subscriber wakes the loop instead of waiting for the hand-over."""
+    sleeper = python_command("import time; print('ready', flush=True); time.sleep(600)")
+    stack = make_stack(
+        "[memory]\nsample_interval_s = 0.5\n"
+        + f"""
+        [components.idle]
+        command = {sleeper}
+        priority = "LOW"
+        ready = {{ log_pattern = "ready" }}
+        """
+    )
+    stack.up()
+    stack.wait_state("idle", "READY")
+    time.sleep(1.5)  # settled: the watcher has the sampling now
+    before = stack.call("report")["scheduled_samples"]
+    time.sleep(2.0)
+    taken = stack.call("report")["scheduled_samples"] - before
+    assert 3 <= taken <= 5, f"{taken} samples in 2 s at a 0.5 s interval"
+    with stack.client() as client:
+        started = time.monotonic()
+        events_seen = client.stream("subscribe", topics=["memory"])
+        assert next(events_seen) == {"subscribed": ["memory"]}
+        event = next(events_seen)
+        waited = time.monotonic() - started
+    assert event["topic"] == "memory" and event["state"] == "HEALTHY"
+    assert waited < 5, f"the first memory event took {waited:.1f} s: the subscriber did not wake the loop"

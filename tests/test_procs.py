@@ -80,18 +80,21 @@ def test_tree_includes_children_forked_from_worker_threads(family: tuple[subproc
 
 def test_kept_descriptors_follow_processes_as_they_come_and_go(family: tuple[subprocess.Popen[str], list[int]]) -> None:
     parent, kids = family
+    baseline = len(os.listdir("/proc/self/fd"))
     sampler = procs.TreeSampler()
     try:
         first = sampler.usage({"family": parent.pid})["family"]
         kept = len(os.listdir("/proc/self/fd"))
-        assert sampler.usage({"family": parent.pid})["family"].processes == first.processes == 3
+        # three files per process, and the parent's two threads' children lists
+        assert first.processes == 3 and kept == baseline + 3 * 3 + 2
+        assert sampler.usage({"family": parent.pid})["family"].processes == 3
         assert len(os.listdir("/proc/self/fd")) == kept  # a second sample opens nothing new
         os.kill(kids[0], 9)
         wait_until(lambda: sampler.usage({"family": parent.pid})["family"].processes == 2, 10, what="the child to leave the tree")
         assert len(os.listdir("/proc/self/fd")) == kept - 3  # its three files were closed
     finally:
         sampler.close()
-    assert len(os.listdir("/proc/self/fd")) == kept - 9
+    assert len(os.listdir("/proc/self/fd")) == baseline
 
 
 def test_a_gone_root_reads_as_an_empty_tree_and_a_cap_of_zero_keeps_nothing() -> None:

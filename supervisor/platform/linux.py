@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Iterable
 
 from ..model import MemoryDetail, SystemMemory
@@ -38,15 +37,20 @@ def system_from(meminfo: str, psi: str | None) -> SystemMemory:
     return system_from_bytes(meminfo.encode(), psi.encode() if psi else None)
 
 
-_PSI_AVG10 = re.compile(rb"avg10=([0-9.]+)")  # the "some" line, then (4.20+ kernels) "full"
-
-
 def _meminfo_kb(meminfo: bytes, key: bytes) -> int | None:
     at = meminfo.find(key)
     if at < 0:
         return None
     at += len(key)
     return int(meminfo[at : meminfo.find(b"kB", at)])
+
+
+def _psi_avg10(psi: bytes, line: bytes) -> float | None:
+    at = psi.find(line)
+    if at < 0:
+        return None
+    at = psi.find(b"avg10=", at) + 6
+    return float(psi[at : psi.find(b" ", at)])
 
 
 def system_from_bytes(meminfo: bytes, psi: bytes | None) -> SystemMemory:
@@ -61,14 +65,13 @@ def system_from_bytes(meminfo: bytes, psi: bytes | None) -> SystemMemory:
         available = (_meminfo_kb(meminfo, b"\nMemFree:") or 0) + (_meminfo_kb(meminfo, b"\nCached:") or 0)
     swap_total = _meminfo_kb(meminfo, b"\nSwapTotal:") or 0
     swap_free = _meminfo_kb(meminfo, b"\nSwapFree:") or 0
-    pressure = _PSI_AVG10.findall(psi) if psi else []
     return SystemMemory(
         total_bytes=total * 1024,
         available_bytes=available * 1024,
         swap_total_bytes=swap_total * 1024,
         swap_used_bytes=(swap_total - swap_free) * 1024,
-        psi_some_avg10=float(pressure[0]) if pressure else None,
-        psi_full_avg10=float(pressure[1]) if len(pressure) > 1 else None,
+        psi_some_avg10=_psi_avg10(psi, b"some ") if psi else None,
+        psi_full_avg10=_psi_avg10(psi, b"full ") if psi else None,
     )
 
 
