@@ -253,12 +253,11 @@ class MemoryMonitor:
     def _idle(self, snap: Snapshot) -> bool:
         return not self._stale and not self._may_act(snap) and not self.bus.wants("memory")
 
-    def _interesting(self, reading: Reading, interval: float) -> bool:
-        if level_for(reading.percent, self.cfg) is not MemoryState.HEALTHY:
+    def _interesting(self, snap: Snapshot, interval: float) -> bool:
+        if level_for(snap.percent_used, self.cfg) is not MemoryState.HEALTHY:
             return True
-        if kernel_floor(reading.system, self.cfg) is not MemoryState.HEALTHY:
+        if kernel_floor(snap.system, self.cfg) is not MemoryState.HEALTHY:
             return True
-        snap = self._snapshot(reading, MemoryState.HEALTHY)
         return next_interval(MemoryState.HEALTHY, self.headroom_bytes(snap), self.cfg) < interval
 
     def _watch_idle(self, interval: float) -> list[Reading]:
@@ -273,16 +272,17 @@ class MemoryMonitor:
                 break
             readings.append(reading)
             self.scheduled_samples += 1
-            self.snapshot = self._snapshot(reading, self.tracker.state)
+            self.snapshot = snap = self._snapshot(reading, self.tracker.state)
             for name, tree in reading.usage.items():
                 runner = self.runners.get(name)
                 if runner is not None and runner.child is not None and runner.child.pid == reading.roots[name]:
                     runner.usage = tree
             if reading.time - self._hwm_at >= HWM_EVERY_S:  # peaks must not wait for the hand-over
                 self._hwm_at = reading.time
+                members = self.trees.members  # the tree this reading walked (replaced, not mutated)
                 for runner in list(self.runners.values()):
-                    runner.read_hwm()
-            if self._interesting(reading, interval) or reading.time >= handoff_at:
+                    runner.read_hwm(members)
+            if self._interesting(snap, interval) or reading.time >= handoff_at:
                 break
         return readings
 

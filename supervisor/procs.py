@@ -233,6 +233,7 @@ class TreeSampler:
         self.max_kept = max_kept
         self._files: dict[int, tuple[int, int, int]] = {}  # pid -> (statm, task dir, children)
         self._threads: dict[int, tuple[int, list[int]]] = {}  # pid -> (task link count, children files)
+        self.members: dict[int, list[int]] = {}  # root -> the PIDs of its tree at the last walk
         self._samples = 0
 
     def _open(self, pid: int) -> tuple[int, int, int] | None:
@@ -288,8 +289,10 @@ class TreeSampler:
                 self._forget_threads(pid)
         seen: set[int] = set()
         result = {}
+        members_by_root: dict[int, list[int]] = {}
         for name, root in roots.items():
             resident = shared = count = 0
+            members_by_root[root] = members = []
             stack = [root]
             while stack:
                 pid = stack.pop()
@@ -309,6 +312,7 @@ class TreeSampler:
                         self._forget(pid)
                         continue
                 seen.add(pid)
+                members.append(pid)
                 fields = statm.split(None, 3)
                 resident += int(fields[1])
                 shared += int(fields[2])  # file-backed + shmem
@@ -327,6 +331,7 @@ class TreeSampler:
                 except OSError:
                     pass  # exited between the reads: no children to follow
             result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)
+        self.members = members_by_root  # whole, so another thread never sees it half-built
         if len(files) != len(seen) or len(files) > self.max_kept:
             self._close_except(seen)
         return result
@@ -407,20 +412,17 @@ def signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def tree_hwm_bytes(root: int) -> int | None:
+def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     """The kernel's high-water mark of resident memory (VmHWM), summed over the tree: catches
     spikes between samples. The sum of each process's own peak bounds the tree's peak from
-    above (they need not have peaked at once). None where the OS does not keep it."""
+    above (they need not have peaked at once). `pids`: the tree's members if already known
+    (the sampler's last walk). None where the OS does not keep it."""
     if not _HAS_PROC_CHILDREN:
         return None
     total = 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmHWM:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            continue
+    for pid in tree_pids(root) if pids is None else pids:
+        status = _read_small(f"/proc/{pid}/status", 4096)
+        at = status.find(b"VmHWM:") if status else -1
+        if at >= 0:  # absent for kernel threads and zombies
+            total += int(status[at + 6 : status.find(b"kB", at)]) * 1024  # type: ignore[index]
     return total

@@ -174,13 +174,14 @@ class Runner:
             return False
         return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
 
-    def read_hwm(self) -> None:
-        """Fold the kernel's high-water mark of the tree into this run's peak."""
+    def read_hwm(self, members: dict[int, list[int]] | None = None) -> None:
+        """Fold the kernel's high-water mark of the tree into this run's peak. `members`:
+        root -> PIDs from the sampler's last walk, to skip walking the tree again."""
         # Also called from the idle watcher's thread: read each attribute once, and fold only
         # into the run the process belongs to (a restart meanwhile starts a new one).
         child, run = self.child, self.current_run
         if child is not None and child.returncode is None:
-            hwm = procs.tree_hwm_bytes(child.pid)
+            hwm = procs.tree_hwm_bytes(child.pid, members.get(child.pid) if members else None)
             if hwm is not None and self.current_run is run and self.child is child:
                 run.hwm_bytes = max(run.hwm_bytes or 0, hwm)
 
