@@ -262,12 +262,14 @@ class MemoryMonitor:
 
     def _watch_idle(self, interval: float) -> list[Reading]:
         """In a worker thread: readings every `interval` until one is interesting, the loop
-        wakes us, or IDLE_HANDOFF_S have passed. Returns what it read."""
+        wakes us (then one more reading, at once), or IDLE_HANDOFF_S have passed. Returns what
+        it read."""
         readings: list[Reading] = []
         handoff_at = time.monotonic() + IDLE_HANDOFF_S
-        while not self._wake.wait(interval):
+        while True:
+            woken = self._wake.wait(interval)
             try:
-                reading = self._read(watcher=True)
+                reading = self._read(watcher=True)  # woken too: the loop gets a reading newer than the change
             except MonitorClosed:
                 break
             readings.append(reading)
@@ -282,7 +284,7 @@ class MemoryMonitor:
                 members = self.trees.members  # the tree this reading walked (replaced, not mutated)
                 for runner in list(self.runners.values()):
                     runner.read_hwm(members)
-            if self._interesting(snap, interval) or reading.time >= handoff_at:
+            if woken or self._interesting(snap, interval) or reading.time >= handoff_at:
                 break
         return readings
 
@@ -367,7 +369,7 @@ class MemoryMonitor:
                     pending = await anyio.to_thread.run_sync(self._watch_idle, interval, abandon_on_cancel=True)
                 finally:
                     self._wake.set()  # cancelled (shutdown): let the thread end now
-                if not pending:  # woken before its first reading: read now
+                if not pending:  # the watcher saw the monitor closing: read here
                     pending = [self._read()]
                     self.scheduled_samples += 1
             else:

@@ -1,7 +1,7 @@
 """A small HTTP/1.1 server for the ASGI app: anyio sockets and h11, in the supervisor's task group.
 
-Why not Uvicorn: its main loop wakes every 100 ms even when no request comes (ten times the
-idle wake-ups of the whole supervisor), and it imports click, multiprocessing and logging.config
+Why not Uvicorn: its main loop wakes every 100 ms even when no request comes (an idle
+supervisor otherwise wakes once every 2 s), and it imports click, multiprocessing and logging.config
 that a loopback API never uses (about 2.5 MB of the supervisor's RSS). h11 is the HTTP/1.1
 state machine Uvicorn itself runs on when httptools is absent; what is left here is the ASGI
 glue: keep-alive, bounded request heads and bodies, streamed responses (SSE) and the
