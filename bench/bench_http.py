@@ -17,7 +17,6 @@ import http.client
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, kill_tree, pct, short_tmpdir, wait_until  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.common import REPO, free_port, kill_tree, pct, short_tmpdir, wait_until  # noqa: E402
 
 
 def samples_total(port: int) -> float:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     REPO,
     _cpu_ns,
+    free_port,
     kill_tree,
     rss_mb,
     short_tmpdir,
@@ -212,14 +213,6 @@ class Supervisord(Managed):
 
 
 BARE_LOOP = "import anyio\nasync def main():\n    while True:\n        await anyio.sleep(2.0)\nanyio.run(main)\n"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def use_http_api(port: int) -> None:

@@ -90,3 +90,12 @@ def env_without_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     return env
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for a supervisor's HTTP API)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
