@@ -42,7 +42,7 @@ class SupervisorCollector:
         yield GaugeMetricFamily("ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes())
         yield GaugeMetricFamily("ironcliw_sample_duration_seconds", "How long the last memory sample took", value=monitor.sample_cost_s)
         yield CounterMetricFamily("ironcliw_samples", "Memory samples taken (the loop's and those requests asked for)", value=monitor.samples)
-        yield CounterMetricFamily("ironcliw_monitor_samples", "Memory samples the monitor loop took on its own schedule", value=monitor.scheduled_samples)
+        yield CounterMetricFamily("ironcliw_monitor_samples", "Memory samples taken on the monitor's own schedule (by the loop or the idle watcher)", value=monitor.scheduled_samples)
         actions = CounterMetricFamily("ironcliw_actions", "Policy actions by kind and outcome", labels=["kind", "outcome"])
         for (kind, outcome), n in sorted(monitor.enforcer.counts.items()):
             actions.add_metric([kind, outcome], n)
