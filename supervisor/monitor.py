@@ -42,7 +42,7 @@ HWM_EVERY_S = 10.0
 HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
 LEAK_CHECK_EVERY_S = 30.0
-IDLE_HANDOFF_S = 30.0  # an idle stack's readings reach the loop at least this often
+IDLE_HANDOFF_S = 60.0  # an idle stack's readings reach the loop at least this often
 
 
 class _Wake:
@@ -102,7 +102,8 @@ class MemoryMonitor:
         self.runners = runners
         self.bus = bus
         self.tracker = PressureTracker()
-        self.snapshot: Snapshot | None = None
+        self._snapshot_taken: Snapshot | None = None  # see `snapshot`
+        self._latest: Reading | None = None  # the idle watcher's newest reading
         self.sample_cost_s = 0.0  # how long the last sample took
         self.samples = 0
         self.scheduled_samples = 0  # taken by the loop on its own schedule (not asked by a request)
@@ -231,13 +232,26 @@ class MemoryMonitor:
     # An idle stack (HEALTHY, nothing frozen or unloaded, nobody subscribed to memory events)
     # is sampled from a worker thread that sleeps between readings, not by the event loop:
     # waking an asyncio loop costs more CPU than the reading itself (see the idle CPU figures
-    # in the README). The thread keeps `snapshot` and each runner's `usage` current for the
-    # APIs, and hands its readings to the loop, which takes them in (records, trends, high-
-    # water marks, leak checks), as soon as one is interesting (memory at or near WARNING,
-    # a kernel signal, growth that could reach WARNING before the next reading) and at least
-    # every IDLE_HANDOFF_S; it reads the kernel's high-water marks itself, every HWM_EVERY_S.
-    # Anything that changes the picture wakes it: a component starting or ending (`stale`), a
-    # subscriber, shutdown.
+    # in the README). The thread keeps `snapshot` (built on demand from its newest reading)
+    # and each runner's `usage` current for the APIs, reads the kernel's high-water marks
+    # every HWM_EVERY_S, and hands its readings to the loop, which takes them in (records,
+    # trends, leak checks), as soon as one is interesting (memory at or near WARNING, a kernel
+    # signal, growth that could reach WARNING before the next reading) and at least every
+    # IDLE_HANDOFF_S. Anything that changes the picture wakes it: a component starting or
+    # ending (`stale`), a subscriber, shutdown.
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The newest sample. The idle watcher only leaves its newest reading (`_latest`): the
+        Snapshot is built here, when somebody asks, not every 2 s for nobody."""
+        taken, latest = self._snapshot_taken, self._latest
+        if latest is not None and (taken is None or latest.time > taken.time):
+            taken = self._snapshot_taken = self._snapshot(latest, self.tracker.state)
+        return taken
+
+    @snapshot.setter
+    def snapshot(self, value: Snapshot) -> None:
+        self._snapshot_taken = value
 
     @property
     def stale(self) -> bool:
@@ -253,12 +267,12 @@ class MemoryMonitor:
     def _idle(self, snap: Snapshot) -> bool:
         return not self._stale and not self._may_act(snap) and not self.bus.wants("memory")
 
-    def _interesting(self, snap: Snapshot, interval: float) -> bool:
-        if level_for(snap.percent_used, self.cfg) is not MemoryState.HEALTHY:
+    def _interesting(self, reading: Reading, interval: float) -> bool:
+        if level_for(reading.percent, self.cfg) is not MemoryState.HEALTHY:
             return True
-        if kernel_floor(snap.system, self.cfg) is not MemoryState.HEALTHY:
+        if kernel_floor(reading.system, self.cfg) is not MemoryState.HEALTHY:
             return True
-        return next_interval(MemoryState.HEALTHY, self.headroom_bytes(snap), self.cfg) < interval
+        return next_interval(MemoryState.HEALTHY, self._headroom(reading.system, reading.stack), self.cfg) < interval
 
     def _watch_idle(self, interval: float) -> list[Reading]:
         """In a worker thread: readings every `interval` until one is interesting, the loop
@@ -274,7 +288,7 @@ class MemoryMonitor:
                 break
             readings.append(reading)
             self.scheduled_samples += 1
-            self.snapshot = snap = self._snapshot(reading, self.tracker.state)
+            self._latest = reading
             for name, tree in reading.usage.items():
                 runner = self.runners.get(name)
                 if runner is not None and runner.child is not None and runner.child.pid == reading.roots[name]:
@@ -284,7 +298,7 @@ class MemoryMonitor:
                 members = self.trees.members  # the tree this reading walked (replaced, not mutated)
                 for runner in list(self.runners.values()):
                     runner.read_hwm(members)
-            if woken or self._interesting(snap, interval) or reading.time >= handoff_at:
+            if woken or self._interesting(reading, interval) or reading.time >= handoff_at:
                 break
         return readings
 
@@ -314,10 +328,12 @@ class MemoryMonitor:
 
     def headroom_bytes(self, snap: Snapshot) -> int:
         """Bytes the stack or the system may still grow before WARNING."""
-        system = snap.system
+        return self._headroom(snap.system, snap.stack_bytes)
+
+    def _headroom(self, system: SystemMemory, stack_bytes: int) -> int:
         room = int(system.total_bytes * self.cfg.warning_percent / 100) - (system.total_bytes - system.available_bytes)
-        if snap.budget_bytes:
-            room = min(room, int(snap.budget_bytes * self.cfg.warning_percent / 100) - snap.stack_bytes)
+        if self.cfg.budget_mb:
+            room = min(room, int(self.cfg.budget_mb * MIB * self.cfg.warning_percent / 100) - stack_bytes)
         return room
 
     def views(self, now: float) -> list[ComponentView]:
