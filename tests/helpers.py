@@ -93,7 +93,12 @@ class Stack:
     def __init__(self, config_text: str, reaper: ProcessReaper, root: Path | None = None) -> None:
         self.root = root or short_tmpdir()
         self.config = self.root / "ironcliw.toml"
-        self.config.write_text(textwrap.dedent(config_text))
+        text = textwrap.dedent(config_text)
+        if "[http]" not in text:
+            # The API is on by default, on port 8000: a test that does not ask for it must not
+            # take that port from (or fail against) a stack the developer is running.
+            text += "\n[http]\nenabled = false\n"
+        self.config.write_text(text)
         self.runtime = self.root / "run"
         self.state = self.root / "state"
         self.socket = self.runtime / "control.sock"
