@@ -171,3 +171,18 @@ def test_a_port_in_use_is_a_clear_error() -> None:
 
         with pytest.raises(IroncliwError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
             anyio.run(main)
+
+
+def test_a_kept_alive_connection_waits_longer_than_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(server, "KEEPALIVE_S", 5.0)
+
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            first = exchange(s, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.6)  # longer than a new connection may idle, shorter than a kept-alive one
+            second = exchange(s, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        return first, second
+
+    first, second = run_with_server(echo_app, client)
+    assert first.endswith(b"GET /one  0") and second.endswith(b"GET /two  0")

@@ -55,10 +55,10 @@ class _Connection:
         self.client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
 
     async def serve(self) -> None:
+        first = True
         try:
             while True:
                 # The first request may take HEAD_TIMEOUT_S to arrive; a kept-alive one KEEPALIVE_S.
-                first = self.h11.their_state is h11.IDLE and self.h11.our_state is h11.IDLE
                 request = body = None
                 with anyio.move_on_after(KEEPALIVE_S if not first else HEAD_TIMEOUT_S) as deadline:
                     request = await self._next_event()
@@ -75,6 +75,7 @@ class _Connection:
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                     return
                 self.h11.start_next_cycle()
+                first = False
         except h11.RemoteProtocolError as exc:
             if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 await self._reply_plain(exc.error_status_hint, str(exc).encode())
@@ -176,11 +177,6 @@ class _Connection:
                 await self._reply_plain(500, b"internal error")
         raise _Closed()
 
-    async def _send(self, event: Any) -> None:
-        data = self.h11.send(event)
-        if data:
-            await self._write(data)
-
     async def _write(self, data: bytes) -> None:
         try:
             await self.stream.send(data)
@@ -188,10 +184,10 @@ class _Connection:
             raise _Closed() from None
 
     async def _reply_plain(self, status: int, text: bytes) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()), (b"connection", b"close")]
         try:
-            await self._send(h11.Response(status_code=status, headers=[(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()), (b"connection", b"close")]))
-            await self._send(h11.Data(data=text))
-            await self._send(h11.EndOfMessage())
+            events = (h11.Response(status_code=status, headers=headers), h11.Data(data=text), h11.EndOfMessage())
+            await self._write(b"".join(self.h11.send(event) or b"" for event in events))
         except (_Closed, h11.LocalProtocolError):
             pass
 
