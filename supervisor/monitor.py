@@ -125,11 +125,7 @@ class MemoryMonitor:
 
     # --- sampling ------------------------------------------------------------------------
 
-    def _measure(self, now: float) -> tuple[dict[str, Any], SystemMemory, int, float]:
-        reading = self._read(now)
-        return reading.usage, reading.system, reading.stack, reading.percent
-
-    def _read(self, now: float | None = None, watcher: bool = False) -> Reading:
+    def _read(self, watcher: bool = False) -> Reading:
         """One reading of every tree and the system. Thread-safe: the idle watcher takes its
         readings from a worker thread, and the /proc files are shared under the lock. After
         `close()` the watcher gets MonitorClosed; the APIs still read (files reopen)."""
@@ -141,8 +137,7 @@ class MemoryMonitor:
         with self._lock:
             if watcher and self._closed:
                 raise MonitorClosed()
-            if now is None:
-                now = time.monotonic()
+            now = time.monotonic()
             usage = self.trees.usage(roots)
             system = self.system_reader.read()
         stack = sum(t.rss_bytes for t in usage.values())
@@ -172,8 +167,9 @@ class MemoryMonitor:
         hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
         if now - self._hwm_at >= hwm_every:
             self._hwm_at = now
+            members = self.trees.members  # the newest walk: no second walk of each tree
             for r in self.runners.values():
-                r.read_hwm()
+                r.read_hwm(members)
         if now - self._trend_at >= TREND_EVERY_S:
             self._trend_at = now
             for name, tree in usage.items():
@@ -321,7 +317,8 @@ class MemoryMonitor:
 
     def level_now(self) -> tuple[MemoryState, float]:
         """A fresh reading without hysteresis: the enforcer's re-check before a destructive act."""
-        _, system, _, percent = self._measure(time.monotonic())
+        reading = self._read()
+        system, percent = reading.system, reading.percent
         level = level_for(percent, self.cfg)
         floor = kernel_floor(system, self.cfg)
         return (level if state_rank(level) >= state_rank(floor) else floor), percent
@@ -438,7 +435,7 @@ class MemoryMonitor:
     def report(self) -> dict[str, Any]:
         snap = self.current()
         now = time.monotonic()
-        split = self._read().usage
+        split = snap.components  # every reading has the anonymous/file split
         rows = []
         for name, r in self.runners.items():
             detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None

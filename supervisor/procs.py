@@ -223,7 +223,7 @@ class TreeSampler:
     read first, and its failure reopens all three files once, on the current process.
     Descriptors of processes that left the trees are closed after each sample, and at most
     `max_kept` processes (a ninth of the soft RLIMIT_NOFILE: three files each) keep theirs.
-    Not thread-safe: one per sampling loop.
+    Not thread-safe: the monitor reads through it under a lock.
     """
 
     def __init__(self, max_kept: int | None = None) -> None:
@@ -287,7 +287,6 @@ class TreeSampler:
         if self._samples % THREAD_REFRESH_SAMPLES == 0:
             for pid in list(self._threads):
                 self._forget_threads(pid)
-        seen: set[int] = set()
         result = {}
         members_by_root: dict[int, list[int]] = {}
         for name, root in roots.items():
@@ -311,7 +310,6 @@ class TreeSampler:
                     except OSError:
                         self._forget(pid)
                         continue
-                seen.add(pid)
                 members.append(pid)
                 fields = statm.split(None, 3)
                 resident += int(fields[1])
@@ -332,8 +330,9 @@ class TreeSampler:
                     pass  # exited between the reads: no children to follow
             result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)
         self.members = members_by_root  # whole, so another thread never sees it half-built
-        if len(files) != len(seen) or len(files) > self.max_kept:
-            self._close_except(seen)
+        walked = sum(len(m) for m in members_by_root.values())
+        if len(files) != walked or len(files) > self.max_kept:  # some left the trees (or too many)
+            self._close_except({pid for m in members_by_root.values() for pid in m})
         return result
 
     def _close_except(self, keep: set[int]) -> None:

@@ -124,7 +124,7 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
 
     async def metrics(request: Request) -> Response:
         # prometheus_client loads on the first scrape, not at start: a stack that nobody
-        # scrapes does not carry it (about 1.3 MB of RSS).
+        # scrapes does not carry it (see bench/bench_imports.py).
         nonlocal registry
         from .metrics import make_registry, metrics_text
 
