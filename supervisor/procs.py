@@ -218,6 +218,14 @@ class TreeSampler:
     so this is one flat loop over descriptors opened once, re-read with pread (which makes
     the kernel generate the file afresh).
 
+    Walks only when a tree may have changed shape. A tree gains a process only through a
+    fork or clone, which allocates a PID and moves the kernel's last-allocated-PID counter
+    (/proc/loadavg's last field); it loses one only when a member exits, after which its
+    statm reads empty (a zombie) or fails (reaped). So while that counter stands still and
+    every member's statm reads, re-reading the members' statm is the whole sample. On a
+    machine that creates processes or threads all the time the walk runs every sample, as it
+    would without this; every THREAD_REFRESH_SAMPLES samples it runs regardless.
+
     PID reuse: /proc/PID descriptors stay bound to the process they were opened on; once it
     is gone, statm fails (ESRCH) instead of describing whoever has the number now. statm is
     read first, and its failure reopens all three files once, on the current process.
@@ -235,6 +243,9 @@ class TreeSampler:
         self._threads: dict[int, tuple[int, list[int]]] = {}  # pid -> (task link count, children files)
         self.members: dict[int, list[int]] = {}  # root -> the PIDs of its tree at the last walk
         self._samples = 0
+        self.walks = 0
+        self._walked: tuple[bytes, dict[str, int]] | None = None  # (PID counter, roots) of the last walk
+        self._loadavg: int | None = None
 
     def _open(self, pid: int) -> tuple[int, int, int] | None:
         base = f"/proc/{pid}"
@@ -279,11 +290,55 @@ class TreeSampler:
         self._threads[pid] = (links, fds)
         return fds
 
+    def _pid_counter(self) -> bytes | None:
+        """The last PID the kernel allocated in our namespace (/proc/loadavg's last field)."""
+        try:
+            if self._loadavg is None:
+                self._loadavg = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+            return os.pread(self._loadavg, 128, 0).rsplit(None, 1)[-1]
+        except (OSError, IndexError):
+            return None
+
+    def _reread(self, roots: Mapping[str, int]) -> dict[str, TreeUsage] | None:
+        """The last walk's members re-read; None as soon as one has exited."""
+        files, pread, page = self._files, os.pread, _PAGE_SIZE
+        result = {}
+        for name, root in roots.items():
+            resident = shared = 0
+            members = self.members[root]
+            for pid in members:
+                fds = files.get(pid)
+                if fds is None:
+                    return None
+                try:
+                    fields = pread(fds[0], 256, 0).split(None, 3)
+                except OSError:
+                    return None
+                pages = int(fields[1])
+                if not pages:  # a zombie: its children went to another parent
+                    return None
+                resident += pages
+                shared += int(fields[2])
+            result[name] = TreeUsage(rss_bytes=resident * page, processes=len(members), anon_bytes=(resident - shared) * page)
+        return result
+
     def usage(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
         if not _HAS_PROC_CHILDREN:
             return _tree_usage_psutil(roots)
-        files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
         self._samples += 1
+        counter = self._pid_counter() if self.max_kept else None  # nothing kept: nothing to re-read
+        walked = self._walked
+        if counter is not None and walked is not None and walked[0] == counter and walked[1] == roots \
+                and self._samples % THREAD_REFRESH_SAMPLES:
+            result = self._reread(roots)
+            if result is not None:
+                return result
+        self._walked = (counter, dict(roots)) if counter is not None else None  # read before the walk
+        return self._walk_trees(roots)
+
+    def _walk_trees(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
+        files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
+        self.walks += 1
         if self._samples % THREAD_REFRESH_SAMPLES == 0:
             for pid in list(self._threads):
                 self._forget_threads(pid)
@@ -310,9 +365,12 @@ class TreeSampler:
                     except OSError:
                         self._forget(pid)
                         continue
-                members.append(pid)
                 fields = statm.split(None, 3)
-                resident += int(fields[1])
+                pages = int(fields[1])
+                if not pages:  # a zombie: no memory, and its children went to another parent
+                    continue
+                members.append(pid)
+                resident += pages
                 shared += int(fields[2])  # file-backed + shmem
                 count += 1
                 try:
@@ -344,6 +402,10 @@ class TreeSampler:
     def close(self) -> None:
         for pid in list(self._files):
             self._forget(pid)
+        if self._loadavg is not None:
+            os.close(self._loadavg)
+            self._loadavg = None
+        self._walked = None
 
 
 def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:

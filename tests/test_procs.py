@@ -85,8 +85,8 @@ def test_kept_descriptors_follow_processes_as_they_come_and_go(family: tuple[sub
     try:
         first = sampler.usage({"family": parent.pid})["family"]
         kept = len(os.listdir("/proc/self/fd"))
-        # three files per process, and the parent's two threads' children lists
-        assert first.processes == 3 and kept == baseline + 3 * 3 + 2
+        # three files per process, the parent's two threads' children lists, /proc/loadavg
+        assert first.processes == 3 and kept == baseline + 3 * 3 + 2 + 1  # and /proc/loadavg
         assert sampler.usage({"family": parent.pid})["family"].processes == 3
         assert len(os.listdir("/proc/self/fd")) == kept  # a second sample opens nothing new
         os.kill(kids[0], 9)
@@ -119,3 +119,52 @@ def test_process_state_sees_a_stop_take_effect() -> None:
         child.kill()
         child.wait()
     assert procs.process_state(child.pid) is None
+
+
+def test_a_new_process_moves_the_pid_counter_and_is_walked_into_the_tree() -> None:
+    script = ("import subprocess, sys, time\ninput()\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(flush=True); time.sleep(60)")
+    sampler = procs.TreeSampler()
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert sampler.usage({"p": parent.pid})["p"].processes == 1
+            parent.stdin.write("\n")  # type: ignore[union-attr]
+            parent.stdin.flush()  # type: ignore[union-attr]
+            parent.stdout.readline()  # type: ignore[union-attr]  # forked by now
+            walks = sampler.walks
+            assert sampler.usage({"p": parent.pid})["p"].processes == 2
+            assert sampler.walks == walks + 1
+        finally:
+            sampler.close()
+            for pid in procs.tree_pids(parent.pid)[::-1]:
+                os.kill(pid, 9)
+
+
+def test_while_the_pid_counter_stands_still_members_are_reread_until_one_exits(
+        family: tuple[subprocess.Popen[str], list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    parent, kids = family
+    # A still counter, as on a quiet machine: this test's own processes must not move it.
+    monkeypatch.setattr(procs.TreeSampler, "_pid_counter", lambda self: b"4242")
+    sampler = procs.TreeSampler()
+    try:
+        first = sampler.usage({"family": parent.pid})["family"]
+        again = sampler.usage({"family": parent.pid})["family"]
+        assert sampler.walks == 1 and again.processes == first.processes == 3
+        assert abs(again.rss_bytes - first.rss_bytes) < 0.1 * first.rss_bytes
+        # The worker thread's child is never waited for: it stays a zombie, which reads as
+        # empty, and is left out of the walk that follows.
+        os.kill(kids[1], 9)
+        wait_until(lambda: procs.process_state(kids[1]) == "Z", 10, what="the zombie")
+        assert sampler.usage({"family": parent.pid})["family"].processes == 2
+        assert sampler.walks == 2
+        assert sampler.usage({"family": parent.pid})["family"].processes == 2 and sampler.walks == 2
+        # The main thread's child is reaped at once: its statm fails.
+        os.kill(kids[0], 9)
+        wait_until(lambda: procs.process_state(kids[0]) is None, 10, what="the reaping")
+        assert sampler.usage({"family": parent.pid})["family"].processes == 1
+        assert sampler.walks == 3
+        # Another set of roots is walked, whatever the counter says.
+        sampler.usage({"family": parent.pid, "me": os.getpid()})
+        assert sampler.walks == 4
+    finally:
+        sampler.close()
