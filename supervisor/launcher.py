@@ -50,8 +50,13 @@ def signal_number(name: str) -> int:
     return int(signal.Signals[name])
 
 
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+
+
 class Child:
     """One spawned process, the leader of its own process group."""
+
+    exit_peak_bytes: int | None = None  # the leader's lifetime peak RSS, once reaped (not for adopted ones)
 
     def __init__(self, popen: subprocess.Popen[bytes], ident: ProcessIdentity) -> None:
         self.popen = popen
@@ -72,14 +77,27 @@ class Child:
 
     async def wait(self) -> int:
         """Wait for the leader to exit and reap it."""
-        if self.popen.returncode is not None:
-            return self.popen.returncode
-        if self.pidfd is not None:
+        if self.pidfd is not None and self.popen.returncode is None:
             await anyio.wait_readable(self.pidfd)
-            return self.popen.wait()
-        while self.popen.poll() is None:
-            await anyio.sleep(0.02)
-        return self.popen.returncode  # type: ignore[return-value]
+            self._reap(0)  # readable: it has exited, so this does not block
+        while self.popen.returncode is None:
+            self._reap(os.WNOHANG)
+            if self.popen.returncode is None:
+                await anyio.sleep(0.02)
+        return self.popen.returncode
+
+    def _reap(self, flags: int) -> None:
+        """Reap through wait4, which also hands over the kernel's peak resident size of the
+        leader over its whole life (and of the children it reaped): a peak no sample can miss,
+        however short it was or however long since the last high-water-mark read."""
+        try:
+            pid, status, usage = os.wait4(self.pid, flags)
+        except ChildProcessError:  # already reaped through Popen
+            self.popen.poll()
+            return
+        if pid == self.pid:
+            self.exit_peak_bytes = usage.ru_maxrss * _MAXRSS_UNIT
+            self.popen.returncode = os.waitstatus_to_exitcode(status)
 
     def send(self, sig: int) -> bool:
         """Signal the leader only; False once it has exited."""

@@ -37,7 +37,9 @@ log = structlog.get_logger("ironcliw.memory")
 
 PUBLISH_EVERY_S = 0.25  # memory events at most this often (fast sampling runs at 50 Hz)
 # Kernel high-water marks (VmHWM) keep a peak until they are read, so they need not be read
-# often: only a process that exits on its own takes its last stretch with it.
+# often: before a stop they are read once more, and a leader that exits on its own leaves its
+# lifetime peak in wait4's accounting (launcher.Child). Only a grandchild that exits on its
+# own between two reads takes its peak with it. An idle stack reads them at each hand-over.
 HWM_EVERY_S = 10.0
 HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
@@ -151,8 +153,7 @@ class MemoryMonitor:
         return self._absorb(self._read())
 
     def _record(self, reading: Reading) -> bool:
-        """What a reading says about each component: usage, trend points, high-water marks,
-        leak checks. False if the reading is older than one already taken in (the loop
+        """What a reading says about each component: usage and trend points. False if the reading is older than one already taken in (the loop
         sampled since the idle watcher took it)."""
         now, usage, roots = reading.time, reading.usage, reading.roots
         if now < self._absorbed_at:
@@ -164,30 +165,32 @@ class MemoryMonitor:
             # A reading from the idle watcher may predate a restart: it belongs to the old process.
             if runner is not None and runner.child is not None and runner.child.pid == roots[name]:
                 runner.record_usage(tree, now)
-        hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
-        if now - self._hwm_at >= hwm_every:
-            self._hwm_at = now
-            members = self.trees.members  # the newest walk: no second walk of each tree
-            for r in self.runners.values():
-                r.read_hwm(members)
         if now - self._trend_at >= TREND_EVERY_S:
             self._trend_at = now
             for name, tree in usage.items():
                 if name in self.runners:
                     self.runners[name].trend_points.append((now, tree.rss_bytes / MIB))
-        if now - self._leak_at >= LEAK_CHECK_EVERY_S:
-            self._leak_at = now
-            self._check_leaks(now)
         return True
 
     def _absorb(self, reading: Reading) -> Snapshot:
-        """Take a reading in: record it, classify it, publish it. (The idle watcher's earlier
+        """Take a reading in: record it, read the high-water marks and check for leaks when
+        due, classify it, publish it. (The idle watcher's earlier
         readings of a batch are only recorded: all HEALTHY and none near WARNING, or it would
         have handed over at once.)"""
         started = time.perf_counter()
         if not self._record(reading) and self.snapshot is not None:
             return self.snapshot
         now, usage, system, stack, percent, _ = reading
+        # Once per batch, not per reading: these read the present, whatever the reading's age.
+        hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
+        if now - self._hwm_at >= hwm_every:
+            self._hwm_at = now
+            members = self.trees.members  # the newest walk: no second walk of each tree
+            for r in self.runners.values():
+                r.read_hwm(members)
+        if now - self._leak_at >= LEAK_CHECK_EVERY_S:
+            self._leak_at = now
+            self._check_leaks(now)
         previous = self.tracker.state
         self.tracker = classify(self.tracker, percent, system, self.cfg, now)
         self.snapshot = self._snapshot(reading, self.tracker.state)
@@ -229,9 +232,8 @@ class MemoryMonitor:
     # is sampled from a worker thread that sleeps between readings, not by the event loop:
     # waking an asyncio loop costs more CPU than the reading itself (see the idle CPU figures
     # in the README). The thread keeps `snapshot` (built on demand from its newest reading)
-    # and each runner's `usage` current for the APIs, reads the kernel's high-water marks
-    # every HWM_EVERY_S, and hands its readings to the loop, which takes them in (records,
-    # trends, leak checks), as soon as one is interesting (memory at or near WARNING, a kernel
+    # and each runner's `usage` current for the APIs, and hands its readings to the loop,
+    # which takes them in (records, trends, high-water marks, leak checks), as soon as one is interesting (memory at or near WARNING, a kernel
     # signal, growth that could reach WARNING before the next reading) and at least every
     # IDLE_HANDOFF_S. Anything that changes the picture wakes it: a component starting or
     # ending (`stale`), a subscriber, shutdown.
@@ -289,11 +291,6 @@ class MemoryMonitor:
                 runner = self.runners.get(name)
                 if runner is not None and runner.child is not None and runner.child.pid == reading.roots[name]:
                     runner.usage = tree
-            if reading.time - self._hwm_at >= HWM_EVERY_S:  # peaks must not wait for the hand-over
-                self._hwm_at = reading.time
-                members = self.trees.members  # the tree this reading walked (replaced, not mutated)
-                for runner in list(self.runners.values()):
-                    runner.read_hwm(members)
             if woken or self._interesting(reading, interval) or reading.time >= handoff_at:
                 break
         return readings

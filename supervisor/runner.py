@@ -189,6 +189,9 @@ class Runner:
         if self._on_run_end is None or self.current_run.started_unix is None:
             return
         run = self.current_run
+        child = self.child
+        if child is not None and child.exit_peak_bytes:  # the leader's own lifetime peak (wait4)
+            run.hwm_bytes = max(run.hwm_bytes or 0, child.exit_peak_bytes)
         sampled = max(self.peak_rss_bytes, 0)
         peak = max(run.hwm_bytes or 0, sampled)
         samples = sorted(run.ready_samples)

@@ -84,6 +84,34 @@ def test_the_kernel_high_water_mark_catches_a_spike_that_sampling_misses(make_st
     assert prediction["predicted_mb"] >= 200 and prediction["prediction"]["runs"] == 1
 
 
+CRASH_AFTER_SPIKE = """
+import sys, time
+print("ready", flush=True)
+time.sleep(0.3)
+spike = b"x" * (150 << 20)
+del spike
+sys.exit(3)   # gone before any high-water-mark read: only the kernel's exit accounting saw it
+"""
+
+
+def test_a_leader_that_spikes_and_crashes_leaves_its_peak_in_the_history(make_stack: StackFactory) -> None:
+    stack = make_stack(
+        f"""
+        [components.crashy]
+        command = {python_command(CRASH_AFTER_SPIKE)}
+        priority = "MEDIUM"
+        estimated_mb = 20
+        restart = "never"
+        ready = {{ log_pattern = "^ready" }}
+        """
+    )
+    stack.up()
+    stack.wait_state("crashy", "EXITED")
+    wait_until(lambda: (stack.state / "history.json").exists(), 10, what="the history")
+    (run,) = json.loads((stack.state / "history.json").read_text())["components"]["crashy"]
+    assert run["peak_mb"] >= 150 and run["peak_source"] == "vmhwm"
+
+
 SLEEPER = python_command("import time; print('ready', flush=True); time.sleep(600)")
 HOG = "import time; data = b'x' * ({mb} << 20); print('ready', flush=True); time.sleep(600)"
 
