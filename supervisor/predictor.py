@@ -168,6 +168,19 @@ def max_drawdown(values: Sequence[float]) -> float:
     return worst
 
 
+def leak_possible(points_mb: Sequence[tuple[float, float]], idle: bool) -> bool:
+    """False when `trend` cannot call these points a leak, found in one pass instead of its
+    O(n^2) slopes (the leak check runs over every component every LEAK_CHECK_EVERY_S). No
+    pair of points rises faster than their whole spread over the closest two in time, and
+    the median of the pairs' slopes is no steeper than the steepest pair."""
+    if not idle or len(points_mb) < 3 or points_mb[-1][0] - points_mb[0][0] < LEAK_WINDOW_S:
+        return False
+    times = [t for t, _ in points_mb]
+    values = [v for _, v in points_mb]
+    closest = min((b - a for a, b in zip(times, times[1:]) if b > a), default=0.0)
+    return closest > 0 and (max(values) - min(values)) / closest * 60 >= LEAK_MIN_MB_PER_MIN
+
+
 def trend(points_mb: Sequence[tuple[float, float]], idle: bool) -> Trend:
     """Slope over the points (time s, MB). A leak: while idle, growth of at least
     LEAK_MIN_MB_PER_MIN sustained over LEAK_WINDOW_S, in both halves of the window, without a

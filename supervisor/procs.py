@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import sys
+from itertools import repeat
 from typing import Iterable, Mapping
 
 from .model import ProcessIdentity, TreeUsage
@@ -245,6 +246,10 @@ class TreeSampler:
         self._samples = 0
         self.walks = 0
         self._walked: tuple[bytes, dict[str, int]] | None = None  # (PID counter, roots) of the last walk
+        # What the last walk or re-read saw: every member's statm descriptor and text, in order.
+        self._statm_fds: list[int] = []
+        self._statm: list[bytes] = []
+        self._result: dict[str, TreeUsage] = {}
         self._loadavg: int | None = None
 
     def _open(self, pid: int) -> tuple[int, int, int] | None:
@@ -299,27 +304,31 @@ class TreeSampler:
         except (OSError, IndexError):
             return None
 
-    def _reread(self, roots: Mapping[str, int]) -> dict[str, TreeUsage] | None:
-        """The last walk's members re-read; None as soon as one has exited."""
-        files, pread, page = self._files, os.pread, _PAGE_SIZE
-        result = {}
-        for name, root in roots.items():
-            resident = shared = 0
+    def _reread(self) -> dict[str, TreeUsage] | None:
+        """The last walk's members re-read; None as soon as one has exited. The reads run in
+        one C-level map, and an idle stack's statm rarely moves by a page: then the last
+        result stands as it is (the same object: callers treat results as read-only)."""
+        fds = self._statm_fds
+        try:
+            now = list(map(os.pread, fds, repeat(256, len(fds)), repeat(0, len(fds))))
+        except OSError:  # reaped since the walk
+            return None
+        if now == self._statm:
+            return self._result
+        page, result, at = _PAGE_SIZE, {}, 0
+        for name, root in self._walked[1].items():  # type: ignore[index]  # the walk's order
             members = self.members[root]
-            for pid in members:
-                fds = files.get(pid)
-                if fds is None:
-                    return None
-                try:
-                    fields = pread(fds[0], 256, 0).split(None, 3)
-                except OSError:
-                    return None
+            resident = shared = 0
+            for raw in now[at : at + len(members)]:
+                fields = raw.split(None, 3)
                 pages = int(fields[1])
                 if not pages:  # a zombie: its children went to another parent
                     return None
                 resident += pages
                 shared += int(fields[2])
+            at += len(members)
             result[name] = TreeUsage(rss_bytes=resident * page, processes=len(members), anon_bytes=(resident - shared) * page)
+        self._statm, self._result = now, result
         return result
 
     def usage(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
@@ -330,7 +339,7 @@ class TreeSampler:
         walked = self._walked
         if counter is not None and walked is not None and walked[0] == counter and walked[1] == roots \
                 and self._samples % THREAD_REFRESH_SAMPLES:
-            result = self._reread(roots)
+            result = self._reread()
             if result is not None:
                 return result
         self._walked = (counter, dict(roots)) if counter is not None else None  # read before the walk
@@ -344,6 +353,8 @@ class TreeSampler:
                 self._forget_threads(pid)
         result = {}
         members_by_root: dict[int, list[int]] = {}
+        statm_fds: list[int] = []
+        statms: list[bytes] = []
         for name, root in roots.items():
             resident = shared = count = 0
             members_by_root[root] = members = []
@@ -370,6 +381,8 @@ class TreeSampler:
                 if not pages:  # a zombie: no memory, and its children went to another parent
                     continue
                 members.append(pid)
+                statm_fds.append(fds[0])
+                statms.append(statm)
                 resident += pages
                 shared += int(fields[2])  # file-backed + shmem
                 count += 1
@@ -391,6 +404,9 @@ class TreeSampler:
         walked = sum(len(m) for m in members_by_root.values())
         if len(files) != walked or len(files) > self.max_kept:  # some left the trees (or too many)
             self._close_except({pid for m in members_by_root.values() for pid in m})
+            if len(files) < walked:  # over the cap: no descriptors to re-read
+                self._walked = None
+        self._statm_fds, self._statm, self._result = statm_fds, statms, result
         return result
 
     def _close_except(self, keep: set[int]) -> None:
@@ -406,6 +422,7 @@ class TreeSampler:
             os.close(self._loadavg)
             self._loadavg = None
         self._walked = None
+        self._statm_fds, self._statm = [], []
 
 
 def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:

@@ -155,6 +155,18 @@ class Runner:
         while self.recent_rss and now - self.recent_rss[0][0] > GROWTH_WINDOW_S:
             self.recent_rss.popleft()
 
+    def record_many(self, points: list[tuple[float, int]]) -> None:
+        """`record_usage` for a batch of (time, RSS) readings in order, all older than the next
+        reading (which sets `usage`): the idle watcher's minute, in a few C-level passes."""
+        values = [v for _, v in points]
+        self.peak_rss_bytes = max(self.peak_rss_bytes, *values)
+        if self.state is ComponentState.READY:
+            self.current_run.ready_samples.extend(values[: 4096 - len(self.current_run.ready_samples)])
+        last = points[-1][0]
+        self.recent_rss.extend(p for p in points if last - p[0] <= GROWTH_WINDOW_S)
+        while self.recent_rss and last - self.recent_rss[0][0] > GROWTH_WINDOW_S:
+            self.recent_rss.popleft()
+
     @property
     def growth_bytes_s(self) -> float:
         """Growth rate right now: over the samples of the last RATE_WINDOW_S, and only while

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from supervisor.predictor import RunRecord, predict, theil_sen, time_to_reach, trend
+from supervisor.predictor import RunRecord, leak_possible, predict, theil_sen, time_to_reach, trend
 
 MB = 1 << 20
 
@@ -73,3 +73,19 @@ def test_a_slow_leak_is_reported_and_a_sawtooth_is_not() -> None:
     rng = random.Random(3)
     saw = [(float(t), 200.0 + (t % 20) * 5 + rng.uniform(-1, 1)) for t in range(0, 300, 2)]
     assert not trend(saw, idle=True).leak
+
+
+def test_the_quick_leak_precheck_never_rules_out_a_leak_that_trend_reports() -> None:
+    leak = [(float(t), 200.0 + 0.05 * t) for t in range(0, 300, 2)]
+    assert leak_possible(leak, idle=True)
+    flat = [(float(t), 200.0) for t in range(0, 300, 2)]
+    assert not leak_possible(flat, idle=True) and not trend(flat, idle=True).leak
+    assert not leak_possible(leak, idle=False) and not leak_possible(leak[:10], idle=True)  # busy; too short
+    rng = random.Random(7)
+    for _ in range(300):
+        step = rng.choice([0.5, 2.0, 10.0])
+        rate = rng.choice([0.0, 0.001, 0.01, 0.05, 0.2])
+        noise = rng.choice([0.0, 0.004, 0.05, 1.0])
+        points = [(i * step, 100.0 + rate * i * step + rng.uniform(-noise, noise)) for i in range(rng.randint(3, 300))]
+        if trend(points, idle=True).leak:
+            assert leak_possible(points, idle=True), points[:5]
