@@ -1,5 +1,6 @@
 """Where the supervisor's RSS goes: the imports of `ironcliw up`, step by step, in one fresh
-interpreter (as `up` does them: OpenSSL's hash module and greenlet refused while importing).
+interpreter (as `up` does them: OpenSSL's hash module and greenlet refused, as `up` refuses them
+for its whole life).
 
     .venv/bin/python bench/bench_imports.py
 

@@ -6,13 +6,12 @@ Exit codes: 0 done, 1 refused, 2 usage or config error, 3 supervisor not running
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import msgspec
 
@@ -117,35 +116,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Native modules that the supervisor's libraries load whenever they are importable, and that
-# the supervisor never uses: OpenSSL's hash table (hashlib then uses CPython's own md5/sha*),
-# and greenlet (structlog's greenlet-local context; Playwright installs greenlet in the test
-# venv). Refused while `up` imports its modules, they keep about 1.7 MB out of the
-# supervisor's RSS; once the imports are done, anything may import them as usual.
+# the supervisor never uses: OpenSSL's hash table (hashlib then uses CPython's own md5/sha*,
+# and hmac its pure-Python code) and greenlet (structlog's greenlet-local context; Playwright
+# installs greenlet in the test venv). Refused for the life of `up` (imports made on the
+# first HTTP request would load them too), they keep about 1.7 MB out of the supervisor's
+# RSS (bench/bench_imports.py). Nothing in the supervisor needs OpenSSL-only hashes
+# (pbkdf2_hmac, scrypt).
 UNUSED_NATIVE_MODULES = ("_hashlib", "greenlet")
 
 
-@contextlib.contextmanager
-def _refusing(modules: Sequence[str]) -> Iterator[None]:
-    refused = [name for name in modules if name not in sys.modules]
-    for name in refused:
-        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
-    try:
-        yield
-    finally:
-        for name in refused:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
+def _refuse(modules: Sequence[str]) -> None:
+    for name in modules:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # `import name` raises ImportError
 
 
 def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
-    with _refusing(UNUSED_NATIVE_MODULES):
-        import anyio
+    _refuse(UNUSED_NATIVE_MODULES)
+    import anyio
 
-        from . import control, logsetup
-        from .core import Supervisor
+    from . import control, logsetup
+    from .core import Supervisor
 
-        if config.http.enabled:
-            from .http import server as http_server  # the web stack only when asked for
+    if config.http.enabled:
+        from .http import server as http_server  # the web stack only when asked for
 
     logsetup.configure(log_format)
     width = max((len(n) for n in config.components), default=8)

@@ -11,7 +11,7 @@ is wanted and wake it; it carries them out and reports state changes as events.
 
 from __future__ import annotations
 
-import random
+import os
 import re
 import signal
 import time
@@ -43,6 +43,12 @@ class RunStats:
         self.time_to_ready_s: float | None = None
         self.ready_samples: list[int] = []
         self.trim_freed_mb: list[float] = []
+
+
+def _unit_random() -> float:
+    """A uniform number in [0, 1) for the backoff jitter, from os.urandom: the `random`
+    module would be imported for this one number a restart (see bench/bench_imports.py)."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
 GROWTH_WINDOW_S = 1.0
@@ -80,7 +86,6 @@ class Runner:
         self._on_run_end = on_run_end
         self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
         self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
-        self._rng = random.Random()
 
         self.state = ComponentState.STOPPED
         self.child: launcher.Child | None = None
@@ -293,7 +298,7 @@ class Runner:
 
     async def _after_exit(self, exit_info: ExitInfo) -> None:
         now = time.monotonic()
-        self._history, decision = restart.on_exit(self._history, self.spec, exit_info, now, self._rng.random())
+        self._history, decision = restart.on_exit(self._history, self.spec, exit_info, now, _unit_random())
         self.last_exit = exit_info.reason
         if decision.state is not ComponentState.BACKOFF:
             self._want = False
