@@ -415,6 +415,11 @@ class TreeSampler:
         for pid in list(self._files)[self.max_kept :]:
             self._forget(pid)
 
+    def rewalk(self) -> None:
+        """Make the next sample walk the trees, whatever the PID counter says (bench_sampling
+        measures the walk this way)."""
+        self._walked = None
+
     def close(self) -> None:
         for pid in list(self._files):
             self._forget(pid)
