@@ -222,7 +222,7 @@ class TreeSampler:
     Walks only when a tree may have changed shape. A tree gains a process only through a
     fork or clone, which allocates a PID and moves the kernel's last-allocated-PID counter
     (/proc/loadavg's last field); it loses one only when a member exits, after which its
-    statm reads empty (a zombie) or fails (reaped). So while that counter stands still and
+    statm reads all zeros (a zombie: no address space) or fails (reaped). So while that counter stands still and
     every member's statm reads, re-reading the members' statm is the whole sample. On a
     machine that creates processes or threads all the time the walk runs every sample, as it
     would without this; every THREAD_REFRESH_SAMPLES samples it runs regardless.
@@ -321,10 +321,9 @@ class TreeSampler:
             resident = shared = 0
             for raw in now[at : at + len(members)]:
                 fields = raw.split(None, 3)
-                pages = int(fields[1])
-                if not pages:  # a zombie: its children went to another parent
+                if fields[0] == b"0":  # no address space: a zombie, whose children went elsewhere
                     return None
-                resident += pages
+                resident += int(fields[1])
                 shared += int(fields[2])
             at += len(members)
             result[name] = TreeUsage(rss_bytes=resident * page, processes=len(members), anon_bytes=(resident - shared) * page)
@@ -377,13 +376,14 @@ class TreeSampler:
                         self._forget(pid)
                         continue
                 fields = statm.split(None, 3)
-                pages = int(fields[1])
-                if not pages:  # a zombie: no memory, and its children went to another parent
+                # No address space at all: a zombie, whose children went to another parent.
+                # (Not resident pages: a stopped process under pressure may have none left.)
+                if fields[0] == b"0":
                     continue
                 members.append(pid)
                 statm_fds.append(fds[0])
                 statms.append(statm)
-                resident += pages
+                resident += int(fields[1])
                 shared += int(fields[2])  # file-backed + shmem
                 count += 1
                 try:
