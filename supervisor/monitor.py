@@ -152,34 +152,15 @@ class MemoryMonitor:
         """A reading now, taken in (classified, recorded, published)."""
         return self._absorb(self._read())
 
-    def _record(self, reading: Reading) -> bool:
-        """What a reading says about each component: usage and trend points. False if the
-        reading is older than one already taken in (the loop sampled since the idle watcher
-        took it)."""
-        now, usage, roots = reading.time, reading.usage, reading.roots
-        if now < self._absorbed_at:
-            return False
-        self._absorbed_at = now
-        self._stale = False
-        mine = []
-        for name, tree in usage.items():
-            runner = self.runners.get(name)
-            # A reading from the idle watcher may predate a restart: it belongs to the old process.
-            if runner is not None and runner.child is not None and runner.child.pid == roots[name]:
-                runner.record_usage(tree, now)
-                mine.append((runner, tree))
-        if now - self._trend_at >= TREND_EVERY_S:
-            self._trend_at = now
-            for runner, tree in mine:
-                runner.trend_points.append((now, tree.rss_bytes / MIB))
-        return True
-
-    def _record_early(self, readings: list[Reading]) -> None:
-        """`_record` for the idle watcher's readings before its newest, a component at a time
-        (a minute of 100 components is 3,000 readings of one tree: one pass each, not a call)."""
+    def _record(self, readings: list[Reading]) -> bool:
+        """What readings (in order) say about each component: usage, run statistics, trend
+        points; a component at a time (the idle watcher hands over a minute: with 100
+        components, 3,000 readings of a tree, taken in one pass per component). Readings
+        older than one already taken in are skipped (the loop sampled since the idle watcher
+        took them); False if that left none."""
         readings = [r for r in readings if r.time >= self._absorbed_at]
         if not readings:
-            return
+            return False
         self._absorbed_at = readings[-1].time
         self._stale = False
         trend_times = set()
@@ -192,10 +173,12 @@ class MemoryMonitor:
             if child is None:
                 continue
             pid = child.pid  # readings from before a restart belong to the old process
-            mine = [(r.time, r.usage[name].rss_bytes) for r in readings if r.roots.get(name) == pid]
+            mine = [(r.time, r.usage[name]) for r in readings if r.roots.get(name) == pid]
             if mine:
-                runner.record_many(mine)
-                runner.trend_points.extend((t, v / MIB) for t, v in mine if t in trend_times)
+                runner.record_usage(mine)
+                if trend_times:
+                    runner.trend_points.extend((t, u.rss_bytes / MIB) for t, u in mine if t in trend_times)
+        return True
 
     def _absorb(self, reading: Reading) -> Snapshot:
         """Take a reading in: record it, read the high-water marks and check for leaks when
@@ -203,7 +186,7 @@ class MemoryMonitor:
         readings of a batch are only recorded: all HEALTHY and none near WARNING, or it would
         have handed over at once.)"""
         started = time.perf_counter()
-        if not self._record(reading) and self.snapshot is not None:
+        if not self._record([reading]) and self.snapshot is not None:
             return self.snapshot
         now, usage, system, stack, percent, _ = reading
         # Once per batch, not per reading: these read the present, whatever the reading's age.
@@ -258,9 +241,9 @@ class MemoryMonitor:
     # waking an asyncio loop costs more CPU than the reading itself (see the idle CPU figures
     # in the README). The thread keeps `snapshot` (built on demand from its newest reading)
     # and each runner's `usage` current for the APIs, and hands its readings to the loop,
-    # which takes them in (records, trends, high-water marks, leak checks), as soon as one is interesting (memory at or near WARNING, a kernel
-    # signal, growth that could reach WARNING before the next reading) and at least every
-    # IDLE_HANDOFF_S. Anything that changes the picture wakes it: a component starting or
+    # which takes them in (records, trends, high-water marks, leak checks), as soon as one is
+    # interesting (memory at or near WARNING, a kernel signal, growth that could reach
+    # WARNING before the next reading) and at least every IDLE_HANDOFF_S. Anything that changes the picture wakes it: a component starting or
     # ending (`stale`), a subscriber, shutdown.
 
     @property
@@ -390,7 +373,7 @@ class MemoryMonitor:
         pending: list[Reading] = [self._read()]
         self.scheduled_samples += 1
         while True:
-            self._record_early(pending[:-1])  # the idle watcher's readings, in order
+            self._record(pending[:-1])  # the idle watcher's readings, in order
             snap = self._absorb(pending[-1])
             now = snap.time
             suspended = platform.suspended_seconds()

@@ -151,24 +151,16 @@ class Runner:
         """Mark the component used (idle unloading goes by the time since the last touch)."""
         self.last_used = now
 
-    def record_usage(self, usage: TreeUsage, now: float) -> None:
-        self.usage = usage
-        self.peak_rss_bytes = max(self.peak_rss_bytes, usage.rss_bytes)
-        if self.state is ComponentState.READY and len(self.current_run.ready_samples) < 4096:
-            self.current_run.ready_samples.append(usage.rss_bytes)
-        self.recent_rss.append((now, usage.rss_bytes))
-        while self.recent_rss and now - self.recent_rss[0][0] > GROWTH_WINDOW_S:
-            self.recent_rss.popleft()
-
-    def record_many(self, points: list[tuple[float, int]]) -> None:
-        """`record_usage` for a batch of (time, RSS) readings in order, all older than the next
-        reading (which sets `usage`): the idle watcher's minute, in a few C-level passes."""
-        values = [v for _, v in points]
+    def record_usage(self, readings: list[tuple[float, TreeUsage]]) -> None:
+        """Readings of this component's tree, (time, usage) in order: one per sample, or the
+        idle watcher's minute at once (a few C-level passes instead of a call per reading)."""
+        self.usage = readings[-1][1]
+        values = [u.rss_bytes for _, u in readings]
         self.peak_rss_bytes = max(self.peak_rss_bytes, *values)
         if self.state is ComponentState.READY:
             self.current_run.ready_samples.extend(values[: 4096 - len(self.current_run.ready_samples)])
-        last = points[-1][0]
-        self.recent_rss.extend(p for p in points if last - p[0] <= GROWTH_WINDOW_S)
+        last = readings[-1][0]
+        self.recent_rss.extend((t, u.rss_bytes) for t, u in readings if last - t <= GROWTH_WINDOW_S)
         while self.recent_rss and last - self.recent_rss[0][0] > GROWTH_WINDOW_S:
             self.recent_rss.popleft()
 

@@ -51,12 +51,12 @@ def test_a_batch_of_readings_is_recorded_as_one_by_one_would_be(tmp_path: Path) 
     one_by_one, batched = monitor(tmp_path / "1"), monitor(tmp_path / "2")
     old = readings()
     for reading in old:
-        one_by_one._record(reading)
-    batched._record_early(old)
-    batched._record_early(old[:5])  # already taken in: ignored
+        one_by_one._record([reading])
+    assert batched._record(old)
+    assert not batched._record(old[:5])  # already taken in: skipped
     for name in ("a", "b"):
         x, y = one_by_one.runners[name], batched.runners[name]
-        assert x.peak_rss_bytes == y.peak_rss_bytes > 0
+        assert x.peak_rss_bytes == y.peak_rss_bytes > 0 and x.usage == y.usage
         assert x.current_run.ready_samples == y.current_run.ready_samples
         assert list(x.recent_rss) == list(y.recent_rss)
         assert list(x.trend_points) == list(y.trend_points)
