@@ -16,7 +16,6 @@ import argparse
 import http.client
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, free_port, kill_tree, pct, short_tmpdir, wait_until  # noqa: E402
+from bench.common import REPO, free_port, pct, short_tmpdir, stop_gracefully, wait_until  # noqa: E402
 
 
 def samples_total(port: int) -> float:
@@ -93,11 +92,7 @@ def main() -> None:
             print(f"{path:<16} {len(lat) / args.seconds:>8.0f} {statistics.median(ms):>8.2f} {pct(ms, 99):>8.2f} {max(ms):>8.2f} {errors:>7}"
                   f" {f'{idle_interval:.2f} s -> {loaded_interval:.2f} s':>34}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)
+        stop_gracefully(proc, 60)
 
 
 def _ready(port: int, n: int) -> bool:

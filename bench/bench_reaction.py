@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, kill_tree, pct, short_tmpdir, wait_until  # noqa: E402
+from bench.common import REPO, pct, short_tmpdir, stop_gracefully, wait_until  # noqa: E402
 from supervisor.client import ControlClient  # noqa: E402
 from supervisor.errors import NotRunning  # noqa: E402
 
@@ -110,11 +109,7 @@ def one_run(rate: float, budget_mb: int) -> dict[str, float]:
             "achieved_mb_s": achieved,
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)
+        stop_gracefully(proc, 30)
         out.close()
 
 

@@ -86,6 +86,15 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs([proc, *kids], timeout=5)
 
 
+def stop_gracefully(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM a supervisor we started and wait for it; its whole tree is killed if it hangs."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+
+
 def env_without_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)

@@ -95,30 +95,22 @@ def test_body_is_delivered_and_an_oversized_one_gets_413() -> None:
     assert big.startswith(b"HTTP/1.1 413 ")
 
 
-def test_malformed_request_gets_400_and_the_server_keeps_serving() -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [(b"THIS IS NOT HTTP\r\n\r\n", b"400"), (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", b"500")],
+    ids=["malformed request: 400", "app failure: 500"],
+)
+def test_a_bad_request_gets_its_error_and_the_server_keeps_serving(request_bytes: bytes, status: bytes) -> None:
     def client(port: int) -> tuple[bytes, bytes]:
         with connect(port) as s:
-            bad = exchange(s, b"THIS IS NOT HTTP\r\n\r\n")
+            failed = exchange(s, request_bytes)
         with connect(port) as s:
             good = exchange(s, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
-        return bad, good
-
-    bad, good = run_with_server(echo_app, client)
-    assert bad.startswith(b"HTTP/1.1 400 ")
-    assert good.startswith(b"HTTP/1.1 200 ") and good.endswith(b"GET /after  0")
-
-
-def test_an_app_failure_is_a_500_and_the_server_keeps_serving() -> None:
-    def client(port: int) -> tuple[bytes, bytes]:
-        with connect(port) as s:
-            failed = exchange(s, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
-        with connect(port) as s:
-            good = exchange(s, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n")
         return failed, good
 
     failed, good = run_with_server(echo_app, client)
-    assert failed.startswith(b"HTTP/1.1 500 ")
-    assert good.startswith(b"HTTP/1.1 200 ")
+    assert failed.startswith(b"HTTP/1.1 " + status + b" ")
+    assert good.startswith(b"HTTP/1.1 200 ") and good.endswith(b"GET /after  0")
 
 
 def test_a_silent_client_is_closed_after_the_head_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
