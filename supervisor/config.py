@@ -25,10 +25,21 @@ from .model import Priority, RestartMode
 SIGNAL_NAMES = frozenset(
     {"SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH", "SIGPWR"}
 )
+# A trim asks a component to drop caches: it must never end or freeze it, so neither the
+# signals that cannot be caught nor the conventional "please exit" ones may be a trim.
+TRIM_SIGNAL_NAMES = frozenset({"SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGPWR"})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
-Seconds = Annotated[float, Meta(gt=0)]
-NonNegSeconds = Annotated[float, Meta(ge=0)]
+# Upper bounds keep a typo (or `inf`, `1e308`) from turning into a supervisor that never
+# samples, never stops a component or overflows a timer: sampling intervals at most an
+# hour, other durations at most a day, sizes at most 16 TiB. NaN fails every bound.
+HOUR_S = 3600.0
+DAY_S = 86400.0
+MAX_MB = 16 * 1024 * 1024  # 16 TiB
+Interval = Annotated[float, Meta(gt=0, le=HOUR_S)]
+Seconds = Annotated[float, Meta(gt=0, le=DAY_S)]
+NonNegSeconds = Annotated[float, Meta(ge=0, le=DAY_S)]
+Megabytes = Annotated[int, Meta(ge=0, le=MAX_MB)]
 Percent = Annotated[float, Meta(gt=0, le=100)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
@@ -60,14 +71,14 @@ class ComponentSpec(_Table):
     cwd: str | None = None  # relative to the config file's directory; default: that directory
     env: dict[str, str] = {}
     priority: Priority = Priority.MEDIUM
-    estimated_mb: Annotated[int, Meta(ge=0)] = 100
+    estimated_mb: Megabytes = 100
     autostart: bool = True
     after: list[str] = []
     restart: RestartMode = RestartMode.ON_FAILURE
     backoff_initial_s: Seconds = 0.5
     backoff_max_s: Seconds = 30.0
     backoff_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
-    max_restarts: Annotated[int, Meta(ge=0)] = 5  # more restarts than this within the window: FATAL
+    max_restarts: Annotated[int, Meta(ge=0, le=1_000_000)] = 5  # more restarts than this within the window: FATAL
     restart_window_s: Seconds = 60.0
     stop_signal: str = "SIGTERM"
     stop_grace_s: NonNegSeconds = 5.0
@@ -81,7 +92,7 @@ class SupervisorSection(_Table):
     state_dir: str | None = None
     log_dir: str | None = None
     socket: str | None = None
-    log_max_bytes: Annotated[int, Meta(ge=1024)] = 5 * 1024 * 1024
+    log_max_bytes: Annotated[int, Meta(ge=1024, le=MAX_MB * 1024 * 1024)] = 5 * 1024 * 1024
     log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
 
 
@@ -89,12 +100,12 @@ class MemorySection(_Table):
     warning_percent: Percent = 70.0
     critical_percent: Percent = 85.0
     emergency_percent: Percent = 95.0
-    sample_interval_s: Seconds = 2.0
-    budget_mb: Annotated[int, Meta(ge=1)] | None = None
+    sample_interval_s: Interval = 2.0
+    budget_mb: Annotated[int, Meta(ge=1, le=MAX_MB)] | None = None
     # Sampling speeds up to this under pressure, or when the worst-case fill rate could
     # cross the next threshold before the next regular sample (earlyoom's rule).
-    fast_interval_s: Seconds = 0.02
-    max_fill_rate_mb_s: Annotated[float, Meta(gt=0)] = 1000.0
+    fast_interval_s: Interval = 0.02
+    max_fill_rate_mb_s: Annotated[float, Meta(gt=0, le=MAX_MB)] = 1000.0
     # Hysteresis: leave a state downwards only after staying this far below its threshold for hold_s.
     hysteresis_percent: Annotated[float, Meta(ge=0, le=20)] = 3.0
     hold_s: NonNegSeconds = 5.0
@@ -171,6 +182,8 @@ def parse_config(raw: bytes | str, file: str) -> Config:
         raise _validation_error(file, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(file, "", "not valid TOML: arrays or tables nested too deeply") from None
     base_dir = Path(file).resolve().parent
     components = {
         name: check_component(file, base_dir, name, decode_component(file, name, table))
@@ -221,9 +234,14 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
         raise ConfigError(file, f"{at}.name", f"the table's own key {name!r}, got {spec.name!r}")
     if not spec.command[0]:
         raise ConfigError(file, f"{at}.command[0]", "a program name, got an empty string")
-    for key, signal_name in (("stop_signal", spec.stop_signal), ("trim_signal", spec.trim_signal)):
-        if signal_name is not None and signal_name not in SIGNAL_NAMES:
-            raise ConfigError(file, f"{at}.{key}", f"a signal name, one of {', '.join(sorted(SIGNAL_NAMES))}")
+    if spec.stop_signal not in SIGNAL_NAMES:
+        raise ConfigError(file, f"{at}.stop_signal", f"a signal name, one of {', '.join(sorted(SIGNAL_NAMES))}")
+    if spec.trim_signal is not None and (spec.trim_signal not in TRIM_SIGNAL_NAMES or spec.trim_signal == spec.stop_signal):
+        allowed = ", ".join(sorted(TRIM_SIGNAL_NAMES - {spec.stop_signal}))
+        raise ConfigError(
+            file, f"{at}.trim_signal", f"a signal that asks without ending or freezing the component, one of {allowed}; got {spec.trim_signal!r}"
+        )
+    _check_process_strings(file, at, spec)
     if spec.backoff_max_s < spec.backoff_initial_s:
         raise ConfigError(file, f"{at}.backoff_max_s", "a value at least backoff_initial_s")
     ready = spec.ready
@@ -238,8 +256,24 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
     for i, dep in enumerate(spec.after):
         if dep == name:
             raise ConfigError(file, f"{at}.after[{i}]", "another component's name, got the component itself")
-    cwd = base_dir / spec.cwd if spec.cwd else base_dir
-    return msgspec.structs.replace(spec, name=name, cwd=str(cwd.resolve()))
+    cwd = (base_dir / spec.cwd if spec.cwd else base_dir).resolve()
+    if not cwd.is_dir():
+        raise ConfigError(file, f"{at}.cwd", f"an existing directory, got {str(cwd)!r} ({'not a directory' if cwd.exists() else 'no such directory'})")
+    return msgspec.structs.replace(spec, name=name, cwd=str(cwd))
+
+
+def _check_process_strings(file: str, at: str, spec: ComponentSpec) -> None:
+    """What the OS cannot pass to a new process is refused here, not by a traceback at spawn:
+    a NUL in any argument, variable or path, and `=` or nothing as a variable's name."""
+    fields = [(f"{at}.command[{i}]", word) for i, word in enumerate(spec.command)]
+    fields += [(f"{at}.cwd", spec.cwd or "")] + [(f"{at}.inputs[{i}]", p) for i, p in enumerate(spec.inputs)]
+    for key, value in spec.env.items():
+        if not key or "=" in key or "\0" in key:
+            raise ConfigError(file, f"{at}.env", f"variable names without '=' or NUL, got {key!r}")
+        fields.append((f"{at}.env.{key}", value))
+    for path, text in fields:
+        if "\0" in text:
+            raise ConfigError(file, path, "text without a NUL character")
 
 
 def _check_memory(file: str, memory: MemorySection) -> None:

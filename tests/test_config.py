@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,53 @@ INVALID = [
     ("[components.a\ncommand = 1", "", "not valid TOML"),
 ]
 
+# Configs that passed `check` and then crashed `up`, or were accepted and would hurt.
+C = '[components.a]\ncommand = ["x"]\n'
+HARMFUL = [
+    (C + 'env = { A = "x\\u0000y" }', "$.components.a.env.A", "without a NUL"),
+    (C + 'env = { "A=B" = "x" }', "$.components.a.env", "without '='"),
+    (C + 'env = { "" = "x" }', "$.components.a.env", "without '='"),
+    (C + 'env = { "A\\u0000" = "x" }', "$.components.a.env", "NUL"),
+    ('[components.a]\ncommand = ["x\\u0000"]', "$.components.a.command[0]", "without a NUL"),
+    ('[components.a]\ncommand = ["x", "a\\u0000b"]', "$.components.a.command[1]", "without a NUL"),
+    (C + 'inputs = ["m\\u0000.gguf"]', "$.components.a.inputs[0]", "without a NUL"),
+    (C + 'cwd = "/no/such/dir/ironcliw"', "$.components.a.cwd", "an existing directory"),
+    (C + 'cwd = "stack.toml"', "$.components.a.cwd", "an existing directory"),
+    (C + 'trim_signal = "SIGKILL"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'trim_signal = "SIGSTOP"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'trim_signal = "SIGTERM"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'trim_signal = "SIGINT"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'trim_signal = "SIGQUIT"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'stop_signal = "SIGUSR1"\ntrim_signal = "SIGUSR1"', "$.components.a.trim_signal", "without ending or freezing"),
+    (C + 'stop_signal = "SIGSTOP"', "$.components.a.stop_signal", "a signal name"),
+    ("[memory]\nsample_interval_s = inf", "$.memory.sample_interval_s", "<= 3600"),
+    ("[memory]\nsample_interval_s = nan", "$.memory.sample_interval_s", "> 0"),
+    ("[memory]\nsample_interval_s = 7200", "$.memory.sample_interval_s", "<= 3600"),
+    ("[memory]\nfast_interval_s = 1e9", "$.memory.fast_interval_s", "<= 3600"),
+    ("[memory]\nbudget_mb = 99999999999", "$.memory.budget_mb", "<= 16777216"),
+    ("[memory]\nmax_fill_rate_mb_s = inf", "$.memory.max_fill_rate_mb_s", "<= 16777216"),
+    ("[memory]\nhold_s = 1e308", "$.memory.hold_s", "<= 86400"),
+    ("[memory]\nmax_frozen_s = inf", "$.memory.max_frozen_s", "<= 86400"),
+    ("[memory]\nidle_unload_s = -1", "$.memory.idle_unload_s", ">= 0"),
+    ("[memory]\nrecovery_hold_s = -inf", "$.memory.recovery_hold_s", ">= 0"),
+    (C + "estimated_mb = 1e23", "$.components.a.estimated_mb", "expected `int`, got `float`"),
+    (C + "estimated_mb = 100000000000", "$.components.a.estimated_mb", "<= 16777216"),
+    (C + "stop_grace_s = 1e308", "$.components.a.stop_grace_s", "<= 86400"),
+    (C + "stop_grace_s = nan", "$.components.a.stop_grace_s", ">= 0"),
+    (C + "backoff_max_s = inf", "$.components.a.backoff_max_s", "<= 86400"),
+    (C + "restart_window_s = 1e12", "$.components.a.restart_window_s", "<= 86400"),
+    (C + "max_restarts = 99999999999", "$.components.a.max_restarts", "<= 1000000"),
+    (C + "ready = { timeout_s = inf }", "$.components.a.ready.timeout_s", "<= 86400"),
+    (C + "ready = { alive_s = 1e99 }", "$.components.a.ready.alive_s", "<= 86400"),
+    (C + "ready = { port = 70000 }", "$.components.a.ready.port", "<= 65535"),
+    ("[supervisor]\nlog_max_bytes = 100", "$.supervisor.log_max_bytes", ">= 1024"),
+    ("[supervisor]\nlog_backups = 1000", "$.supervisor.log_backups", "<= 100"),
+    ("[http]\nport = -1", "$.http.port", ">= 0"),
+    ("x = " + "[" * 5000 + "]" * 5000, "", "nested too deeply"),
+    ("x = " + "{a = " * 5000 + "1" + "}" * 5000, "", "not valid TOML"),
+]
+INVALID += HARMFUL
+
 
 @pytest.mark.parametrize("text, path, words", INVALID, ids=[i[1] + ":" + i[2][:20] for i in INVALID])
 def test_invalid_config_names_file_path_and_expectation(text: str, path: str, words: str) -> None:
@@ -58,6 +106,7 @@ def test_invalid_config_names_file_path_and_expectation(text: str, path: str, wo
 
 def test_defaults_and_resolution(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.toml"
+    (tmp_path / "sub").mkdir()
     cfg_file.write_text(MINIMAL + 'cwd = "sub"\n[components.b]\ncommand = ["y"]\nafter = ["a"]\npriority = "LOW"\n')
     config = load_config(cfg_file)
     a, b = config.components["a"], config.components["b"]
@@ -118,3 +167,30 @@ def test_check_command_exit_status(tmp_path: Path, text: str, code: int, stream_
     )
     assert proc.returncode == code, proc.stderr
     assert stream_has in (proc.stdout + proc.stderr)
+
+
+@pytest.mark.parametrize("text, path, words", HARMFUL, ids=[f"{i}:{h[1]}" for i, h in enumerate(HARMFUL)])
+def test_check_refuses_harmful_configs_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str, words: str) -> None:
+    """`check` (the same parse `up` does) exits 2 with one line naming the file and field, never a traceback."""
+    from supervisor.cli import main
+
+    cfg = tmp_path / "stack.toml"
+    cfg.write_text(text)
+    assert main(["-c", str(cfg), "check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ironcliw: config error: {cfg}: ") and err.count("\n") == 1, err[:500]
+    assert (f" at {path}" in err) if path else (" at $" not in err), err[:500]
+    assert "Traceback" not in err
+
+
+def test_nul_in_env_no_longer_reaches_up(tmp_path: Path) -> None:
+    """The whole command: `up` with such a config exits 2 with the field, before starting anything."""
+    cfg = tmp_path / "stack.toml"
+    cfg.write_text('[components.a]\ncommand = ["python", "-c", "pass"]\nenv = { A = "x\\u0000y" }\n[http]\nenabled = false\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "-c", str(cfg), "up"],
+        capture_output=True, text=True, cwd=REPO, timeout=30,
+        env={**os.environ, "IRONCLIW_RUNTIME_DIR": str(tmp_path / "run"), "IRONCLIW_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "$.components.a.env.A" in proc.stderr and "Traceback" not in proc.stderr
