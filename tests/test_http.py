@@ -107,6 +107,12 @@ def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
     [
         ("GET", "/health", {"Host": "evil.example"}, None, 400, "BAD_HOST"),
         ("GET", "/health", {"Host": "evil.example:8000"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "[::1]evil.com"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "[::1].attacker.com"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "127.0.0.1:PORT@evil.com"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "localhost.evil.com:PORT"}, None, 400, "BAD_HOST"),
+        ("GET", "/health", {"Host": "127.0.0.1:1"}, None, 400, "BAD_HOST"),
+        ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://127.0.0.1:PORT.evil.com"}, None, 403, "CROSS_ORIGIN"),
         ("POST", "/memory/optimize", {}, None, 403, "NO_TOKEN"),
         ("POST", "/memory/optimize", {"X-Ironcliw-Token": "wrong"}, None, 403, "BAD_TOKEN"),
         ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://evil.example"}, None, 403, "CROSS_ORIGIN"),
@@ -120,6 +126,7 @@ def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
 )
 def test_refusals_are_4xx_with_a_json_error(web: tuple[Stack, int, str], method: str, path: str, headers: dict[str, str], body: bytes | None, status: int, code: str) -> None:
     stack, port, token = web
+    headers = {k: v.replace("PORT", str(port)) for k, v in headers.items()}
     if "TOKEN" in headers:
         headers = {k: v for k, v in headers.items() if k != "TOKEN"} | {"X-Ironcliw-Token": token}
     got, payload = request(port, method, path, headers=headers, raw=body)

@@ -97,8 +97,13 @@ def test_body_is_delivered_and_an_oversized_one_gets_413() -> None:
 
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
-    [(b"THIS IS NOT HTTP\r\n\r\n", b"400"), (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", b"500")],
-    ids=["malformed request: 400", "app failure: 500"],
+    [
+        (b"THIS IS NOT HTTP\r\n\r\n", b"400"),
+        (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", b"500"),
+        (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400"),
+        (b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", b"400"),
+    ],
+    ids=["malformed request: 400", "app failure: 500", "Content-Length with Transfer-Encoding: 400", "two Hosts: 400"],
 )
 def test_a_bad_request_gets_its_error_and_the_server_keeps_serving(request_bytes: bytes, status: bytes) -> None:
     def client(port: int) -> tuple[bytes, bytes]:

@@ -10,28 +10,41 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .responses import error_response
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_HEADER = b"x-ironcliw-token"  # the token itself: see token.py
 
 
-def _host_name(host: str) -> str:
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+# host[:port], exactly: a loopback name, or a bracketed IPv6 loopback taken whole. Anything
+# around them (`[::1]evil.com`, `127.0.0.1:80@evil.com`, `localhost.evil.com`) is refused.
+_HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(?::([0-9]{1,5}))?", re.IGNORECASE)
+
+
+def host_allowed(host: str, server_port: int | None, *, port_required: bool = False) -> bool:
+    """Whether `host` ("name[:port]", from a Host or Origin header) names this server on
+    loopback; a port, if given, must be the one the request arrived on. Browsers always send
+    a non-default port, so an Origin without one names port 80."""
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return False
+    port = int(match.group(2)) if match.group(2) else (80 if port_required else None)
+    return port is None or server_port is None or port == server_port
+
+
+def origin_allowed(origin: str, server_port: int | None) -> bool:
+    return origin.startswith("http://") and host_allowed(origin[7:], server_port, port_required=True)
 
 
 class Guard:
     """ASGI middleware applying the rules above before any route runs."""
 
-    def __init__(self, app: ASGIApp, token: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
-        self.origins = {f"http://{h}:{port}".encode() for h in LOOPBACK_HOSTS if h != "::1"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,12 +52,14 @@ class Guard:
             return
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
-        if _host_name(host) not in LOOPBACK_HOSTS:
+        server = scope.get("server")
+        port = server[1] if server else None
+        if not host_allowed(host, port):
             await error_response(400, "BAD_HOST", f"Host {host!r} is not a loopback name or address")(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get(b"origin")
-            if origin is not None and origin not in self.origins:
+            if origin is not None and not origin_allowed(origin.decode("latin-1"), port):
                 await error_response(403, "CROSS_ORIGIN", f"Origin {origin.decode('latin-1')!r} may not change state")(scope, receive, send)
                 return
             given = headers.get(TOKEN_HEADER, b"")

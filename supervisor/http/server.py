@@ -63,6 +63,9 @@ class _Connection:
                 with anyio.move_on_after(KEEPALIVE_S if not first else HEAD_TIMEOUT_S) as deadline:
                     request = await self._next_event()
                     if isinstance(request, h11.Request):
+                        if (refusal := _ambiguous_head(request)) is not None:
+                            await self._reply_plain(400, refusal)
+                            return
                         # Once the head is in, the body has HEAD_TIMEOUT_S at most.
                         deadline.deadline = min(deadline.deadline, anyio.current_time() + HEAD_TIMEOUT_S)
                         body = await self._read_body()
@@ -192,6 +195,18 @@ class _Connection:
             pass
 
 
+def _ambiguous_head(request: h11.Request) -> bytes | None:
+    """Heads that two parsers could read differently are refused (request smuggling): a body
+    framed by both Content-Length and Transfer-Encoding (h11 would silently prefer the
+    latter), and more than one Host (the guard must judge the one the app sees)."""
+    names = [name for name, _ in request.headers]
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return b"both Content-Length and Transfer-Encoding"
+    if names.count(b"host") > 1:
+        return b"more than one Host header"
+    return None
+
+
 def _bind_tcp(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for every address `host` names ("localhost": IPv4 and IPv6).
 
@@ -273,7 +288,7 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
         from .app import build_app
         from .security import Guard
 
-        return Guard(build_app(supervisor, token), token, cfg.port)  # type: ignore[return-value]
+        return Guard(build_app(supervisor, token), token)  # type: ignore[return-value]
 
     async with anyio.create_task_group() as tg:
         await tg.start(serve_app, _BuiltOnFirstRequest(build), cfg.host, cfg.port)
