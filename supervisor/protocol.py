@@ -125,13 +125,17 @@ def decode_request(payload: bytes) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"a request is {{id, op, args}}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"not a msgpack message: {exc}") from None
+    except RecursionError:
+        # msgspec guards its recursion with the interpreter's limit, so a deep message fails
+        # cleanly here; `args` is the only field that nests, and no op needs depth beyond a few.
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a msgpack message nested too deeply") from None
 
 
 def request_id(payload: bytes) -> int:
     """Best effort: the `id` of a request that failed to decode, so the error reply can name it."""
     try:
         value = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return 0
     if isinstance(value, dict) and isinstance(value.get("id"), int) and not isinstance(value.get("id"), bool):
         return value["id"]

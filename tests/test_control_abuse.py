@@ -132,6 +132,18 @@ def test_a_thousand_bad_frames_in_a_row_each_get_an_error(stack: Stack) -> None:
     assert_status_is_prompt(stack)
 
 
+def test_a_frame_nested_100000_deep_gets_bad_frame_and_the_connection_stays(stack: Stack) -> None:
+    deep = b"\x83\xa2id\x07\xa2op\xa4ping\xa4args" + b"\x81\xa1a" * 100_000 + b"\x80"
+    with raw(stack) as sock:
+        sock.sendall(struct.pack("!I", len(deep)) + deep)
+        reply = read_reply(sock)
+        assert reply is not None and reply.error is not None and reply.error.code == ErrorCode.BAD_FRAME
+        sock.sendall(encode_frame(Request(id=8, op="ping")))
+        reply = read_reply(sock)
+        assert reply is not None and reply.ok and reply.id == 8
+    assert "RecursionError" not in stack.output()
+
+
 def test_client_that_never_reads_does_not_stall_the_supervisor(stack: Stack) -> None:
     hogs = []
     try:

@@ -41,6 +41,8 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
         (msgspec.msgpack.encode([1, 2]), ErrorCode.BAD_REQUEST),
         (msgspec.msgpack.encode({"id": "x", "op": "status"}), ErrorCode.BAD_REQUEST),
         (msgspec.msgpack.encode({"id": 1}), ErrorCode.BAD_REQUEST),
+        (b"\x83\xa2id\x01\xa2op\xa4ping\xa4args\x81\xa1a" + b"\x91" * 100_000 + b"\x90", ErrorCode.BAD_FRAME),  # 100,000 deep
+        (b"\x83\xa2id\x01\xa2op\xa4ping\xa4args" + b"\x81\xa1a" * 100_000 + b"\x80", ErrorCode.BAD_FRAME),
     ],
 )
 def test_bad_payloads(payload: bytes, code: str) -> None:
@@ -73,4 +75,5 @@ def test_good_arguments_are_typed() -> None:
 def test_request_id_is_recovered_when_possible() -> None:
     assert request_id(msgspec.msgpack.encode({"id": 42, "op": 3})) == 42
     assert request_id(b"\xc1\xc1") == 0
+    assert request_id(b"\x91" * 100_000 + b"\x90") == 0
     assert request_id(msgspec.msgpack.encode({"id": True})) == 0
