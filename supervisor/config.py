@@ -11,6 +11,7 @@ takes the environment as an argument.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path
 from typing import Annotated, Mapping
@@ -316,8 +317,10 @@ def resolve_paths(config: Config, environ: Mapping[str, str], uid: int, home: st
     base = Path(config.base_dir)
 
     def pick(env_key: str, configured: str | None, default: Path) -> str:
+        # Made absolute and normalised as text, never resolved: a symlinked runtime dir must
+        # reach the check that refuses it, not be replaced by its target here.
         value = environ.get(env_key) or configured
-        return str((base / value).resolve()) if value else str(default)
+        return posixpath.normpath(base / value) if value else str(default)
 
     xdg_runtime = environ.get("XDG_RUNTIME_DIR")
     default_runtime = Path(xdg_runtime) / "ironcliw" if xdg_runtime else Path(f"/tmp/ironcliw-{uid}")

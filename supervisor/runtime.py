@@ -33,13 +33,45 @@ class ChildRecord(msgspec.Struct, frozen=True):
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` with mode 0700, or check that an existing one is ours and private."""
+    """Create `path` with mode 0700, or check that an existing one is ours (the state dir:
+    a symlink to another disk is a user's choice there, so it is followed)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid != os.getuid():
         raise IroncliwError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); choose another runtime dir")
     if stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(0o700)
+
+
+def secure_runtime_dir(path: Path) -> None:
+    """Create the runtime dir (mode 0700), or accept an existing one only if it is a real
+    directory, ours, and private. The default lives in /tmp, where another user can create
+    `/tmp/ironcliw-$UID` first: as a symlink it would take our socket, lock and token to a
+    place of their choosing, so it is never followed (lstat, then O_NOFOLLOW | O_DIRECTORY)
+    and never repaired (chmod would follow a link too); the user is told how to fix it."""
+    fix = "remove it or choose another with IRONCLIW_RUNTIME_DIR"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise IroncliwError(f"cannot create the runtime dir {path}: {exc.strerror or exc}") from None
+    if path.is_symlink():
+        raise IroncliwError(f"the runtime dir {path} is a symlink (to {os.readlink(path)}), which is never followed; {fix}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise IroncliwError(f"the runtime dir {path} is not a usable directory ({exc.strerror or exc}); {fix}") from None
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if info.st_uid != os.getuid():
+        raise IroncliwError(f"the runtime dir {path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); {fix}")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        mode = oct(stat.S_IMODE(info.st_mode))
+        raise IroncliwError(f"the runtime dir {path} has mode {mode}, open to other users; `chmod 700 {path}` or {fix}")
 
 
 class RuntimeDir:
@@ -51,8 +83,8 @@ class RuntimeDir:
 
     def acquire(self) -> None:
         """Take the runtime dir for this process, or raise AlreadyRunning naming the holder."""
-        ensure_private_dir(self.path)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        secure_runtime_dir(self.path)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
