@@ -140,12 +140,17 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
     if config.http.enabled:
         from .http import server as http_server  # the web stack only when asked for
 
-    logsetup.configure(log_format)
-    width = max((len(n) for n in config.components), default=8)
+    from .echo import Echo, LineWriter, prefixed
 
-    def echo(name: str, line: str) -> None:
-        sys.stdout.write(f"{name:<{width}} | {line}\n")
-        sys.stdout.flush()
+    # Neither output may ever block or end the supervisor (see echo.py).
+    out, err = Echo(1), Echo(2)
+    logsetup.configure(log_format, stream=LineWriter(err))  # type: ignore[arg-type]
+    width = max((len(n) for n in config.components), default=8)
+    prefixes = {name: f"{name:<{width}} | ".encode() for name in config.components}
+
+    def echo(name: str, block: bytes) -> None:
+        prefix = prefixes.get(name) or f"{name:<{width}} | ".encode()
+        out.write(prefixed(prefix, block))
 
     supervisor = Supervisor(config, paths, echo=echo)
 
@@ -156,11 +161,17 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
     async def run() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_forward_signals, supervisor)
+            tg.start_soon(out.drain)
+            tg.start_soon(err.drain)
             await supervisor.run(services=services)
             tg.cancel_scope.cancel()
 
     try:
-        anyio.run(run)
+        try:
+            anyio.run(run)
+        finally:
+            out.close()
+            err.close()
     except BaseException as exc:
         error = _single_error(exc)
         if isinstance(error, AlreadyRunning):

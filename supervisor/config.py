@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import Path
-from typing import Annotated, Mapping
+from typing import Annotated, Literal, Mapping
 
 import msgspec
 from msgspec import Meta
@@ -86,6 +86,11 @@ class ComponentSpec(_Table):
     trim_signal: str | None = None
     ready: Readiness = Readiness()
     inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
+    # Output beyond this rate (bursts up to output_burst_mb) is held back (`block`: the pipe
+    # is not read for a while, so the writer waits) or dropped and counted (`drop`); 0: no limit.
+    output_limit_mb_s: Annotated[float, Meta(ge=0, le=MAX_MB)] = 4.0
+    output_burst_mb: Annotated[float, Meta(gt=0, le=MAX_MB)] = 16.0
+    output_overflow: Literal["block", "drop"] = "block"
 
 
 class SupervisorSection(_Table):

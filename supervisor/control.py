@@ -244,7 +244,7 @@ class ControlServer:
                     result = await sup.restart(args.name)
                 case "logs":
                     assert isinstance(args, LogsArgs)
-                    result = {"lines": sup.logs(args.name, args.lines)}
+                    result = {"lines": await sup.logs(args.name, args.lines)}
                 case "shutdown":
                     sup.shutdown()
                     result = {"stopping": True}
@@ -285,7 +285,7 @@ class ControlServer:
                 await self._send(stream, scope, error_reply(request.id, exc.code, exc.message))
                 return
             sub = self.supervisor.bus.subscribe(["log"], components=[args.name])
-            first: Any = {"lines": self.supervisor.logs(args.name, args.lines)}
+            first: Any = {"lines": await self.supervisor.logs(args.name, args.lines)}
         else:
             sub = self.supervisor.bus.subscribe(args.topics)
             first = {"subscribed": args.topics}

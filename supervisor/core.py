@@ -22,6 +22,7 @@ from .errors import Refused, UnknownComponent
 from .events import EventBus
 from .model import MIB, ComponentState, ComponentStatus, MemoryState
 from .history import History
+from .logfiles import RETRY_INITIAL_S, RETRY_MAX_S, disk_problem, tail_lines
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
 from .predictor import Prediction, RunRecord, predict
@@ -39,7 +40,7 @@ class Service(Protocol):
 
 
 class Supervisor:
-    def __init__(self, config: Config, paths: Paths, *, echo: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, config: Config, paths: Paths, *, echo: Callable[[str, bytes], None] | None = None) -> None:
         self.config = config
         self.paths = paths
         self.bus = EventBus()
@@ -49,6 +50,9 @@ class Supervisor:
         self._stopping = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._predictions: dict[str, tuple[float, Prediction]] = {}
+        # Disk trouble that is reported, never fatal: path -> (where, problem), e.g. ("log_dir", "no space left").
+        self._disk_problems: dict[str, tuple[str, str]] = {}
+        self._state_dirty = anyio.Event()  # history to write, or a write to retry (the keeper's wake-up)
         self._recorded: list[ChildRecord] = []
         env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
@@ -73,6 +77,7 @@ class Supervisor:
             on_change=self._component_changed,
             echo=self._echo,
             on_run_end=self._record_run,
+            on_log_problem=lambda path, problem: self._disk_problem("log_dir", path, problem),
             run_context=lambda name: (self.prediction(name).peak_mb, self._inputs_bytes(self.config.components[name])),
         )
 
@@ -110,6 +115,7 @@ class Supervisor:
                 for service in services:
                     await tg.start(service, self)
                 tg.start_soon(self._monitor)
+                tg.start_soon(self._keep_state)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
                 task_status.started()
                 tg.start_soon(self.start_many, [n for n in self.config.order if self.config.components[n].autostart])
@@ -119,6 +125,7 @@ class Supervisor:
                 tg.cancel_scope.cancel()
         finally:
             self.memory.close()
+            self._save_history_now()
             self.runtime.release()
             log.info("supervisor_stopped", pid=os.getpid())
 
@@ -181,8 +188,71 @@ class Supervisor:
             if r.child is not None
         ]
         if records != self._recorded:
-            self.runtime.write_children(records)
+            try:
+                self.runtime.write_children(records)
+            except OSError as exc:  # tried again at the next change; the leftovers check is best effort
+                self._disk_problem("runtime_dir", str(self.runtime.children_path), disk_problem(exc))
+                return
+            self._disk_problem("runtime_dir", str(self.runtime.children_path), None)
             self._recorded = records
+
+    # --- disk trouble: reported, retried, never fatal ----------------------------------------
+
+    def _disk_problem(self, where: str, path: str, problem: str | None) -> None:
+        """Record (or clear, with None) a write the disk refused; publish the change once."""
+        had = self._disk_problems.get(path)
+        if problem is None:
+            if had is not None:
+                del self._disk_problems[path]
+                log.info("disk_recovered", where=where, path=path)
+                self.bus.publish("warning", where=where, path=path, problem=None)
+            return
+        if had == (where, problem):
+            return
+        self._disk_problems[path] = (where, problem)
+        log.warning("disk_write_failed", where=where, path=path, problem=problem, action="kept in memory, retrying")
+        self.bus.publish("warning", where=where, path=path, problem=problem)
+        self._state_dirty.set()  # the keeper retries with backoff
+
+    def warnings(self) -> list[str]:
+        """One line per kind of trouble, e.g. `log_dir: no space left` (in status and report)."""
+        return sorted({f"{where}: {problem}" for where, problem in self._disk_problems.values()})
+
+    async def _keep_state(self) -> None:
+        """The one writer of the history file (off the loop, in a worker thread), and the
+        retrier of every write the disk refused, with backoff until it takes them again."""
+        backoff = RETRY_INITIAL_S
+        while True:
+            await self._state_dirty.wait()
+            self._state_dirty = anyio.Event()
+            saved = await self._save_history()
+            logs_ok = all(r.log_sink.retry() for r in self.runners.values() if r.log_sink is not None and r.log_sink.problem)
+            if saved and logs_ok and not self._disk_problems:
+                backoff = RETRY_INITIAL_S
+                continue
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_S)
+            self._state_dirty.set()
+
+    async def _save_history(self) -> bool:
+        if not self.history.dirty:
+            return True
+        data = self.history.encode()  # on the loop: the thread must not read what the loop changes
+        try:
+            await anyio.to_thread.run_sync(self.history.write, data)
+        except OSError as exc:
+            self._disk_problem("state_dir", str(self.history.path), disk_problem(exc))
+            return False
+        self._disk_problem("state_dir", str(self.history.path), None)
+        return True
+
+    def _save_history_now(self) -> None:
+        """At exit: the last runs are written before the supervisor is gone (or reported)."""
+        if self.history.dirty:
+            try:
+                self.history.write(self.history.encode())
+            except OSError as exc:
+                log.error("history_not_saved", path=str(self.history.path), problem=disk_problem(exc))
 
     # --- commands ----------------------------------------------------------------------
 
@@ -212,6 +282,7 @@ class Supervisor:
             },
             "stack_rss_mb": round(sum(c.rss_mb for c in components), 1),
             **self.memory.summary(),
+            "warnings": self.warnings(),
             "components": components,
         }
 
@@ -266,6 +337,7 @@ class Supervisor:
 
     def _record_run(self, name: str, record: RunRecord) -> None:
         self.history.append(name, record)
+        self._state_dirty.set()  # written by the keeper, off the loop
         self._predictions.pop(name, None)
         log.info(
             "run_recorded",
@@ -353,7 +425,7 @@ class Supervisor:
 
     def report(self) -> dict[str, Any]:
         self._fresh_sample()
-        return self.memory.report()
+        return {**self.memory.report(), "warnings": self.warnings()}
 
     def explain(self) -> dict[str, Any]:
         self._fresh_sample()
@@ -377,8 +449,11 @@ class Supervisor:
         if snap is None or self.memory.stale or time.monotonic() - snap.time > STATUS_SAMPLE_MAX_AGE_S:
             self.memory.sample()
 
-    def logs(self, name: str, lines: int) -> list[str]:
-        return launcher.tail_lines(self.runner(name).log_path, lines)
+    async def logs(self, name: str, lines: int) -> list[str]:
+        """The last lines of a component's log, read in a worker thread (a file read can take
+        long on a slow disk; the cost is bounded by `lines`, see logfiles.tail_lines)."""
+        path = self.runner(name).log_path
+        return await anyio.to_thread.run_sync(tail_lines, path, lines)
 
     def _refuse_while_stopping(self) -> None:
         if self._stopping:

@@ -35,38 +35,68 @@ class History:
         self.max_runs = max_runs
         self._data: dict[str, list[RunRecord]] = {}
         self.set_aside: Path | None = None
+        self.dirty = False  # runs recorded since the last successful write
 
     def load(self) -> None:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return
+        except OSError as exc:  # a directory, unreadable, an I/O error: set aside like a corrupt file
+            self._set_aside(f"cannot be read: {exc.strerror or exc}")
+            return
         try:
             decoded = msgspec.json.decode(raw, type=HistoryFile)
             if decoded.schema != SCHEMA_VERSION:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            aside = self.path.with_name(f"history.corrupt-{int(time.time() * 1000)}.json")
-            self.path.replace(aside)
-            self.set_aside = aside
-            log.warning("history_set_aside", path=str(self.path), moved_to=str(aside), error=str(exc))
+            self._set_aside(str(exc))
             return
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
+
+    def _set_aside(self, error: str) -> None:
+        aside = self.path.with_name(f"history.corrupt-{int(time.time() * 1000)}.json")
+        try:
+            self.path.rename(aside)  # rename, not replace: a directory moves as a whole too
+        except OSError as exc:
+            log.warning("history_ignored", path=str(self.path), error=error, cannot_move=exc.strerror or str(exc))
+            return
+        self.set_aside = aside
+        log.warning("history_set_aside", path=str(self.path), moved_to=str(aside), error=error)
 
     def runs(self, name: str) -> list[RunRecord]:
         return list(self._data.get(name, ()))
 
     def append(self, name: str, record: RunRecord) -> None:
+        """Record a run in memory; `dirty` until written (the supervisor writes it off the loop)."""
         runs = self._data.setdefault(name, [])
         runs.append(record)
         del runs[: -self.max_runs]
-        self.save()
+        self.dirty = True
+
+    def encode(self) -> bytes:
+        """The file's bytes as of now; clears `dirty` (a failed `write` sets it again)."""
+        self.dirty = False
+        return msgspec.json.encode(HistoryFile(schema=SCHEMA_VERSION, components=self._data))
+
+    def write(self, data: bytes) -> None:
+        """Atomically: a temp file, fsync, rename; on an error the old file stays whole and the
+        temp file is removed. Blocking I/O: call it from a worker thread."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        except OSError:
+            self.dirty = True
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(HistoryFile(schema=SCHEMA_VERSION, components=self._data)))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        self.write(self.encode())

@@ -6,7 +6,7 @@ Each child:
 - gets SIGTERM if the supervisor dies (Linux `PR_SET_PDEATHSIG`), so a supervisor killed
   with SIGKILL does not leave the stack running; the grandchildren are caught by the next
   `up` from the record in the runtime dir (`runtime.py`);
-- writes stdout and stderr into one pipe that a pump copies to a rotating log file.
+- writes stdout and stderr into one pipe that a pump (`pump.py`) copies to a rotating log file.
 
 Direct children are waited on and signalled through a pidfd on Linux: a pidfd names one
 process for good, so a recycled PID can never be hit. Elsewhere the child is polled, and
@@ -16,13 +16,11 @@ signalled only while it is unreaped (an unreaped PID cannot be recycled).
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import anyio
 import structlog
@@ -30,6 +28,7 @@ import structlog
 from .config import ComponentSpec
 from .errors import SpawnError
 from .model import ExitInfo, Priority, ProcessIdentity
+from .pump import enlarge_pipe
 from . import procs
 
 log = structlog.get_logger("ironcliw.launcher")
@@ -70,6 +69,7 @@ class Child:
         self.output_fd = popen.stdout.fileno() if popen.stdout else -1
         if self.output_fd >= 0:
             os.set_blocking(self.output_fd, False)
+            enlarge_pipe(self.output_fd)
 
     @property
     def returncode(self) -> int | None:
@@ -294,86 +294,3 @@ async def stop_tree(child: Child, stop_signal: int, grace_s: float, component: s
     if killed and code == -signal.SIGKILL:
         return ExitInfo(code=None, signal=signal.SIGKILL, reason=f"killed by SIGKILL after {grace_s:g} s grace")
     return info
-
-
-class RotatingLog:
-    """A component's log file, rotated by size like logrotate's `size` + `rotate N`."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")
-        self._size = self._file.tell()
-
-    def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size > 0:
-            self._rotate()
-        self._file.write(data)
-        self._file.flush()
-        self._size += len(data)
-
-    def _rotate(self) -> None:
-        self._file.close()
-        if self.backups == 0:
-            self.path.unlink(missing_ok=True)
-        else:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self._file = open(self.path, "ab")
-        self._size = 0
-
-    def close(self) -> None:
-        self._file.close()
-
-
-async def pump_output(child: Child, sink: RotatingLog, on_line: Callable[[str], None]) -> None:
-    """Copy the child's output to its log, one callback per complete line, until EOF."""
-    fd = child.output_fd
-    pending = b""
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.EBADF, errno.EIO):
-                break
-            raise
-        if not data:
-            break
-        sink.write(data)
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > 65536:  # a runaway line without newline: hand it over in pieces
-            lines.append(pending)
-            pending = b""
-        for line in lines:
-            on_line(line.decode("utf-8", "replace").rstrip("\r"))
-    if pending:
-        on_line(pending.decode("utf-8", "replace"))
-
-
-def tail_lines(path: Path, count: int, block: int = 65536) -> list[str]:
-    """The last `count` lines of a file, read backwards in blocks (logs can be large)."""
-    if count <= 0:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            data = b""
-            while end > 0 and data.count(b"\n") <= count:
-                start = max(0, end - block)
-                f.seek(start)
-                data = f.read(end - start) + data
-                end = start
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[-count:]

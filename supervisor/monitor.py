@@ -476,6 +476,12 @@ class MemoryMonitor:
                     "idle_s": round(now - r.last_used, 1) if r.last_used else None,
                     "estimated_mb": r.spec.estimated_mb,
                     "trim_freed_mb": list(r.trim_freed_mb),
+                    "output": {
+                        "mb": round(r.output.bytes / MIB, 1),
+                        "dropped_mb": round(r.output.dropped_bytes / MIB, 1),
+                        "throttled_s": round(r.output.throttled_s, 1),
+                        "log_problem": r.log_sink.problem if r.log_sink else None,
+                    },
                     "unloaded_by_policy": r.unloaded_by_policy,
                     "last_exit": r.last_exit,
                 }

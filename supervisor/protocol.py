@@ -81,11 +81,11 @@ class LogsArgs(_Args):
     follow: bool = False
 
 
-TOPICS = ("state", "memory", "log", "action")
+TOPICS = ("state", "memory", "log", "action", "warning")
 
 
 class SubscribeArgs(_Args):
-    topics: list[str] = msgspec.field(default_factory=lambda: ["state", "memory", "action"])
+    topics: list[str] = msgspec.field(default_factory=lambda: ["state", "memory", "action", "warning"])
 
 
 OP_ARGS: dict[str, type[_Args]] = {

@@ -24,6 +24,8 @@ import structlog
 
 from . import launcher, procs, restart
 from .config import ComponentSpec
+from .logfiles import ProblemCallback, RotatingLog
+from .pump import OutputStats, TokenBucket, pump_output, split_lines
 from .errors import SpawnError
 from .events import EventBus
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo, TreeUsage
@@ -70,8 +72,9 @@ class Runner:
         bus: EventBus,
         extra_env: dict[str, str],
         on_change: Callable[[], None],
-        echo: Callable[[str, str], None] | None = None,
+        echo: Callable[[str, bytes], None] | None = None,
         on_run_end: Callable[[str, RunRecord], None] | None = None,
+        on_log_problem: ProblemCallback | None = None,
         run_context: Callable[[str], tuple[float | None, int | None]] | None = None,
     ) -> None:
         assert spec.name is not None
@@ -83,6 +86,7 @@ class Runner:
         self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
         self._on_change = on_change
         self._echo = echo
+        self._on_log_problem = on_log_problem
         self._on_run_end = on_run_end
         self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
         self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
@@ -103,6 +107,8 @@ class Runner:
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
         self.current_run = RunStats()
+        self.output = OutputStats()  # the current run's output and what its rate limit did
+        self.log_sink: RotatingLog | None = None  # the current run's log file
         self.sigstop_unix: float | None = None  # when the last SIGSTOP was sent (wall clock, for benchmarks)
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
@@ -326,7 +332,8 @@ class Runner:
         self.frozen_since = None
         self._on_change()
         log.info("adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command)
-        sink = launcher.RotatingLog(self.log_path, *self._log_limits)
+        sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._on_log_problem)
+        self.output = OutputStats()
         ended = "supervisor stopped"
         try:
             info, requested = await self._supervise(child, sink)
@@ -339,13 +346,14 @@ class Runner:
                     await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, self._frozen)
                 child.close()
                 sink.close()
+                self.log_sink = None
                 self.child = None
                 self.usage = TreeUsage(0, 0)
                 self.frozen_since = None
                 self._on_change()
                 self._set_changed()
 
-    async def _supervise(self, child: launcher.Child, sink: launcher.RotatingLog) -> tuple[ExitInfo, bool]:
+    async def _supervise(self, child: launcher.Child, sink: RotatingLog) -> tuple[ExitInfo, bool]:
         pump_done = anyio.Event()
         abort_reason: list[str] = []
         abort = anyio.Event()
@@ -353,7 +361,12 @@ class Runner:
         async def pump() -> None:
             try:
                 if child.output_fd >= 0:
-                    await launcher.pump_output(child, sink, self._on_line)
+                    spec = self.spec
+                    bucket = TokenBucket(spec.output_limit_mb_s * MIB, spec.output_burst_mb * MIB, time.monotonic()) if spec.output_limit_mb_s else None
+                    await pump_output(
+                        child.output_fd, sink, self._on_block, bucket=bucket, drop=spec.output_overflow == "drop",
+                        stats=self.output, on_throttle=self._on_throttle,
+                    )
             finally:
                 pump_done.set()
 
@@ -433,12 +446,29 @@ class Runner:
         else:
             await anyio.sleep(ready.effective_alive_s)
 
-    def _on_line(self, line: str) -> None:
+    def _on_block(self, block: bytes) -> None:
+        """A block of whole lines of output: echoed whole; split into lines only while
+        someone needs lines (the ready pattern before READY, subscribers to `log`)."""
         if self._echo is not None:
-            self._echo(self.name, line)
-        if self._ready_pattern is not None and not self._ready_seen.is_set() and self._ready_pattern.search(line):
-            self._ready_seen.set()
-        self._bus.publish("log", component=self.name, line=line)
+            self._echo(self.name, block)
+        wants_ready = self._ready_pattern is not None and not self._ready_seen.is_set()
+        if not wants_ready and not self._bus.wants("log"):
+            return
+        for line in split_lines(block):
+            if wants_ready and self._ready_pattern is not None and self._ready_pattern.search(line):
+                self._ready_seen.set()
+                wants_ready = False
+            self._bus.publish("log", component=self.name, line=line)
+
+    def _on_throttle(self, on: bool) -> None:
+        spec = self.spec
+        if on:
+            log.warning(
+                "output_throttled", component=self.name, limit_mb_s=spec.output_limit_mb_s, burst_mb=spec.output_burst_mb,
+                overflow=spec.output_overflow, dropped_bytes=self.output.dropped_bytes,
+            )
+        else:
+            log.info("output_unthrottled", component=self.name, dropped_bytes=self.output.dropped_bytes, throttled_s=round(self.output.throttled_s, 1))
 
     # --- helpers -----------------------------------------------------------------------
 

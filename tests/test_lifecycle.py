@@ -14,7 +14,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from supervisor.launcher import RotatingLog, tail_lines
+from supervisor.logfiles import RotatingLog, tail_lines
 from tests.helpers import REPO, ProcessReaper, Stack, python_command, wait_until
 
 SLEEPER = python_command("import time; print('up', flush=True); time.sleep(600)")

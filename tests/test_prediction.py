@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +27,9 @@ def test_history_survives_a_restart_and_sets_a_corrupt_file_aside(tmp_path: Path
     h.load()
     for peak in (100, 200, 300, 400):
         h.append("nlp", record(peak))
+    assert h.dirty
+    h.save()
+    assert not h.dirty
     again = History(str(tmp_path), max_runs=3)
     again.load()
     assert [r.peak_mb for r in again.runs("nlp")] == [200, 300, 400]  # bounded per component
@@ -35,12 +40,39 @@ def test_history_survives_a_restart_and_sets_a_corrupt_file_aside(tmp_path: Path
     assert broken.runs("nlp") == [] and broken.set_aside is not None and broken.set_aside.exists()
     assert not (tmp_path / "history.json").exists()
     broken.append("nlp", record(50))  # and it carries on with a fresh file
+    broken.save()
     assert json.loads((tmp_path / "history.json").read_text())["schema"] == 1
 
     (tmp_path / "history.json").write_text(json.dumps({"schema": 99, "components": {}}))
     foreign = History(str(tmp_path))
     foreign.load()
     assert foreign.runs("nlp") == [] and foreign.set_aside is not None
+
+    (tmp_path / "history.json").mkdir()  # a directory where the file should be
+    (tmp_path / "history.json" / "x").write_text("x")
+    odd = History(str(tmp_path))
+    odd.load()
+    assert odd.runs("nlp") == [] and odd.set_aside is not None and odd.set_aside.is_dir()
+    odd.append("nlp", record(60))
+    odd.save()
+    assert json.loads((tmp_path / "history.json").read_text())["components"]["nlp"][0]["peak_mb"] == 60
+
+
+def test_a_failed_history_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = History(str(tmp_path))
+    h.append("nlp", record(100))
+    h.save()
+    before = (tmp_path / "history.json").read_bytes()
+    h.append("nlp", record(200))
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        h.save()
+    assert h.dirty and (tmp_path / "history.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # no temp file left behind
 
 
 SPIKE = """

@@ -1,0 +1,133 @@
+"""Copy a component's output pipe to its log, in large blocks of whole lines, within a rate limit.
+
+A component that floods its output (`yes`, a debug log left on) must not cost the supervisor
+a core: the pipe is read in blocks of up to PIPE_BYTES (the pipe is enlarged to that on Linux),
+never split per byte or per line here, and each block is handed on whole (`on_block`), so the
+log write, the echo and the ready check cost a few C-level passes per block.
+
+Beyond `limit` (a token bucket: a rate and a burst, journald's RateLimitIntervalSec and
+RateLimitBurst), the pump either stops reading for a while, so the component's next write
+blocks on its full pipe (`block`, the default: nothing is lost and a flood only slows the
+flooder), or keeps reading at a bounded pace and drops what is over the limit, counting it
+(`drop`: for a component whose work must never wait on its logging).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+import time
+from typing import Callable
+
+import anyio
+
+from .logfiles import RotatingLog
+
+PIPE_BYTES = 1 << 20
+MAX_LINE_BYTES = 64 * 1024  # a runaway line without a newline is handed on in pieces of this
+DROP_PACE_S = 0.01  # in `drop` mode over the limit: one read per this long
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Fewer, larger reads for a chatty component (Linux; the default pipe holds 64 KiB)."""
+    if _F_SETPIPE_SZ is not None:
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size: keep the default
+
+
+class TokenBucket:
+    """`rate` bytes a second on average, bursts up to `burst` bytes."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, n: int, now: float) -> float:
+        """Spend `n` bytes; returns how long to wait before the bucket is positive again."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate) - n
+        self.updated = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class OutputStats:
+    """What the limit did to one run's output (shown in `report`)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.dropped_bytes = 0
+        self.throttled_s = 0.0
+        self.throttling = False
+
+
+async def pump_output(
+    fd: int,
+    sink: RotatingLog,
+    on_block: Callable[[bytes], None],
+    *,
+    bucket: TokenBucket | None,
+    drop: bool,
+    stats: OutputStats,
+    on_throttle: Callable[[bool], None] | None = None,
+) -> None:
+    """Copy `fd` to `sink` until EOF; `on_block` gets each block of whole lines."""
+    pending = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            data = os.read(fd, PIPE_BYTES)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO):
+                break
+            raise
+        if not data:
+            break
+        now = time.monotonic()
+        wait = bucket.take(len(data), now) if bucket is not None else 0.0
+        if wait and drop:
+            stats.dropped_bytes += len(data)
+            _set_throttling(stats, True, on_throttle)
+            await anyio.sleep(DROP_PACE_S)
+            continue
+        if stats.throttling and drop:
+            note = f"[ironcliw: {stats.dropped_bytes} bytes of output over the rate limit were dropped so far]\n".encode()
+            sink.write(note)
+            on_block(note)
+            _set_throttling(stats, False, on_throttle)
+        stats.bytes += len(data)
+        sink.write(data)
+        pending += data
+        cut = pending.rfind(b"\n") + 1
+        if cut == 0 and len(pending) >= MAX_LINE_BYTES:
+            cut = len(pending)  # a runaway line: hand it on in pieces
+        if cut:
+            block, pending = pending[:cut], pending[cut:]
+            on_block(block if block.endswith(b"\n") else block + b"\n")
+        if wait:  # over the limit: stop reading, so the writer blocks on its full pipe
+            _set_throttling(stats, True, on_throttle)
+            stats.throttled_s += wait
+            await anyio.sleep(wait)
+        elif stats.throttling:
+            _set_throttling(stats, False, on_throttle)
+    if pending:
+        on_block(pending + b"\n")
+
+
+def _set_throttling(stats: OutputStats, on: bool, callback: Callable[[bool], None] | None) -> None:
+    if stats.throttling is not on:
+        stats.throttling = on
+        if callback is not None:
+            callback(on)
+
+
+def split_lines(block: bytes) -> list[str]:
+    """A block of whole lines as text (only for those who need lines: subscribers, readiness)."""
+    return [line.rstrip("\r") for line in block.decode("utf-8", "replace").split("\n")[:-1]]
