@@ -142,6 +142,11 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
 
     from .echo import Echo, LineWriter, prefixed
 
+    # A file-size limit (RLIMIT_FSIZE) must turn an oversized log write into EFBIG, which the
+    # log handles, not into SIGXFSZ, which would end the supervisor; components get the
+    # default back (Popen's restore_signals).
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     # Neither output may ever block or end the supervisor (see echo.py).
     out, err = Echo(1), Echo(2)
     logsetup.configure(log_format, stream=LineWriter(err))  # type: ignore[arg-type]

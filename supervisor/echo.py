@@ -22,6 +22,7 @@ import os
 import anyio
 
 BUFFER_BYTES = 1 << 20
+RETRY_S = 1.0
 _GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EINVAL)
 
 
@@ -78,7 +79,10 @@ class Echo:
                 self._waiting = anyio.Event()
                 await self._waiting.wait()
                 continue
-            await anyio.wait_writable(self.fd)
+            try:
+                await anyio.wait_writable(self.fd)
+            except OSError:  # a regular file cannot be polled (a write to it never waits): try again later
+                await anyio.sleep(RETRY_S)
             del self._buffer[: self._try_write(self._buffer)]
             if not self._buffer and self.dropped_lines and not self.closed:
                 note = f"[ironcliw: {self.dropped_lines} lines of output were dropped while the reader was slow; the log files have them]\n"

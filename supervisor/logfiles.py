@@ -39,6 +39,12 @@ def disk_problem(exc: OSError) -> str:
 ProblemCallback = Callable[[str, "str | None"], None]  # (path, problem or None when it cleared)
 
 
+class _WriteFailed(Exception):
+    def __init__(self, error: OSError, rest: bytes) -> None:
+        self.error = error
+        self.rest = rest
+
+
 class RotatingLog:
     """A component's log file, rotated by size like logrotate's `size` + `rotate N`."""
 
@@ -50,9 +56,10 @@ class RotatingLog:
         self._on_problem = on_problem
         self._fd = -1
         self._size = 0
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[bytes | None] = deque()  # None: output dropped here
         self._pending_bytes = 0
         self._dropped_bytes = 0
+        self._line_open = False  # the file ends inside a line
         self._retry_at = 0.0
         self._backoff = RETRY_INITIAL_S
         try:
@@ -70,8 +77,9 @@ class RotatingLog:
             try:
                 self._write(data)
                 return
-            except OSError as exc:
-                self._fail(exc)
+            except _WriteFailed as failed:
+                self._fail(failed.error)
+                data = failed.rest  # a short write: keep only what did not reach the file
         self._keep(data)
         if time.monotonic() >= self._retry_at:
             self.retry()
@@ -83,13 +91,24 @@ class RotatingLog:
         try:
             if self._fd < 0:
                 self._open()
-            if self._dropped_bytes:
-                note = f"[ironcliw: {self._dropped_bytes} bytes of output were not kept while the log could not be written ({self.problem})]\n"
-                self._write(note.encode())
-                self._dropped_bytes = 0
             while self._pending:
-                self._write(self._pending[0])
+                item = self._pending[0]
+                if item is None:  # where output was dropped: say so, on a line of its own
+                    note = f"[ironcliw: {self._dropped_bytes} bytes of output were not kept while the log could not be written ({self.problem})]\n"
+                    self._write(("\n" if self._line_open else "").encode() + note.encode(), whole=True)
+                    self._dropped_bytes = 0
+                    self._pending.popleft()
+                    continue
+                try:
+                    self._write(item)
+                except _WriteFailed as failed:
+                    self._pending_bytes -= len(item) - len(failed.rest)
+                    self._pending[0] = failed.rest
+                    raise failed.error from None
                 self._pending_bytes -= len(self._pending.popleft())
+        except _WriteFailed as failed:
+            self._fail(failed.error)
+            return False
         except OSError as exc:
             self._fail(exc)
             return False
@@ -99,20 +118,40 @@ class RotatingLog:
             self._on_problem(str(self.path), None)
         return True
 
-    def _write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size > 0:
-            self._rotate()
+    def _write(self, data: bytes, whole: bool = False) -> None:
+        """Write all of `data`, or raise _WriteFailed with the part that was not written
+        (`whole`: a note, written entirely or not at all as far as the file's size allows)."""
+        try:
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._rotate()
+        except OSError as exc:
+            raise _WriteFailed(exc, data) from None
         view = memoryview(data)
         while view:
-            written = os.write(self._fd, view)
+            try:
+                written = os.write(self._fd, view)
+            except OSError as exc:
+                if whole and len(view) < len(data):  # cut the half-written note off its line
+                    self._line_open = True
+                raise _WriteFailed(exc, bytes(view)) from None
             self._size += written
+            if written:
+                self._line_open = view[written - 1] != 0x0A
             view = view[written:]
 
     def _keep(self, data: bytes) -> None:
+        """Queue `data`; past PENDING_MAX_BYTES the oldest output goes, and a marker (None)
+        at the front stands where it was, so the note lands in its place."""
         self._pending.append(data)
         self._pending_bytes += len(data)
-        while self._pending_bytes > PENDING_MAX_BYTES and len(self._pending) > 1:
-            old = self._pending.popleft()
+        while self._pending_bytes > PENDING_MAX_BYTES and len(self._pending) > 2:
+            if self._pending[0] is None:
+                old = self._pending[1]
+                del self._pending[1]
+            else:
+                old = self._pending.popleft()
+                self._pending.appendleft(None)
+            assert old is not None
             self._pending_bytes -= len(old)
             self._dropped_bytes += len(old)
 

@@ -113,15 +113,18 @@ class Stack:
         }
 
     # --- the supervisor ---------------------------------------------------------------
-    def up(self, wait: bool = True, timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    def up(self, wait: bool = True, timeout: float = 20.0, stdout: Any = None, **popen: Any) -> subprocess.Popen[bytes]:
+        """Start `up`; its stderr (the JSON log) goes to `out_path`, and so does its stdout
+        unless `stdout` names another target (a pipe nobody reads, say)."""
         out = open(self.out_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "-c", str(self.config), "--log-format", "json", "up"],
             env=self.env,
             cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            stdout=out if stdout is None else stdout,
+            stderr=out if stdout is not None else subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            **popen,
         )
         out.close()
         self.reaper.track(self.proc.pid)

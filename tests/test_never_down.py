@@ -1,0 +1,279 @@
+"""The supervisor is the last thing standing: its own output, a full disk and a flood of
+component output never stop it from supervising (real pipes, a real full filesystem)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.helpers import Stack, python_command, wait_until
+from tests.test_memory import ONCE_BALLOON, events, memory_header
+
+StackFactory = Callable[[str], Stack]
+pytestmark = pytest.mark.timeout(90)
+
+# Prints a 200-byte line every millisecond: fills any unread pipe within a second.
+TALKER = python_command(
+    """
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    while True:
+        print("x" * 200, flush=True)
+        time.sleep(0.001)
+    """
+)
+
+
+def balloon(marker: Path, cap_steps: int = 75) -> str:
+    command = json.loads(python_command(ONCE_BALLOON.format(cap_steps=cap_steps))) + [str(marker)]
+    return f"""
+        [components.balloon]
+        command = {json.dumps(command)}
+        priority = "LOW"
+        estimated_mb = 30
+        ready = {{ log_pattern = "ready" }}
+        """
+
+
+def test_stdout_to_a_pipe_nobody_reads_does_not_stop_enforcement(make_stack: StackFactory, tmp_path: Path) -> None:
+    """Before: the loop blocked in write() and a LOW balloon grew to 423 MB on a 300 MB budget."""
+    stack = make_stack(
+        memory_header()
+        + f"""
+        [components.talker]
+        command = {TALKER}
+        priority = "HIGH"
+        estimated_mb = 20
+        ready = {{ log_pattern = "ready" }}
+        """
+        + balloon(tmp_path / "ran")
+    )
+    read_end, write_end = os.pipe()
+    try:
+        stack.up(stdout=write_end)
+        os.close(write_end)
+        time.sleep(1.0)  # the talker fills the pipe many times over meanwhile
+        assert stack.component("talker")["state"] == "READY"
+        acted = wait_until(
+            lambda: [e for e in events(stack, "memory_action") if e["component"] == "balloon" and e["kind"] in ("FREEZE", "UNLOAD")],
+            30, what="the balloon to be frozen or unloaded",
+        )
+        # Acted before the balloon went past the budget (it would stop at 300 MB of its own).
+        assert acted[0]["rss_mb"] < 300, acted[0]
+        started = time.monotonic()
+        assert stack.call("status")["components"]
+        assert time.monotonic() - started < 2.0  # a generous bound only a blocked loop misses
+    finally:
+        os.close(read_end)
+    wait_until(lambda: stack.component("talker")["state"] == "READY", 5, what="the talker still READY after EPIPE")
+    assert "Traceback" not in stack.output()
+
+
+def test_up_piped_into_head_keeps_the_stack_running(make_stack: StackFactory) -> None:
+    stack = make_stack(f"[components.talker]\ncommand = {TALKER}\nready = {{ log_pattern = 'ready' }}\n")
+    proc = stack.up(stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    head = [proc.stdout.readline() for _ in range(3)]
+    assert all(line.startswith(b"talker | ") for line in head), head
+    proc.stdout.close()  # what `head -n 3` does once it has its lines
+    time.sleep(1.0)
+    assert proc.poll() is None, stack.output()[-3000:]
+    row = stack.wait_state("talker", "READY")
+    assert row["restarts"] == 0
+    assert stack.stop() == 0
+    assert "Traceback" not in stack.output() and "BrokenPipeError" not in stack.output()
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB filesystem of its own (a tmpfs; root only, as in CI)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small tmpfs needs root and mount (CI runs as root); the RLIMIT_FSIZE test covers the rest")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+CRASHER = python_command(
+    """
+    import time
+    print("ready", flush=True)
+    time.sleep(0.5)
+    raise SystemExit(3)
+    """
+)
+
+
+def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(make_stack: StackFactory, small_disk: Path) -> None:
+    stack = make_stack(
+        f"""
+        [components.talker]
+        command = {TALKER}
+        ready = {{ log_pattern = 'ready' }}
+        output_limit_mb_s = 0.2
+        [components.crasher]
+        command = {CRASHER}
+        ready = {{ log_pattern = 'ready' }}
+        restart = "always"
+        backoff_initial_s = 0.2
+        max_restarts = 1000
+        """
+    )
+    stack.env["IRONCLIW_STATE_DIR"] = str(small_disk / "state")
+    stack.up()
+    stack.wait_state("talker", "READY")
+    log_file = small_disk / "state" / "logs" / "talker.log"
+    filler = fill(small_disk)
+    size_when_full = log_file.stat().st_size
+    status = wait_until(
+        lambda: (s := stack.call("status"))["warnings"] == ["log_dir: no space left", "state_dir: no space left"] and s,
+        30, what="both warnings",
+    )
+    assert stack.call("report")["warnings"] == status["warnings"]
+    talker = next(c for c in status["components"] if c["name"] == "talker")
+    assert talker["state"] == "READY"
+    restarts = talker["restarts"]
+    crasher = stack.component("crasher")["restarts"]
+    wait_until(lambda: stack.component("crasher")["restarts"] > crasher + 1, 15, what="supervision to go on")
+    assert any(e.get("event") == "disk_write_failed" for e in stack.log_events())
+
+    filler.unlink()
+    wait_until(lambda: stack.call("status")["warnings"] == [], 40, what="the warnings to clear")
+    # What was kept in memory meanwhile was written once space returned (whole lines only).
+    wait_until(lambda: log_file.stat().st_size > size_when_full + 10_000, 10, what="the kept output to be written")
+    lines = log_file.read_bytes().splitlines()[:-1]
+    for i, line in enumerate(lines):  # a cut line only where the note says its end was dropped
+        cut = line.strip(b"x") == b"" and i + 1 < len(lines) and lines[i + 1].startswith(b"[ironcliw: ")
+        assert line in (b"ready", b"x" * 200) or line.startswith(b"[ironcliw: ") or cut, line[:100]
+    history = json.loads((small_disk / "state" / "history.json").read_text())  # whole, never half-written
+    assert len(history["components"]["crasher"]) > 2
+    assert stack.component("talker")["restarts"] == restarts
+    assert "Traceback" not in stack.output()
+
+
+def test_a_file_size_limit_does_not_kill_the_supervisor(make_stack: StackFactory) -> None:
+    """RLIMIT_FSIZE (EFBIG, and SIGXFSZ, which would end a process that does not ignore it):
+    works without root. The component's own limit is inherited too, but it writes only to a pipe."""
+    stack = make_stack(f"[components.talker]\ncommand = {TALKER}\nready = {{ log_pattern = 'ready' }}\noutput_limit_mb_s = 1\n")
+    limit = 256 * 1024
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    stack.up(preexec_fn=limit_files)
+    wait_until(lambda: stack.call("status")["warnings"] == ["log_dir: file too large"], 30, what="the warning")
+    assert stack.proc is not None and stack.proc.poll() is None
+    assert stack.component("talker")["state"] == "READY"
+    report: dict[str, Any] = next(c for c in stack.call("report")["components"] if c["name"] == "talker")
+    assert report["output"]["log_problem"] == "file too large"
+
+
+# --- the log file's own behaviour, with the disk's refusals injected -----------------------------
+
+
+def test_rotating_log_keeps_the_newest_output_and_notes_what_it_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from supervisor import logfiles
+
+    problems: list[tuple[str, str | None]] = []
+    log = logfiles.RotatingLog(tmp_path / "c.log", 10_000_000, 1, on_problem=lambda path, p: problems.append((path, p)))
+    log.write(b"before\n")
+    real_write = os.write
+    refusing = True
+
+    def write(fd: int, data: Any) -> int:
+        if refusing and fd == log._fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(logfiles.os, "write", write)
+    monkeypatch.setattr(logfiles, "PENDING_MAX_BYTES", 1000)
+    for i in range(100):
+        log.write(f"line {i:03d} {'.' * 40}\n".encode())
+    assert log.problem == "no space left" and problems == [(str(tmp_path / "c.log"), "no space left")]
+    assert not log.retry()  # still full
+    refusing = False
+    assert log.retry() and log.problem is None and problems[-1] == (str(tmp_path / "c.log"), None)
+    lines = (tmp_path / "c.log").read_text().splitlines()
+    assert lines[0] == "before" and lines[-1].startswith("line 099")
+    assert lines[1].startswith("[ironcliw: ") and "bytes of output were not kept" in lines[1]
+    kept = lines[2:]
+    assert 15 <= len(kept) < 100 and kept == [f"line {i:03d} {'.' * 40}" for i in range(100 - len(kept), 100)]
+    log.close()
+
+
+# --- reading logs back ------------------------------------------------------------------------
+
+
+def test_tail_reads_only_what_is_asked_and_cuts_giant_lines(tmp_path: Path) -> None:
+    from supervisor.logfiles import MAX_LINE_BYTES, tail_lines
+
+    path = tmp_path / "c.log"
+    path.write_bytes(b"".join(f"line {i}\n".encode() for i in range(1000)) + b"z" * 50_000_000)
+    (last,) = tail_lines(path, 1)
+    assert last.startswith(f"[ironcliw: a longer line, its last {MAX_LINE_BYTES} bytes] ") and last.endswith("z" * 100)
+    assert len(last) < MAX_LINE_BYTES + 100
+    # With more lines asked, the budget grows with them: still bounded, the giant line cut.
+    assert tail_lines(path, 5) == [last]  # the lines before it are further back than 5 lines' budget
+    with open(path, "ab") as f:
+        f.write(b"\nshort\n")
+    lines = tail_lines(path, 3)
+    assert lines[-1] == "short" and lines[-2].startswith("[ironcliw: a longer line, its last") and len(lines) == 2
+    assert tail_lines(path, 0) == [] and tail_lines(tmp_path / "missing.log", 5) == []
+    normal = tmp_path / "n.log"
+    normal.write_text("".join(f"{i}\n" for i in range(100)))
+    assert tail_lines(normal, 3) == ["97", "98", "99"] and tail_lines(normal, 500) == [str(i) for i in range(100)]
+    long_middle = tmp_path / "m.log"
+    long_middle.write_bytes(b"a\n" + b"q" * (MAX_LINE_BYTES * 2) + b"\nb\n")
+    got = tail_lines(long_middle, 3)
+    assert got[0] == "a" and got[2] == "b" and got[1] == "q" * MAX_LINE_BYTES + f" [ironcliw: line cut at {MAX_LINE_BYTES} of {MAX_LINE_BYTES * 2} bytes]"
+
+
+def test_logs_of_a_50_mb_line_answer_at_once_and_the_loop_keeps_going(make_stack: StackFactory) -> None:
+    """Before: `logs NAME -n 5` took 44 s, the loop blocked 37 s, RSS +100 MB."""
+    stack = make_stack(f"[components.s]\ncommand = {python_command('import time; time.sleep(600)')}\nready = {{ alive_s = 0.1 }}\n")
+    stack.up()
+    stack.wait_state("s", "READY")
+    with open(stack.state / "logs" / "s.log", "ab") as f:
+        f.write(b"w" * 50_000_000)
+    samples_before = stack.call("report")["scheduled_samples"]
+    started = time.monotonic()
+    proc = stack.cli("logs", "s", "-n", "5")
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "[ironcliw: a longer line" in proc.stdout and len(proc.stdout) < 100_000
+    assert took < 5.0, took  # a generous bound only a whole-file read misses; bench/ has the figures
+    status_started = time.monotonic()
+    stack.call("status")
+    assert time.monotonic() - status_started < 2.0
+    assert stack.call("report")["scheduled_samples"] >= samples_before
