@@ -157,7 +157,7 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
         prefix = prefixes.get(name) or f"{name:<{width}} | ".encode()
         out.write(prefixed(prefix, block))
 
-    supervisor = Supervisor(config, paths, echo=echo)
+    supervisor = Supervisor(config, paths, echo=echo, subreaper=True)
 
     services = [control.serve]
     if config.http.enabled:

@@ -16,11 +16,11 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 import anyio
 import structlog
 
-from . import launcher, procs
+from . import launcher, orphans, procs
 from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
-from .model import MIB, ComponentState, ComponentStatus, MemoryState
+from .model import MIB, ComponentState, ComponentStatus, MemoryState, ProcessIdentity
 from .history import History
 from .logfiles import RETRY_INITIAL_S, RETRY_MAX_S, disk_problem, tail_lines
 from .monitor import MemoryMonitor
@@ -40,8 +40,11 @@ class Service(Protocol):
 
 
 class Supervisor:
-    def __init__(self, config: Config, paths: Paths, *, echo: Callable[[str, bytes], None] | None = None) -> None:
+    def __init__(
+        self, config: Config, paths: Paths, *, echo: Callable[[str, bytes], None] | None = None, subreaper: bool = False
+    ) -> None:
         self.config = config
+        self.subreaper = subreaper  # `up` owns its process: orphaned descendants come back to it (orphans.py)
         self.paths = paths
         self.bus = EventBus()
         self.runtime = RuntimeDir(paths.runtime_dir)
@@ -64,6 +67,8 @@ class Supervisor:
         self.runners: dict[str, Runner] = {name: self._make_runner(config.components[name]) for name in config.order}
         self.history = History(paths.state_dir)
         self.memory = MemoryMonitor(config.memory, self.runners, self.bus, predict=self.prediction)
+        self.memory.on_walk = self._update_record
+        self._identities: dict[int, ProcessIdentity] = {}  # of the processes in the record
 
     def _make_runner(self, spec: ComponentSpec) -> Runner:
         assert spec.name is not None
@@ -102,6 +107,8 @@ class Supervisor:
     ) -> None:
         """Run until `shutdown()`; every component is stopped before this returns."""
         self.runtime.acquire()
+        if self.subreaper and not orphans.become_subreaper():
+            log.info("no_subreaper", reason="this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen")
         try:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
@@ -122,6 +129,7 @@ class Supervisor:
                 await self._shutdown.wait()
                 with anyio.CancelScope(shield=True):
                     await self.stop_many(list(self.runners), "supervisor shutdown")
+                    await self._stop_orphans()
                 tg.cancel_scope.cancel()
         finally:
             self.memory.close()
@@ -182,11 +190,29 @@ class Supervisor:
     def _component_changed(self) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
         self.memory.stale = True
-        records = [
-            ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time)
-            for name, r in self.runners.items()
-            if r.child is not None
-        ]
+        self._update_record()
+
+    def _update_record(self) -> None:
+        """Rewrite the runtime dir's record of every process of the stack when that set changed:
+        each leader, every member of its tree at the last walk (orphans included), and the
+        unattributed orphans, so the next `up` after a SIGKILL stops them all."""
+        records = []
+        members = self.memory.trees.members
+        known = self._identities
+        for name, r in self.runners.items():
+            if r.child is None:
+                continue
+            records.append(ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time))
+            for pid in members.get(r.child.pid, ()):
+                if pid != r.child.pid and (ident := known.get(pid) or procs.identity(pid)) is not None:
+                    known[pid] = ident
+                    records.append(ChildRecord(name=name, pid=pid, create_time=ident.create_time))
+        for pid in self.memory.trees.orphans.get("", ()):
+            if (ident := known.get(pid) or procs.identity(pid)) is not None:
+                known[pid] = ident
+                records.append(ChildRecord(name="", pid=pid, create_time=ident.create_time))
+        for pid in set(known) - {rec.pid for rec in records}:
+            del known[pid]
         if records != self._recorded:
             try:
                 self.runtime.write_children(records)
@@ -195,6 +221,16 @@ class Supervisor:
                 return
             self._disk_problem("runtime_dir", str(self.runtime.children_path), None)
             self._recorded = records
+
+    async def _stop_orphans(self) -> None:
+        """At shutdown, after every component: whatever is still our child is an orphan that
+        no component claimed (it cleared its environment, or outlived its component)."""
+        left = orphans.find(set())
+        idents = orphans.with_descendants([pid for pids in left.values() for pid in pids])
+        if idents:
+            log.info("stopping_orphans", pids=[i.pid for i in idents], components=sorted(left))
+            await orphans.stop_processes(idents, max((s.stop_grace_s for s in self.config.components.values()), default=5.0))
+            orphans.reap(set())
 
     # --- disk trouble: reported, retried, never fatal ----------------------------------------
 

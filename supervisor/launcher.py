@@ -29,7 +29,7 @@ from .config import ComponentSpec
 from .errors import SpawnError
 from .model import ExitInfo, Priority, ProcessIdentity
 from .pump import enlarge_pipe
-from . import procs
+from . import orphans, procs
 
 log = structlog.get_logger("ironcliw.launcher")
 
@@ -63,6 +63,7 @@ class Child:
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the leader's PID is the group's id
         self.owns_group = True  # the whole group is ours to signal
+        self.component: str | None = None  # its orphans (reparented to us) are part of its tree
         self.pidfd: int | None = None
         if _IS_LINUX and hasattr(os, "pidfd_open"):
             self.pidfd = os.pidfd_open(self.pid)
@@ -118,6 +119,10 @@ class Child:
         seen = {ident.pid: ident for ident in group}
         for ident in procs.descendants(self.pid) if self.returncode is None else ():
             seen.setdefault(ident.pid, ident)
+        if self.component is not None:  # descendants that left the tree (see orphans.py)
+            escaped = orphans.find({self.pid}).get(self.component, [])
+            for ident in orphans.with_descendants(escaped) if escaped else ():
+                seen.setdefault(ident.pid, ident)
         if self.returncode is None:
             seen[self.pid] = self.identity
         return list(seen.values())
@@ -165,6 +170,7 @@ class Adopted(Child):
         except ProcessLookupError:
             self.pgid = -1
         self.owns_group = self.pgid == ident.pid and self.pgid != os.getpgid(0)
+        self.component = None
         self.pidfd = os.pidfd_open(self.pid) if _IS_LINUX and hasattr(os, "pidfd_open") else None
         self.output_fd = -1
         self._gone: int | None = None
@@ -258,7 +264,9 @@ def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
     except OSError as exc:
         raise SpawnError(spec.name, argv, exc.strerror or str(exc)) from None
     ident = procs.identity(popen.pid) or ProcessIdentity(popen.pid, 0.0)
-    return Child(popen, ident)
+    child = Child(popen, ident)
+    child.component = spec.name
+    return child
 
 
 def exit_info(returncode: int, reason_prefix: str = "") -> ExitInfo:

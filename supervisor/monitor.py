@@ -23,7 +23,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from . import platform, procs
+from . import orphans, platform, procs
 from .config import MemorySection
 from .enforcer import Enforcer
 from .events import EventBus
@@ -122,7 +122,10 @@ class MemoryMonitor:
         self._hwm_at = self._trend_at = self._leak_at = float("-inf")
         self._leaks_reported: dict[str, float] = {}
         # /proc files kept open between samples, under `_lock`.
-        self.trees = procs.TreeSampler()
+        self.trees = procs.TreeSampler(extra_roots=orphans.find)
+        self.on_walk: Callable[[], None] | None = None  # the core: the record of every process
+        self._walks_seen = 0
+        self._members_absorbed: dict[int, list[int]] = {}  # the trees as the loop last recorded them
         self.system_reader = platform.SystemReader()
 
     # --- sampling ------------------------------------------------------------------------
@@ -189,6 +192,12 @@ class MemoryMonitor:
         if not self._record([reading]) and self.snapshot is not None:
             return self.snapshot
         now, usage, system, stack, percent, _ = reading
+        if self.trees.walks != self._walks_seen:  # the trees' membership may have changed
+            self._walks_seen = self.trees.walks
+            self._members_absorbed = self.trees.members
+            orphans.reap({r.child.pid for r in self.runners.values() if r.child is not None})
+            if self.on_walk is not None:
+                self.on_walk()
         # Once per batch, not per reading: these read the present, whatever the reading's age.
         hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
         if now - self._hwm_at >= hwm_every:
@@ -286,6 +295,7 @@ class MemoryMonitor:
         it read."""
         readings: list[Reading] = []
         shown: dict[str, TreeUsage] | None = None
+        walked = self.trees.members
         handoff_at = time.monotonic() + IDLE_HANDOFF_S
         while True:
             woken = self._wake.wait(interval)
@@ -304,6 +314,11 @@ class MemoryMonitor:
                         runner.usage = tree
             if woken or self._interesting(reading, interval) or reading.time >= handoff_at:
                 break
+            # A process joined or left a tree (a daemon forked, say): the loop records it at once.
+            if self.trees.members is not walked:
+                walked = self.trees.members
+                if walked != self._members_absorbed:
+                    break
         return readings
 
     def close(self) -> None:

@@ -20,11 +20,12 @@ import resource
 import signal
 import sys
 from itertools import repeat
-from typing import Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 from .model import ProcessIdentity, TreeUsage
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+ExtraRoots = Callable[[Collection[int]], dict[str, list[int]]]
 _HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _HAS_PROC_CHILDREN else 100
 _boot_time: float | None = None
@@ -182,6 +183,11 @@ def _proc_children(pid: int) -> list[int]:
     return children
 
 
+def children_of(pid: int) -> list[int]:
+    """The direct children of `pid` (Linux; empty elsewhere)."""
+    return _proc_children(pid) if _HAS_PROC_CHILDREN else []
+
+
 def _read_small(path: str, size: int = 1024) -> bytes | None:
     """One read of a small /proc file with raw os calls (a third of open()'s cost); None if gone."""
     try:
@@ -235,7 +241,11 @@ class TreeSampler:
     Not thread-safe: the monitor reads through it under a lock.
     """
 
-    def __init__(self, max_kept: int | None = None) -> None:
+    def __init__(self, max_kept: int | None = None, extra_roots: ExtraRoots | None = None) -> None:
+        # extra_roots(leaders) -> {name: [pid, ...]}: more roots of a tree, asked at each walk
+        # (orphans.find: a component's descendants that were reparented to the supervisor).
+        self.extra_roots = extra_roots
+        self.orphans: dict[str, list[int]] = {}  # what extra_roots said at the last walk
         if max_kept is None:
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             max_kept = min(soft, 1 << 16) // 9
@@ -354,10 +364,11 @@ class TreeSampler:
         members_by_root: dict[int, list[int]] = {}
         statm_fds: list[int] = []
         statms: list[bytes] = []
+        self.orphans = extra = self.extra_roots(set(roots.values())) if self.extra_roots else {}
         for name, root in roots.items():
             resident = shared = count = 0
             members_by_root[root] = members = []
-            stack = [root]
+            stack = [root, *extra.get(name, ())]
             while stack:
                 pid = stack.pop()
                 fds = files.get(pid) or self._open(pid)
@@ -509,3 +520,6 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
         if at >= 0:  # absent for kernel threads and zombies
             total += int(status[at + 6 : status.find(b"kB", at)]) * 1024  # type: ignore[index]
     return total
+
+
+read_small = _read_small

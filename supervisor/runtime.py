@@ -1,27 +1,29 @@
 """The runtime dir: one supervisor per dir, and the record of the children it started.
 
-The record (`children.json`: name, pid, create time per component) is rewritten on every
-spawn and exit. If the supervisor is killed with SIGKILL, its children get SIGTERM from
-the kernel (PR_SET_PDEATHSIG), but grandchildren do not; the next `up` reads the record
-and stops whatever is left of each recorded process group before it starts anything.
+The record (`children.json`: component, pid, create time of every process of the stack:
+each leader, every descendant a walk of the trees saw, and the orphans reparented to the
+supervisor) is rewritten when that set changes. If the supervisor is killed with SIGKILL,
+its children get SIGTERM from the kernel (PR_SET_PDEATHSIG), but grandchildren and daemons
+do not; the next `up` reads the record and stops every recorded process that is still the
+same one, the rest of each recorded process group, and what is below them, before it
+starts anything.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import stat
 import time
 from pathlib import Path
 
-import anyio
 import msgspec
 import structlog
 
 from .errors import AlreadyRunning, IroncliwError
 from .model import ProcessIdentity
 from . import procs
+from .orphans import stop_processes
 
 log = structlog.get_logger("ironcliw.runtime")
 
@@ -121,19 +123,24 @@ class RuntimeDir:
 
 
 def leftover_processes(records: list[ChildRecord]) -> list[tuple[str, ProcessIdentity]]:
-    """The live processes of each recorded child's process group.
-
-    A group whose number now belongs to a different leader (same pid, other create time)
-    was recycled and is skipped.
-    """
-    found = []
+    """The live processes a previous supervisor recorded: each recorded process that is still
+    the same one (pid and create time), the rest of each recorded leader's process group,
+    and everything below them. A number that now names another process was recycled and
+    is skipped."""
+    found: dict[int, tuple[str, ProcessIdentity]] = {}
     for rec in records:
-        leader = procs.identity(rec.pid)
-        if leader is not None and abs(leader.create_time - rec.create_time) > 0.01:
+        now = procs.identity(rec.pid)
+        same = now is not None and abs(now.create_time - rec.create_time) <= 0.01
+        if now is not None and not same:
             continue
+        if same and now is not None and procs.is_alive(now):
+            found.setdefault(rec.pid, (rec.name, now))
         for ident in procs.group_members(rec.pid, rec.create_time):
-            found.append((rec.name, ident))
-    return found
+            found.setdefault(ident.pid, (rec.name, ident))
+    for name, ident in list(found.values()):
+        for below in procs.descendants(ident.pid):
+            found.setdefault(below.pid, (name, below))
+    return list(found.values())
 
 
 async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]:
@@ -148,18 +155,8 @@ async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]
         processes=[{"component": name, "pid": i.pid} for name, i in leftovers],
         reason="a previous supervisor on this runtime dir ended without stopping them",
     )
-    procs.signal_all(idents, signal.SIGCONT)
-    procs.signal_all(idents, signal.SIGTERM)
-    with anyio.move_on_after(grace_s):
-        while any(procs.is_alive(i) for i in idents):
-            await anyio.sleep(0.05)
-    stubborn = procs.signal_all([i for i in idents if procs.is_alive(i)], signal.SIGKILL)
+    stubborn = await stop_processes(idents, grace_s)
     if stubborn:
         log.warning("killed_leftovers_after_grace", pids=stubborn, grace_s=grace_s)
-    with anyio.move_on_after(2.0):
-        while any(procs.is_alive(i) for i in idents):
-            await anyio.sleep(0.02)
     runtime.write_children([])
     return [i.pid for i in idents]
-
-

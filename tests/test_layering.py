@@ -15,7 +15,7 @@ LAYERS = {
     "restart": 2, "predictor": 2,
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3, "procs": 3, "history": 3, "events": 3, "logfiles": 3, "echo": 3,
-    "pump": 3.2, "launcher": 3.5, "runtime": 3.5,
+    "pump": 3.2, "orphans": 3.3, "launcher": 3.5, "runtime": 3.5,
     "pressure": 2, "policy": 2.5,
     "runner": 4, "enforcer": 4.2, "monitor": 4.5,
     "core": 5,

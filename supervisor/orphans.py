@@ -1,0 +1,121 @@
+"""Descendants that left their component's tree: double-forked daemons, `setsid` escapes.
+
+A component that forks a daemon, which forks again and lets its parent exit, leaves a process
+that is in no tree below the component and, after `setsid()`, in no group of it: `down` used
+to miss it, and a supervisor killed with SIGKILL left one more with every `up`. systemd
+catches these through the unit's cgroup; on Linux we use the same kernel feature tini and
+containerd use: the supervisor is a *child subreaper* (`PR_SET_CHILD_SUBREAPER`), so an
+orphaned descendant is reparented to it instead of to init. Then:
+
+- an orphan is attributed to the component it came from by the `IRONCLIW_COMPONENT`
+  variable every component is started with (inherited by everything it forks, read from
+  `/proc/PID/environ`); one that cleared its environment is the stack's, unattributed;
+- the sampler walks each component's orphans as part of its tree (memory, high-water marks,
+  the record of every process in the runtime dir), a component's stop signals them too, and
+  shutdown stops the unattributed ones;
+- the supervisor reaps the orphans that exit (their exit status is nobody's business).
+
+Elsewhere (macOS has no subreaper) an orphan goes to launchd: only what a walk saw while it
+was still in a tree is recorded, and a daemon that escapes between two walks is not seen.
+Only `up` becomes a subreaper: the Python API runs inside someone else's program, whose own
+orphans must stay theirs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from typing import Collection
+
+import anyio
+
+from . import procs
+from .model import ProcessIdentity
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+_COMPONENT_VAR = b"IRONCLIW_COMPONENT="
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
+    return _libc is not None and _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def is_subreaper() -> bool:
+    if _libc is None:
+        return False
+    flag = ctypes.c_int(0)
+    return _libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+
+
+def component_of(pid: int) -> str | None:
+    """The component a process was started under (from its environment), if it says."""
+    environ = procs.read_small(f"/proc/{pid}/environ", 1 << 20)
+    if not environ:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_COMPONENT_VAR):
+            return entry[len(_COMPONENT_VAR) :].decode("utf-8", "replace")
+    return None
+
+
+def find(leaders: Collection[int]) -> dict[str, list[int]]:
+    """Our own live children other than the components' leaders, by component ("" when it
+    does not say). Empty unless this process is a subreaper: then every such child is an
+    orphan of the stack (`up` starts nothing else)."""
+    if not is_subreaper():
+        return {}
+    found: dict[str, list[int]] = {}
+    for pid in procs.children_of(os.getpid()):
+        if pid in leaders or procs.process_state(pid) in (None, "Z"):
+            continue
+        found.setdefault(component_of(pid) or "", []).append(pid)
+    return found
+
+
+def reap(leaders: Collection[int]) -> list[int]:
+    """Reap the orphans that have exited. `leaders` must hold every leader that may still be
+    unreaped (their exit status is their runner's): call it where no spawn can interleave."""
+    if not is_subreaper():
+        return []
+    reaped = []
+    for pid in procs.children_of(os.getpid()):
+        if pid not in leaders and procs.process_state(pid) == "Z":
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:
+                pass
+    return reaped
+
+
+async def stop_processes(idents: list[ProcessIdentity], grace_s: float) -> list[int]:
+    """Stop processes that are nobody's tree any more (leftovers of a killed supervisor,
+    orphans at shutdown): SIGCONT, SIGTERM, `grace_s`, then SIGKILL to what is left, each by
+    identity. Returns the PIDs that needed SIGKILL."""
+    procs.signal_all(idents, signal.SIGCONT)
+    procs.signal_all(idents, signal.SIGTERM)
+    with anyio.move_on_after(grace_s):
+        while any(procs.is_alive(i) for i in idents):
+            await anyio.sleep(0.05)
+    stubborn = procs.signal_all([i for i in idents if procs.is_alive(i)], signal.SIGKILL)
+    with anyio.move_on_after(2.0):
+        while any(procs.is_alive(i) for i in idents):
+            await anyio.sleep(0.02)
+    return stubborn
+
+
+def with_descendants(pids: Collection[int]) -> list[ProcessIdentity]:
+    """Each process and everything below it, by identity."""
+    seen: dict[int, ProcessIdentity] = {}
+    for pid in pids:
+        ident = procs.identity(pid)
+        if ident is not None:
+            seen[pid] = ident
+        for below in procs.descendants(pid):
+            seen.setdefault(below.pid, below)
+    return list(seen.values())
