@@ -108,3 +108,67 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class Slowloris:
+    """`clients` connections to 127.0.0.1:`port`, each sending one byte of an endless request
+    head every `byte_every_s` and reconnecting when dropped; in a thread, for `seconds` at
+    most (loopback only, bounded in count and time). Counts connections and drops."""
+
+    def __init__(self, port: int, clients: int = 100, byte_every_s: float = 1.0, seconds: float = 30.0) -> None:
+        import threading
+
+        self.port, self.clients, self.byte_every_s, self.seconds = port, clients, byte_every_s, seconds
+        self.connects = self.drops = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Slowloris":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _connect(self) -> "socket.socket | None":
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect_ex(("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            return None
+        self.connects += 1
+        return sock
+
+    def _run(self) -> None:
+        import itertools
+        import socket
+
+        head = itertools.cycle(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000)
+        socks = [self._connect() for _ in range(self.clients)]
+        deadline = time.monotonic() + self.seconds
+        turn = 0
+        while not self._stop.wait(self.byte_every_s / self.clients) and time.monotonic() < deadline:
+            i, turn = turn % self.clients, turn + 1  # each connection gets a byte every byte_every_s
+            sock = socks[i]
+            try:
+                if sock is None:
+                    raise OSError("not connected")
+                try:
+                    if sock.recv(1, socket.MSG_PEEK) == b"":
+                        raise OSError("closed by the server")
+                except BlockingIOError:
+                    pass  # nothing to read: still open
+                sock.send(bytes([next(head)]))
+            except OSError:
+                if sock is not None:
+                    sock.close()
+                    self.drops += 1
+                socks[i] = self._connect()
+        for sock in socks:
+            if sock is not None:
+                sock.close()

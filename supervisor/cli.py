@@ -17,7 +17,7 @@ import msgspec
 
 from .client import ControlClient
 from .config import Config, Paths, load_config, resolve_paths
-from .errors import AlreadyRunning, ConfigError, IroncliwError, NotRunning, RemoteError
+from .errors import AlreadyRunning, Busy, ConfigError, IroncliwError, NotRunning, RemoteError
 from .protocol import ErrorCode
 
 # `up` imports the supervisor itself (anyio, structlog, psutil) when it runs: the client
@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RemoteError as exc:
         print(f"ironcliw: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_REFUSED
+    except Busy as exc:
+        print(f"ironcliw: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return EXIT_OK
 

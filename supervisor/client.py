@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import itertools
 import socket
+import time
 from typing import Any, Iterator
 
 import msgspec
 
-from .errors import NotRunning, ProtocolError, RemoteError
+from .errors import Busy, NotRunning, ProtocolError, RemoteError
 from .protocol import HEADER, ErrorCode, Reply, Request, encode_frame, frame_length
 
 _decoder = msgspec.msgpack.Decoder(Reply)
+BUSY_RETRY_S = 1.0
 
 
 class ControlClient:
@@ -28,6 +30,17 @@ class ControlClient:
         self._buffer = bytearray()
 
     def connect(self) -> "ControlClient":
+        """Connect, retrying for up to BUSY_RETRY_S while the listen backlog is full."""
+        deadline = time.monotonic() + BUSY_RETRY_S
+        while True:
+            try:
+                return self._connect_once()
+            except Busy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _connect_once(self) -> "ControlClient":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -38,6 +51,9 @@ class ControlClient:
         except (ConnectionRefusedError, socket.timeout) as exc:
             sock.close()
             raise NotRunning(self.path, str(exc) or type(exc).__name__) from None
+        except BlockingIOError:  # EAGAIN on a Unix socket: its listen backlog is full
+            sock.close()
+            raise Busy(f"the supervisor on {self.path} is not accepting connections (its backlog is full); try again") from None
         self._sock = sock
         return self
 

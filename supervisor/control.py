@@ -9,8 +9,11 @@ Robustness rules (each has a test in tests/test_control_abuse.py):
 - a client that stops reading is dropped once a send has waited `SEND_TIMEOUT_S`;
   (both deadlines are enforced by one watchdog task that cancels the connection's scope:
   a cancel scope per send would cost a quarter of a status round trip);
-- at most `MAX_CLIENTS` connections at once; each is its own task, so none of this
-  stalls the supervisor or the other clients.
+- a client idle (between requests) for `IDLE_TIMEOUT_S` is dropped, and at the cap of
+  `MAX_CLIENTS` connections a new one takes the place of the longest-idle one, so idle
+  connections can never lock the owner out of `status` or `shutdown` (subscribers and
+  requests under way are never evicted; only if all are busy is the new one refused);
+- each connection is its own task, so none of this stalls the supervisor or the other clients.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ log = structlog.get_logger("ironcliw.control")
 MAX_CLIENTS = 64
 FRAME_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
-WATCHDOG_INTERVAL_S = 0.5
+IDLE_TIMEOUT_S = 600.0
+WATCHDOG_SLACK_S = 0.05
 YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
 
@@ -129,25 +133,50 @@ class ControlServer:
         # The raw socket of each connection: looked up once (stream.extra builds a dict per call).
         self._sockets: dict[anyio.CancelScope, socket.socket] = {}
         self._watchdog_asleep: anyio.Event | None = None
+        self._watchdog_wakes_at = float("inf")
+        # Connections waiting for their next request (nothing half-sent): scope -> since when.
+        self._idle_since: dict[anyio.CancelScope, float] = {}
 
     def _arm(self, scope: anyio.CancelScope, deadline: float | None) -> None:
         self._deadlines[scope] = deadline
-        if deadline is not None and self._watchdog_asleep is not None:
-            self._watchdog_asleep.set()
-            self._watchdog_asleep = None
+        if deadline is not None and deadline < self._watchdog_wakes_at and self._watchdog_asleep is not None:
+            self._watchdog_asleep.set()  # earlier than it planned to look: look again now
+
+    def _idle(self, scope: anyio.CancelScope, since: float | None) -> None:
+        """Mark a connection idle (waiting for its next request, nothing half-sent) or not."""
+        if since is None:
+            self._idle_since.pop(scope, None)
+        else:
+            self._idle_since[scope] = since
+            self._arm(scope, since + IDLE_TIMEOUT_S)
 
     async def watchdog(self) -> None:
-        """Cancel connections past their deadline; sleeps without waking while none has one."""
+        """Cancel connections past their deadline; sleeps until the earliest one (or, while
+        none has one, until woken), so an idle supervisor does not tick for its clients."""
         while True:
-            if not any(d is not None for d in self._deadlines.values()):
-                self._watchdog_asleep = anyio.Event()
+            pending = [d for d in self._deadlines.values() if d is not None]
+            self._watchdog_asleep = anyio.Event()
+            self._watchdog_wakes_at = min(pending) + WATCHDOG_SLACK_S if pending else float("inf")
+            with anyio.move_on_after(self._watchdog_wakes_at - time.monotonic()):
                 await self._watchdog_asleep.wait()
-            await anyio.sleep(WATCHDOG_INTERVAL_S)
+            self._watchdog_asleep = None
             now = time.monotonic()
             for scope, deadline in list(self._deadlines.items()):
                 if deadline is not None and now > deadline:
-                    log.warning("client_dropped", reason="a send or a frame took too long")
+                    idle = scope in self._idle_since
+                    log.warning("client_dropped", reason=f"idle for {IDLE_TIMEOUT_S:g} s" if idle else "a send or a frame took too long")
                     scope.cancel()
+
+    def _evict_idlest(self) -> bool:
+        """Make room for a new connection at the cap: close the longest-idle one (never a
+        subscriber, nor one in the middle of a request). False if none is idle."""
+        if not self._idle_since:
+            return False
+        scope = min(self._idle_since, key=self._idle_since.__getitem__)
+        idle_s = time.monotonic() - self._idle_since.pop(scope)
+        log.info("client_evicted", reason=f"a new connection at the cap of {MAX_CLIENTS}", idle_s=round(idle_s, 1))
+        scope.cancel()
+        return True
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         self.clients += 1
@@ -160,12 +189,13 @@ class ControlServer:
             self.clients -= 1
             del self._deadlines[scope]
             self._sockets.pop(scope, None)
+            self._idle_since.pop(scope, None)
 
     async def _handle(self, stream: anyio.abc.SocketStream, scope: anyio.CancelScope) -> None:
         try:
             async with stream:
-                if self.clients > MAX_CLIENTS:
-                    await self._send(stream, scope, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections"))
+                if self.clients > MAX_CLIENTS and not self._evict_idlest():
+                    await self._send(stream, scope, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections, none idle"))
                     return
                 uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
                 if uid is not None and uid != os.getuid():
@@ -211,8 +241,12 @@ class ControlServer:
                     await self._stream_events(stream, scope, request, args)
                     return
                 await self._send(stream, scope, await self._dispatch(request, args))
-            # A partial frame must be finished within FRAME_TIMEOUT_S; between frames a client may idle.
-            self._arm(scope, time.monotonic() + FRAME_TIMEOUT_S if buffer else None)
+            # A partial frame must be finished within FRAME_TIMEOUT_S; between frames a client
+            # may idle for IDLE_TIMEOUT_S (and is the first to go when the connections run out).
+            if buffer:
+                self._arm(scope, time.monotonic() + FRAME_TIMEOUT_S)
+            else:
+                self._idle(scope, time.monotonic())
             while True:
                 try:
                     chunk = sock.recv(MAX_FRAME_BYTES)
@@ -221,6 +255,8 @@ class ControlServer:
                     await anyio.wait_readable(sock)
             if not chunk:
                 return
+            if not buffer:
+                self._idle(scope, None)
             buffer += chunk
 
     async def _dispatch(self, request: Request, args: Any) -> Reply:

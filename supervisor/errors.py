@@ -91,6 +91,12 @@ class NotRunning(IroncliwError):
         super().__init__(f"no supervisor is running on {socket_path} ({reason})")
 
 
+class Busy(IroncliwError):
+    """The supervisor runs but cannot take the connection now (e.g. a full listen backlog)."""
+
+    code = "BUSY"
+
+
 class RemoteError(IroncliwError):
     """An error reply from the supervisor, as the client sees it."""
 

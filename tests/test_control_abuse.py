@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import socket
 import stat
 import struct
 import time
+from pathlib import Path
 from typing import Callable
 
 import msgspec
@@ -191,3 +193,53 @@ def test_subscribe_streams_state_changes(stack: Stack) -> None:
             if seen[-1] == ("s", "READY"):
                 break
     assert seen[:2] == [("s", "STOPPING"), ("s", "STOPPED")]
+
+
+def test_64_idle_clients_cannot_lock_the_owner_out(stack: Stack) -> None:
+    """Before: 64 idle same-user connections made `status` and `down` refuse for ever."""
+    idle = [raw(stack) for _ in range(70)]
+    try:
+        time.sleep(0.5)
+        assert_status_is_prompt(stack)  # a new connection takes the longest-idle one's place
+        proc = stack.cli("status")
+        assert proc.returncode == 0, proc.stderr
+        readable, _, _ = select.select(idle, [], [], 2.0)
+        closed = sum(1 for sock in readable if sock.recv(1) == b"")
+        assert closed >= 6  # the oldest idle ones went, and said so by closing
+        # A subscriber is not idle: it is never evicted for a newcomer.
+        with stack.client() as sub:
+            events = sub.stream("subscribe", topics=["state"])
+            assert next(events) == {"subscribed": ["state"]}
+            for _ in range(80):
+                assert_status_is_prompt(stack)
+            stack.call("restart", name="s")
+            assert next(events)["component"] == "s"  # still subscribed
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_full_listen_backlog_is_a_one_line_error_with_exit_1(stack: Stack, tmp_path: Path) -> None:
+    """A socket whose backlog is full (here one that never accepts): EAGAIN, not a traceback."""
+    path = str(tmp_path / "full.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # fill the backlog (0 admits one or two, by kernel)
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            fillers.append(s)
+        proc = stack.cli("--socket", path, "status")
+        assert proc.returncode == 1, (proc.returncode, proc.stderr)
+        assert "backlog is full" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

@@ -183,3 +183,52 @@ def test_a_kept_alive_connection_waits_longer_than_a_new_one(monkeypatch: pytest
 
     first, second = run_with_server(echo_app, client)
     assert first.endswith(b"GET /one  0") and second.endswith(b"GET /two  0")
+
+
+# --- slowloris: the slots (supervisor/http/slots.py) ---------------------------------------------
+
+
+def test_slot_decisions() -> None:
+    from supervisor.http.slots import BUSY, IDLE, MIN_HEAD_BYTES_S, RATE_GRACE_S, Slot, too_slow, victim
+
+    def slot(phase: str, since: float, received: int = 0) -> Slot:
+        s = Slot(since)
+        s.phase, s.received = phase, received
+        return s
+
+    now = 100.0
+    slow = slot("head", now - 5, received=5)  # a byte a second
+    faster = slot("head", now - 5, received=2000)
+    young = slot("head", now - RATE_GRACE_S / 2)
+    idle = slot(IDLE, now - 20)
+    busy = slot(BUSY, now - 50)
+    assert victim([busy, idle, faster, slow, young], now) is slow
+    assert victim([busy, idle, young], now) is idle
+    assert victim([busy, young], now) is young
+    assert victim([busy], now) is None
+    assert too_slow(slow, now, crowded=False) and not too_slow(faster, now, crowded=False)
+    assert not too_slow(young, now, crowded=False) and not too_slow(idle, now, crowded=True)
+    steady = slot("head", now - 3, received=int(3 * MIN_HEAD_BYTES_S) + 10)
+    assert not too_slow(steady, now, crowded=False) and too_slow(steady, now, crowded=True)  # past the crowded timeout
+
+
+def test_health_is_answered_while_100_slowloris_clients_hold_on() -> None:
+    """Before: /health p50 4 s and 4 of 9 unanswered. The figure (p99) is in bench_http."""
+    from bench.common import Slowloris
+
+    def client(port: int) -> tuple[list[float], int, int]:
+        times = []
+        with Slowloris(port, clients=100, byte_every_s=1.0, seconds=20) as attack:
+            time.sleep(2.0)  # every slot taken by now
+            for _ in range(20):
+                started = time.monotonic()
+                with connect(port) as s:
+                    reply = exchange(s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+                times.append(time.monotonic() - started)
+                time.sleep(0.1)
+        return times, attack.connects, attack.drops
+
+    times, connects, drops = run_with_server(echo_app, client)
+    assert len(times) == 20 and max(times) < 2.0, times  # answered, never queued behind the attack
+    assert connects > 100 and drops > 0  # the attack was real: it had to reconnect

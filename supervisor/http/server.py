@@ -7,10 +7,11 @@ state machine Uvicorn itself runs on when httptools is absent; what is left here
 glue: keep-alive, bounded request heads and bodies, streamed responses (SSE) and the
 disconnect a streaming endpoint waits for. Nothing here wakes unless a client sends bytes.
 
-Limits (a loopback API for one user's tools, not a public server): MAX_CONNECTIONS at once
-(more wait in the listen backlog), a request head within HEAD_TIMEOUT_S (slowloris),
-bodies up to MAX_BODY bytes (413 beyond), idle keep-alive connections closed after
-KEEPALIVE_S.
+Limits (a loopback API for one user's tools, not a public server): MAX_CONNECTIONS at once,
+a new connection taking the slot of the slowest partial request when all are taken, request
+heads at a minimum byte rate and within a timeout that shortens when the slots run out
+(slowloris; see slots.py), bodies up to MAX_BODY bytes (413 beyond), idle keep-alive
+connections closed after KEEPALIVE_S.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ import structlog
 
 from ..core import Supervisor
 from ..errors import IroncliwError
+from .slots import BUSY, HEAD_TIMEOUT_S, IDLE, MAX_CONNECTIONS, Slot, Slots
 from .token import create_token
 
 log = structlog.get_logger("ironcliw.http")
 
-MAX_CONNECTIONS = 64
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1 << 20
-HEAD_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30.0
 READ_CHUNK = 65536
+BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
@@ -47,9 +48,11 @@ class _Closed(Exception):
 
 
 class _Connection:
-    def __init__(self, app: ASGIApp, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, app: ASGIApp, stream: anyio.abc.SocketStream, slot: Slot, slots: Slots) -> None:
         self.app = app
         self.stream = stream
+        self.slot = slot
+        self.slots = slots
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.server = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
         self.client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
@@ -69,6 +72,7 @@ class _Connection:
                         # Once the head is in, the body has HEAD_TIMEOUT_S at most.
                         deadline.deadline = min(deadline.deadline, anyio.current_time() + HEAD_TIMEOUT_S)
                         body = await self._read_body()
+                        self.slot.phase = BUSY
                 if not isinstance(request, h11.Request) or deadline.cancelled_caught:
                     return  # a timeout, a close, or the end of the stream
                 if body is None:
@@ -78,6 +82,7 @@ class _Connection:
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                     return
                 self.h11.start_next_cycle()
+                self.slot.phase, self.slot.since = IDLE, anyio.current_time()
                 first = False
         except h11.RemoteProtocolError as exc:
             if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -85,7 +90,8 @@ class _Connection:
         except (_Closed, TimeoutError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         finally:
-            await self.stream.aclose()
+            with anyio.CancelScope(shield=True):  # also when the slot was taken from us
+                await self.stream.aclose()
 
     async def _next_event(self) -> Any:
         while True:
@@ -96,6 +102,10 @@ class _Connection:
                 data = await self.stream.receive(READ_CHUNK)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
+            slot = self.slot
+            if slot.phase == IDLE:  # a kept-alive connection starts its next request
+                self.slots.heading(slot, anyio.current_time())
+            slot.received += len(data)
             self.h11.receive_data(data)
 
     async def _read_body(self) -> bytes | None:
@@ -245,19 +255,29 @@ async def serve_app(app: ASGIApp, host: str, port: int, *, task_status: anyio.ab
     except OSError as exc:
         raise IroncliwError(f"cannot serve HTTP on {host}:{port} ({exc.strerror or exc}); set [http] port or enabled = false") from None
     listener = listeners[0] if len(listeners) == 1 else anyio.streams.stapled.MultiListener(listeners)
-    limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)
+    slots = Slots(MAX_CONNECTIONS)
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
-        async with limiter:
+        slot = slots.admit(anyio.current_time())
+        if slot is None:  # every slot is serving a request: no one to evict
+            with anyio.move_on_after(1.0):
+                await stream.send(BUSY_REPLY)
+            await stream.aclose()
+            return
+        try:
             raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                await _Connection(app, stream).serve()
-            except Exception as exc:  # one connection's bug must not take the listener down
-                log.error("http_connection_failed", error=f"{type(exc).__name__}: {exc}")
+            assert slot.scope is not None
+            with slot.scope:
+                await _Connection(app, stream, slot, slots).serve()
+        except Exception as exc:  # one connection's bug must not take the listener down
+            log.error("http_connection_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            slots.release(slot)
 
     bound = listener.extra(anyio.abc.SocketAttribute.local_address)
-    async with listener:
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(slots.sweep)
         task_status.started(_address(bound) or (host, port))
         await listener.serve(handle)
 
