@@ -6,7 +6,7 @@ never split per byte or per line here, and each block is handed on whole (`on_bl
 log write, the echo and the ready check cost a few C-level passes per block.
 
 Beyond `limit` (a token bucket: a rate and a burst, journald's RateLimitIntervalSec and
-RateLimitBurst), the pump either stops reading for a while, so the component's next write
+RateLimitBurst; a line counts at least LINE_COST_BYTES), the pump either stops reading for a while, so the component's next write
 blocks on its full pipe (`block`, the default: nothing is lost and a flood only slows the
 flooder), or keeps reading at a bounded pace and drops what is over the limit, counting it
 (`drop`: for a component whose work must never wait on its logging).
@@ -27,7 +27,12 @@ from .logfiles import RotatingLog
 
 PIPE_BYTES = 1 << 20
 MAX_LINE_BYTES = 64 * 1024  # a runaway line without a newline is handed on in pieces of this
-DROP_PACE_S = 0.01  # in `drop` mode over the limit: one read per this long
+DROP_PACE_S = 0.05  # in `drop` mode over the limit: one read per this long (the writer waits at most this)
+SHORT_READ_BYTES = 64 * 1024
+# Each line costs at least this much of the limit: the work per line (echo prefix, a log
+# event for subscribers) dominates for short ones, and `yes` writes 2-byte lines (journald
+# limits messages, not bytes, for the same reason).
+LINE_COST_BYTES = 64
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
 
 
@@ -49,10 +54,15 @@ class TokenBucket:
         self.tokens = burst
         self.updated = now
 
+    def level(self, now: float) -> float:
+        """The bytes available now (refilled, nothing spent)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return self.tokens
+
     def take(self, n: int, now: float) -> float:
         """Spend `n` bytes; returns how long to wait before the bucket is positive again."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate) - n
-        self.updated = now
+        self.tokens = self.level(now) - n
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
@@ -78,10 +88,12 @@ async def pump_output(
 ) -> None:
     """Copy `fd` to `sink` until EOF; `on_block` gets each block of whole lines."""
     pending = b""
+    dense = False  # the last block was mostly line ends (`yes`): read less at a time
     while True:
         await anyio.wait_readable(fd)
         try:
-            data = os.read(fd, PIPE_BYTES)
+            # A dense block costs a pass per line downstream: a smaller one pauses the loop less.
+            data = os.read(fd, SHORT_READ_BYTES if dense else PIPE_BYTES)
         except BlockingIOError:
             continue
         except OSError as exc:
@@ -90,9 +102,19 @@ async def pump_output(
             raise
         if not data:
             break
-        now = time.monotonic()
-        wait = bucket.take(len(data), now) if bucket is not None else 0.0
+        wait = 0.0
+        if bucket is not None:
+            now = time.monotonic()
+            if drop and stats.throttling and bucket.level(now) < bucket.burst / 2:
+                wait = DROP_PACE_S  # still dropping: resume only with room for a burst, not per read
+            else:
+                cost = max(len(data), data.count(b"\n") * LINE_COST_BYTES)
+                dense = cost > 2 * len(data)
+                wait = bucket.take(cost, now)
         if wait and drop:
+            if pending:  # the line in progress ends here; what follows is dropped
+                on_block(pending + b"\n")
+                pending = b""
             stats.dropped_bytes += len(data)
             _set_throttling(stats, True, on_throttle)
             await anyio.sleep(DROP_PACE_S)
