@@ -245,7 +245,9 @@ class TreeSampler:
         # extra_roots(leaders) -> {name: [pid, ...]}: more roots of a tree, asked at each walk
         # (orphans.find: a component's descendants that were reparented to the supervisor).
         self.extra_roots = extra_roots
-        self.orphans: dict[str, list[int]] = {}  # what extra_roots said at the last walk
+        self.orphans: dict[str, list[int]] = {}  # what extra_roots said when last asked
+        self._orphan_roots: dict[str, int] | None = None  # the roots when it was last asked
+        self._member_set: set[int] = set()  # every member of the last walk
         if max_kept is None:
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             max_kept = min(soft, 1 << 16) // 9
@@ -355,16 +357,28 @@ class TreeSampler:
         return self._walk_trees(roots)
 
     def _walk_trees(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
-        files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
         self.walks += 1
         if self._samples % THREAD_REFRESH_SAMPLES == 0:
             for pid in list(self._threads):
                 self._forget_threads(pid)
+        before = self._member_set
+        result = self._walk_once(roots, self.orphans)
+        # A process is reparented to the supervisor only when its parent exits, so the
+        # (costlier) look for orphans runs only when a member left or the roots changed.
+        if self.extra_roots is not None and (not before <= self._member_set or roots != self._orphan_roots):
+            self._orphan_roots = dict(roots)
+            found = self.extra_roots(set(roots.values()))
+            if found != self.orphans:
+                self.orphans = found
+                result = self._walk_once(roots, found)
+        return result
+
+    def _walk_once(self, roots: Mapping[str, int], extra: Mapping[str, list[int]]) -> dict[str, TreeUsage]:
+        files, pread, fstat, page = self._files, os.pread, os.fstat, _PAGE_SIZE
         result = {}
         members_by_root: dict[int, list[int]] = {}
         statm_fds: list[int] = []
         statms: list[bytes] = []
-        self.orphans = extra = self.extra_roots(set(roots.values())) if self.extra_roots else {}
         for name, root in roots.items():
             resident = shared = count = 0
             members_by_root[root] = members = []
@@ -412,9 +426,10 @@ class TreeSampler:
                     pass  # exited between the reads: no children to follow
             result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)
         self.members = members_by_root  # whole, so another thread never sees it half-built
-        walked = sum(len(m) for m in members_by_root.values())
+        self._member_set = everyone = {pid for m in members_by_root.values() for pid in m}
+        walked = len(everyone)
         if len(files) != walked or len(files) > self.max_kept:  # some left the trees (or too many)
-            self._close_except({pid for m in members_by_root.values() for pid in m})
+            self._close_except(everyone)
             if len(files) < walked:  # over the cap: no descriptors to re-read
                 self._walked = None
         self._statm_fds, self._statm, self._result = statm_fds, statms, result
