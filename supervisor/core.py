@@ -32,6 +32,7 @@ from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 log = structlog.get_logger("ironcliw.supervisor")
 
 STATUS_SAMPLE_MAX_AGE_S = 0.5
+RECORD_EVERY_S = 0.05  # the runtime dir's record is rewritten at most this often
 PREDICTION_TTL_S = 5.0  # input files are stat()ed at most this often
 
 
@@ -56,6 +57,7 @@ class Supervisor:
         # Disk trouble that is reported, never fatal: path -> (where, problem), e.g. ("log_dir", "no space left").
         self._disk_problems: dict[str, tuple[str, str]] = {}
         self._state_dirty = anyio.Event()  # history to write, or a write to retry (the keeper's wake-up)
+        self._record_wanted = anyio.Event()  # the runtime dir's record is out of date
         self._recorded: list[ChildRecord] = []
         env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
@@ -67,7 +69,7 @@ class Supervisor:
         self.runners: dict[str, Runner] = {name: self._make_runner(config.components[name]) for name in config.order}
         self.history = History(paths.state_dir)
         self.memory = MemoryMonitor(config.memory, self.runners, self.bus, predict=self.prediction)
-        self.memory.on_walk = self._update_record
+        self.memory.on_walk = self._record_changed
         self._identities: dict[int, ProcessIdentity] = {}  # of the processes in the record
 
     def _make_runner(self, spec: ComponentSpec) -> Runner:
@@ -83,6 +85,7 @@ class Supervisor:
             echo=self._echo,
             on_run_end=self._record_run,
             on_log_problem=lambda path, problem: self._disk_problem("log_dir", path, problem),
+            orphans_of=self._orphans_of,
             run_context=lambda name: (self.prediction(name).peak_mb, self._inputs_bytes(self.config.components[name])),
         )
 
@@ -123,6 +126,7 @@ class Supervisor:
                     await tg.start(service, self)
                 tg.start_soon(self._monitor)
                 tg.start_soon(self._keep_state)
+                tg.start_soon(self._keep_record)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
                 task_status.started()
                 tg.start_soon(self.start_many, [n for n in self.config.order if self.config.components[n].autostart])
@@ -130,6 +134,7 @@ class Supervisor:
                 with anyio.CancelScope(shield=True):
                     await self.stop_many(list(self.runners), "supervisor shutdown")
                     await self._stop_orphans()
+                    self._update_record()  # empty now: nothing for the next `up` to clean up
                 tg.cancel_scope.cancel()
         finally:
             self.memory.close()
@@ -169,12 +174,16 @@ class Supervisor:
     async def stop_many(self, names: list[str], reason: str) -> None:
         """Stop several components at once; each waits until those that run `after` it are down."""
         done = {name: anyio.Event() for name in names}
+        dependants: dict[str, list[str]] = {name: [] for name in names}
+        for other in names:  # one pass over the `after` lists, not one per component
+            for dep in self.config.components[other].after:
+                if dep in dependants:
+                    dependants[dep].append(other)
 
         async def one(name: str) -> None:
             try:
-                for other in names:
-                    if name in self.config.components[other].after:
-                        await done[other].wait()
+                for other in dependants[name]:
+                    await done[other].wait()
                 await self.runners[name].stop(reason)
             finally:
                 done[name].set()
@@ -190,7 +199,22 @@ class Supervisor:
     def _component_changed(self) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
         self.memory.stale = True
-        self._update_record()
+        self._record_changed()
+
+    def _record_changed(self) -> None:
+        """The record may be out of date: the keeper rewrites it (O(1) here: a `stop all` of N
+        components changes state 3N times, and each rewrite is O(N))."""
+        self._record_wanted.set()
+
+    async def _keep_record(self) -> None:
+        """The one writer of the runtime dir's record: at most once per RECORD_EVERY_S, with
+        every change made meanwhile (a process recorded that late can only be a descendant:
+        a leader that outlives a killed supervisor gets its parent-death signal)."""
+        while True:
+            await self._record_wanted.wait()
+            self._record_wanted = anyio.Event()
+            self._update_record()
+            await anyio.sleep(RECORD_EVERY_S)
 
     def _update_record(self) -> None:
         """Rewrite the runtime dir's record of every process of the stack when that set changed:
@@ -221,6 +245,11 @@ class Supervisor:
                 return
             self._disk_problem("runtime_dir", str(self.runtime.children_path), None)
             self._recorded = records
+
+    def _orphans_of(self, name: str) -> list[int]:
+        """A component's orphans, now: our children that say they are `name`'s, other than
+        the leaders (whose exits their runners reap)."""
+        return orphans.find({r.child.pid for r in self.runners.values() if r.child is not None}).get(name, [])
 
     async def _stop_orphans(self) -> None:
         """At shutdown, after every component: whatever is still our child is an orphan that

@@ -45,6 +45,7 @@ HWM_EVERY_UNDER_PRESSURE_S = 1.0
 TREND_EVERY_S = 2.0  # one trend point per component this often (10 minutes kept)
 LEAK_CHECK_EVERY_S = 30.0
 IDLE_HANDOFF_S = 60.0  # an idle stack's readings reach the loop at least this often
+WAKE_SPACING_S = 0.1  # the least time between two readings the idle watcher takes on a wake-up
 
 
 class _Wake:
@@ -125,6 +126,7 @@ class MemoryMonitor:
         self.trees = procs.TreeSampler(extra_roots=orphans.find)
         self.on_walk: Callable[[], None] | None = None  # the core: the record of every process
         self._walks_seen = 0
+        self._woken_read_at = float("-inf")  # the idle watcher's last reading on a wake-up
         self._members_absorbed: dict[int, list[int]] = {}  # the trees as the loop last recorded them
         self.system_reader = platform.SystemReader()
 
@@ -299,6 +301,9 @@ class MemoryMonitor:
         handoff_at = time.monotonic() + IDLE_HANDOFF_S
         while True:
             woken = self._wake.wait(interval)
+            if woken:  # a burst of changes (a `stop all`) gives one reading per WAKE_SPACING_S, not one per change
+                time.sleep(max(0.0, self._woken_read_at + WAKE_SPACING_S - time.monotonic()))
+                self._woken_read_at = time.monotonic()
             try:
                 reading = self._read(watcher=True)  # woken too: the loop gets a reading newer than the change
             except MonitorClosed:

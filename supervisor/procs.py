@@ -111,33 +111,37 @@ def group_members(pgid: int, not_before: float) -> list[ProcessIdentity]:
 
     The create-time bound keeps a recycled group number from matching older processes.
     """
-    members = []
-    for pid, created, state in _all_processes_in_group(pgid):
-        if state != "Z" and created >= not_before - 0.01:
-            members.append(ProcessIdentity(pid, created))
-    return members
+    return groups_members({pgid: not_before}).get(pgid, [])
 
 
-def _all_processes_in_group(pgid: int) -> Iterable[tuple[int, float, str]]:
-    """(pid, create time, state letter) of every process in group `pgid`: one pass over the table."""
+def groups_members(groups: Mapping[int, float]) -> dict[int, list[ProcessIdentity]]:
+    """`group_members` for many groups ({pgid: not_before}) in one pass over the process table."""
+    found: dict[int, list[ProcessIdentity]] = {}
+    for pid, pgid, created, state in _all_processes_in_groups(groups):
+        if state != "Z" and created >= groups[pgid] - 0.01:
+            found.setdefault(pgid, []).append(ProcessIdentity(pid, created))
+    return found
+
+
+def _all_processes_in_groups(pgids: Collection[int]) -> Iterable[tuple[int, int, float, str]]:
+    """(pid, pgid, create time, state letter) of every process in one of `pgids`: one pass."""
     if _HAS_PROC_CHILDREN:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             fields = _stat_fields(int(entry))
-            if fields is not None and int(fields[2]) == pgid:
-                yield int(entry), int(fields[19]) / _CLOCK_TICKS + _btime(), fields[0].decode()
+            if fields is not None and int(fields[2]) in pgids:
+                yield int(entry), int(fields[2]), int(fields[19]) / _CLOCK_TICKS + _btime(), fields[0].decode()
         return
     import psutil
 
     for proc in psutil.process_iter(["create_time", "status"]):
         try:
-            if os.getpgid(proc.pid) != pgid:
-                continue
+            pgid = os.getpgid(proc.pid)
         except (ProcessLookupError, PermissionError):
             continue
-        if proc.info["create_time"] is not None:
-            yield proc.pid, proc.info["create_time"], "Z" if proc.info["status"] == psutil.STATUS_ZOMBIE else "S"
+        if pgid in pgids and proc.info["create_time"] is not None:
+            yield proc.pid, pgid, proc.info["create_time"], "Z" if proc.info["status"] == psutil.STATUS_ZOMBIE else "S"
 
 
 def descendants(pid: int) -> list[ProcessIdentity]:

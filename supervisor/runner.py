@@ -75,6 +75,7 @@ class Runner:
         echo: Callable[[str, bytes], None] | None = None,
         on_run_end: Callable[[str, RunRecord], None] | None = None,
         on_log_problem: ProblemCallback | None = None,
+        orphans_of: Callable[[str], list[int]] | None = None,
         run_context: Callable[[str], tuple[float | None, int | None]] | None = None,
     ) -> None:
         assert spec.name is not None
@@ -87,6 +88,7 @@ class Runner:
         self._on_change = on_change
         self._echo = echo
         self._on_log_problem = on_log_problem
+        self._orphans_of = orphans_of  # name -> PIDs of its orphans (core: the one who knows every leader)
         self._on_run_end = on_run_end
         self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
         self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
@@ -324,6 +326,9 @@ class Runner:
                 log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
+        if self._orphans_of is not None and not self.adopted:
+            orphans_of, name = self._orphans_of, self.name
+            child.find_orphans = lambda: orphans_of(name)
         self.started_at = self.last_used = time.monotonic()
         predicted, inputs = self._run_context(self.name) if self._run_context else (None, None)
         self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)

@@ -128,6 +128,7 @@ def leftover_processes(records: list[ChildRecord]) -> list[tuple[str, ProcessIde
     and everything below them. A number that now names another process was recycled and
     is skipped."""
     found: dict[int, tuple[str, ProcessIdentity]] = {}
+    groups: dict[int, tuple[str, float]] = {}  # pgid -> (component, not before)
     for rec in records:
         now = procs.identity(rec.pid)
         same = now is not None and abs(now.create_time - rec.create_time) <= 0.01
@@ -135,8 +136,11 @@ def leftover_processes(records: list[ChildRecord]) -> list[tuple[str, ProcessIde
             continue
         if same and now is not None and procs.is_alive(now):
             found.setdefault(rec.pid, (rec.name, now))
-        for ident in procs.group_members(rec.pid, rec.create_time):
-            found.setdefault(ident.pid, (rec.name, ident))
+        groups.setdefault(rec.pid, (rec.name, rec.create_time))
+    members = procs.groups_members({pgid: created for pgid, (_, created) in groups.items()})  # one scan for all
+    for pgid, idents in members.items():
+        for ident in idents:
+            found.setdefault(ident.pid, (groups[pgid][0], ident))
     for name, ident in list(found.values()):
         for below in procs.descendants(ident.pid):
             found.setdefault(below.pid, (name, below))
