@@ -102,3 +102,26 @@ def _record(stack: Stack) -> list[dict]:
         return json.loads((stack.runtime / "children.json").read_text())
     except (OSError, ValueError):
         return []
+
+
+def test_sigkill_during_a_stop_all_of_100_leaves_nothing_after_the_next_up(make_stack: StackFactory) -> None:
+    """The batched record stays exact enough: whatever a killed `stop all` left is stopped."""
+    # They ignore SIGTERM, so neither the stop nor the parent-death signal ends them: only
+    # the record can, after the supervisor is killed in the middle of stopping them.
+    stubborn = '["sh", "-c", "trap \'\' TERM; exec sleep 3600"]'
+    stack = make_stack("".join(
+        f"[components.s{i:03d}]\ncommand = {stubborn}\nready = {{ alive_s = 0.2 }}\nstop_grace_s = 1\n" for i in range(100)))
+    first = stack.up()
+    wait_until(lambda: all(c["state"] == "READY" for c in stack.call("status")["components"]), 60, what="100 READY")
+    pids = [c["pid"] for c in stack.call("status")["components"]]
+    first.send_signal(15)  # stop all ...
+    wait_until(lambda: any(e.get("new") == "STOPPING" for e in stack.log_events()), 10, what="the stop to be under way")
+    first.kill()  # ... killed in the middle of it
+    assert all(alive(p) for p in pids)
+    first.wait(5)
+    stack.up()
+    wait_until(lambda: all(c["state"] == "READY" for c in stack.call("status")["components"]), 60, what="100 READY again")
+    assert not [p for p in pids if alive(p)]  # every one of the first run's processes is gone
+    second = [c["pid"] for c in stack.call("status")["components"]]
+    assert stack.cli("down").returncode == 0
+    wait_until(lambda: not any(alive(p) for p in second), 10, what="down to stop the second run")
