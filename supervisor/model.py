@@ -99,7 +99,7 @@ class ExitInfo(msgspec.Struct, frozen=True):
         return self.code == 0
 
 
-class ComponentStatus(msgspec.Struct, frozen=True):
+class ComponentStatus(msgspec.Struct, frozen=True, gc=False):  # scalars only: no cycles to collect
     """One row of `status`: what the CLI, the socket and the HTTP API show for a component."""
 
     name: str
