@@ -28,7 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, _cpu_ns, kill_tree, pct, short_tmpdir, stop_gracefully, supervisord_python, wait_until  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO, _cpu_ns, kill_tree, pct, short_tmpdir, stop_gracefully, supervisord_conf, supervisord_python, wait_until,
+)
 from supervisor.client import ControlClient  # noqa: E402
 
 LINES_100MB_S = textwrap.dedent("""\
@@ -90,20 +92,7 @@ def run_supervisord(command: list[str], seconds: float) -> tuple[float, list[flo
     python = supervisord_python()
     work = short_tmpdir("sbf-")
     sock = work / "sd.sock"
-    (work / "supervisord.conf").write_text(textwrap.dedent(f"""\
-        [unix_http_server]
-        file={sock}
-        [supervisord]
-        logfile={work}/supervisord.log
-        pidfile={work}/supervisord.pid
-        childlogdir={work}
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-        [program:flood]
-        command={' '.join(command)}
-        startsecs=1
-        stopasgroup=true
-        """))
+    supervisord_conf(work, f"[program:flood]\ncommand={' '.join(command)}\nstartsecs=1\nstopasgroup=true\n")
     proc = subprocess.Popen([str(python.parent / "supervisord"), "-n", "-c", str(work / "supervisord.conf")],
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The XML-RPC client runs in supervisord's venv (our package shadows its import name here).

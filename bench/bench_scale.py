@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, _cpu_ns, kill_tree, short_tmpdir, supervisord_python, wait_until  # noqa: E402
+from bench.common import REPO, _cpu_ns, kill_tree, short_tmpdir, supervisord_conf, supervisord_python, wait_until  # noqa: E402
 from supervisor.client import ControlClient  # noqa: E402
 from supervisor.errors import NotRunning  # noqa: E402
 
@@ -80,17 +80,7 @@ def run_supervisord(n: int, calls: int, idle_s: float) -> dict[str, float]:
     python = supervisord_python()
     work = short_tmpdir("sds-")
     sock = work / "sd.sock"
-    (work / "supervisord.conf").write_text(textwrap.dedent(f"""\
-        [unix_http_server]
-        file={sock}
-        [supervisord]
-        logfile={work}/supervisord.log
-        pidfile={work}/supervisord.pid
-        childlogdir={work}
-        minfds=4096
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-        """) + "".join(f"[program:t{i:04d}]\ncommand=sleep 3600\nstartsecs=1\n" for i in range(n)))
+    supervisord_conf(work, "".join(f"[program:t{i:04d}]\ncommand=sleep 3600\nstartsecs=1\n" for i in range(n)))
     # The poller runs in supervisord's venv (our package shadows its import name here); it
     # starts before supervisord and times `up` from the moment supervisord is launched.
     script = textwrap.dedent(f"""\

@@ -54,6 +54,26 @@ def supervisord_python() -> Path:
     return python
 
 
+def supervisord_conf(work: Path, programs: str) -> Path:
+    """A supervisord config in `work` with its control socket (`work/sd.sock`), logs and the
+    XML-RPC interface, then `programs` (their [program:x] sections)."""
+    import textwrap
+
+    conf = work / "supervisord.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        [unix_http_server]
+        file={work / "sd.sock"}
+        [supervisord]
+        logfile={work}/supervisord.log
+        pidfile={work}/supervisord.pid
+        childlogdir={work}
+        minfds=4096
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+        """) + programs)
+    return conf
+
+
 def _cpu_ns(pid: int) -> int:
     """On-CPU time of every thread of a process, in ns (Linux schedstat), else from psutil
     (whose user/system times have a clock-tick resolution of 10 ms: too coarse for idle)."""
