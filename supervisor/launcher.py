@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Callable
 
 import anyio

@@ -40,7 +40,7 @@ def ensure_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid != os.getuid():
-        raise IroncliwError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); choose another runtime dir")
+        raise IroncliwError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); choose another state dir (IRONCLIW_STATE_DIR)")
     if stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(0o700)
 
