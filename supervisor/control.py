@@ -144,8 +144,9 @@ class ControlServer:
 
     def _idle(self, scope: anyio.CancelScope, since: float | None) -> None:
         """Mark a connection idle (waiting for its next request, nothing half-sent) or not."""
-        if since is None:
+        if since is None:  # a request began: no idle deadline while it is read and served
             self._idle_since.pop(scope, None)
+            self._deadlines[scope] = None
         else:
             self._idle_since[scope] = since
             self._arm(scope, since + IDLE_TIMEOUT_S)

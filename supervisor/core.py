@@ -291,6 +291,8 @@ class Supervisor:
             await self._state_dirty.wait()
             self._state_dirty = anyio.Event()
             saved = await self._save_history()
+            if any(where == "runtime_dir" for where, _ in self._disk_problems.values()):
+                self._record_changed()  # the record keeper tries its write again
             logs_ok = all(r.log_sink.retry() for r in self.runners.values() if r.log_sink is not None and r.log_sink.problem)
             if saved and logs_ok and not self._disk_problems:
                 backoff = RETRY_INITIAL_S
