@@ -55,7 +55,12 @@ class History:
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
 
     def _set_aside(self, error: str) -> None:
-        aside = self.path.with_name(f"history.corrupt-{int(time.time() * 1000)}.json")
+        stamp = int(time.time() * 1000)
+        aside = self.path.with_name(f"history.corrupt-{stamp}.json")
+        n = 1
+        while aside.exists() or aside.is_symlink():  # two in one millisecond must not collide
+            aside = self.path.with_name(f"history.corrupt-{stamp}-{n}.json")
+            n += 1
         try:
             self.path.rename(aside)  # rename, not replace: a directory moves as a whole too
         except OSError as exc:

@@ -112,7 +112,8 @@ async def pump_output(
                 dense = cost > 2 * len(data)
                 wait = bucket.take(cost, now)
         if wait and drop:
-            if pending:  # the line in progress ends here; what follows is dropped
+            if pending:  # the line in progress ends here, in the log too; what follows is dropped
+                sink.write(b"\n")
                 on_block(pending + b"\n")
                 pending = b""
             stats.dropped_bytes += len(data)
@@ -120,9 +121,7 @@ async def pump_output(
             await anyio.sleep(DROP_PACE_S)
             continue
         if stats.throttling and drop:
-            note = f"[ironcliw: {stats.dropped_bytes} bytes of output over the rate limit were dropped so far]\n".encode()
-            sink.write(note)
-            on_block(note)
+            _note_dropped(sink, on_block, stats)
             _set_throttling(stats, False, on_throttle)
         stats.bytes += len(data)
         sink.write(data)
@@ -141,6 +140,14 @@ async def pump_output(
             _set_throttling(stats, False, on_throttle)
     if pending:
         on_block(pending + b"\n")
+    if stats.throttling and drop:  # it ended while dropping: say so all the same
+        _note_dropped(sink, on_block, stats)
+
+
+def _note_dropped(sink: RotatingLog, on_block: Callable[[bytes], None], stats: OutputStats) -> None:
+    note = f"[ironcliw: {stats.dropped_bytes} bytes of output over the rate limit were dropped so far]\n".encode()
+    sink.write(note)
+    on_block(note)
 
 
 def _set_throttling(stats: OutputStats, on: bool, callback: Callable[[bool], None] | None) -> None:
