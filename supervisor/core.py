@@ -317,7 +317,7 @@ class Supervisor:
         """At exit: the last runs are written before the supervisor is gone (or reported)."""
         if self.history.dirty:
             try:
-                self.history.write(self.history.encode())
+                self.history.save()
             except OSError as exc:
                 log.error("history_not_saved", path=str(self.history.path), problem=disk_problem(exc))
 

@@ -239,8 +239,8 @@ def oom_score_adj(priority: Priority) -> int | None:
 
 # util-linux's setpriv sets the parent-death signal and then execs the command. Spawning
 # through it lets CPython use vfork (no preexec_fn): a Python function run between fork and
-# exec costs a fork of the whole supervisor plus its copy-on-write faults, 8 ms a spawn with
-# a 40 MB parent against 1.5 ms (bench/bench_scale.py measures `up` with 1,000 components).
+# exec costs a fork of the whole supervisor plus its copy-on-write faults at every spawn
+# (bench/bench_scale.py: `up` with 1,000 components took 19.6 s before, 6.4 s after).
 _SETPRIV = shutil.which("setpriv") if _IS_LINUX else None
 
 

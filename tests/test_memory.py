@@ -56,6 +56,18 @@ while True:
 """
 
 
+def once_balloon(marker: Path, cap_steps: int = 75) -> str:
+    """A LOW `balloon` component (ONCE_BALLOON: 4 MB every 20 ms, on its first run only)."""
+    command = json.loads(python_command(ONCE_BALLOON.format(cap_steps=cap_steps))) + [str(marker)]
+    return f"""
+        [components.balloon]
+        command = {json.dumps(command)}
+        priority = "LOW"
+        estimated_mb = 30
+        ready = {{ log_pattern = "ready" }}
+        """
+
+
 def memory_header(budget: int = 300, idle: float = 300.0, dry_run: bool = False, early_freeze: float = 3.0) -> str:
     return MEMORY.format(budget=budget, idle=idle, dry_run=str(dry_run).lower(), early_freeze=early_freeze)
 
@@ -73,18 +85,7 @@ def chat(stack: Stack, message: str) -> str:
 
 
 def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answers(make_stack: StackFactory, tmp_path: Path) -> None:
-    marker = str(tmp_path / "balloon-ran")
-    stack = make_stack(
-        memory_header()
-        + CHATBOT
-        + f"""
-        [components.balloon]
-        command = {python_command(ONCE_BALLOON.format(cap_steps=75))}
-        priority = "LOW"
-        estimated_mb = 30
-        ready = {{ log_pattern = "ready" }}
-        """.replace('"python", "-c", ', f'"python", "-c", ').replace("]\n        priority", f', "{marker}"]\n        priority', 1)
-    )
+    stack = make_stack(memory_header() + CHATBOT + once_balloon(tmp_path / "balloon-ran"))
     stack.up()
     first = stack.wait_state("balloon", "READY")
     stack.wait_state("chatbot", "READY")
