@@ -29,7 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    REPO, _cpu_ns, kill_tree, pct, short_tmpdir, stop_gracefully, supervisord_conf, supervisord_python, wait_until,
+    REPO,
+    _cpu_ns,
+    kill_tree,
+    pct,
+    short_tmpdir,
+    stop_gracefully,
+    supervisord_conf,
+    supervisord_python,
+    wait_until,
 )
 from supervisor.client import ControlClient  # noqa: E402
 
@@ -45,7 +53,7 @@ LINES_100MB_S = textwrap.dedent("""\
     """)
 
 
-def measure(pid: int, seconds: float, status_call: "callable") -> tuple[float, list[float]]:
+def measure(pid: int, seconds: float, status_call: callable) -> tuple[float, list[float]]:
     """(% of one core over the window, status round trips during it)."""
     times: list[float] = []
     cpu0, t0 = _cpu_ns(pid), time.monotonic()
@@ -60,17 +68,28 @@ def measure(pid: int, seconds: float, status_call: "callable") -> tuple[float, l
 
 def run_ironcliw(command: list[str], limit: str, seconds: float) -> tuple[float, list[float]]:
     work = short_tmpdir("ibf-")
-    (work / "ironcliw.toml").write_text(textwrap.dedent(f"""\
+    (work / "ironcliw.toml").write_text(
+        textwrap.dedent(f"""\
         [http]
         enabled = false
         [components.flood]
         command = {json.dumps(command)}
         ready = {{ alive_s = 0.5 }}
         {limit}
-        """))
-    env = {"IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(work / "ironcliw.toml"), "--log-format", "json", "up"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """)
+    )
+    env = {
+        "IRONCLIW_RUNTIME_DIR": str(work / "run"),
+        "IRONCLIW_STATE_DIR": str(work / "state"),
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "-c", str(work / "ironcliw.toml"), "--log-format", "json", "up"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = ControlClient(str(work / "run" / "control.sock"), timeout=30)
         wait_until(lambda: _ready(client), 30)
@@ -93,8 +112,12 @@ def run_supervisord(command: list[str], seconds: float) -> tuple[float, list[flo
     work = short_tmpdir("sbf-")
     sock = work / "sd.sock"
     supervisord_conf(work, f"[program:flood]\ncommand={' '.join(command)}\nstartsecs=1\nstopasgroup=true\n")
-    proc = subprocess.Popen([str(python.parent / "supervisord"), "-n", "-c", str(work / "supervisord.conf")],
-                            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(python.parent / "supervisord"), "-n", "-c", str(work / "supervisord.conf")],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # The XML-RPC client runs in supervisord's venv (our package shadows its import name here).
     script = textwrap.dedent(f"""\
         import json, socket, sys, time, xmlrpc.client
@@ -156,8 +179,17 @@ def main() -> None:
     for flood, command in floods.items():
         print(f"-- {flood}")
         print(row("ironcliw, default limit (4 MB/s, block)", run_ironcliw(command, "", args.seconds)), flush=True)
-        print(row("ironcliw, output_overflow = drop", run_ironcliw(command, 'output_overflow = "drop"', args.seconds)), flush=True)
-        print(row("ironcliw, no limit (output_limit_mb_s = 0)", run_ironcliw(command, "output_limit_mb_s = 0", args.seconds)), flush=True)
+        print(
+            row("ironcliw, output_overflow = drop", run_ironcliw(command, 'output_overflow = "drop"', args.seconds)),
+            flush=True,
+        )
+        print(
+            row(
+                "ironcliw, no limit (output_limit_mb_s = 0)",
+                run_ironcliw(command, "output_limit_mb_s = 0", args.seconds),
+            ),
+            flush=True,
+        )
         print(row("supervisord 4.3", run_supervisord(command, args.seconds)), flush=True)
 
 

@@ -72,12 +72,18 @@ def main() -> None:
     port = free_port()
     work = short_tmpdir("icwh-")
     config = f"[memory]\nsample_interval_s = 2.0\n[http]\nport = {port}\n" + "".join(
-        f'[components.t{i:03d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 0.5 }}\n' for i in range(args.components)
+        f'[components.t{i:03d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 0.5 }}\n'
+        for i in range(args.components)
     )
     (work / "c.toml").write_text(config)
     env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: _ready(port, args.components), timeout=60, interval=0.2)
         time.sleep(2)
@@ -85,14 +91,18 @@ def main() -> None:
         time.sleep(2 * args.seconds)
         idle_interval = (time.monotonic() - t0) / max(1.0, samples_total(port) - s0)
         print(f"{args.components} components, {args.clients} keep-alive clients, {args.seconds:g} s per endpoint\n")
-        print(f"{'endpoint':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'sample interval (idle -> loaded)':>34}")
+        print(
+            f"{'endpoint':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'sample interval (idle -> loaded)':>34}"
+        )
         for path in ("/health", "/memory/status"):
             s1, t1 = samples_total(port), time.monotonic()
             lat, errors = load(port, path, args.seconds, args.clients)
             loaded_interval = (time.monotonic() - t1) / max(1.0, samples_total(port) - s1)
             ms = [x * 1000 for x in lat]
-            print(f"{path:<16} {len(lat) / args.seconds:>8.0f} {statistics.median(ms):>8.2f} {pct(ms, 99):>8.2f} {max(ms):>8.2f} {errors:>7}"
-                  f" {f'{idle_interval:.2f} s -> {loaded_interval:.2f} s':>34}")
+            print(
+                f"{path:<16} {len(lat) / args.seconds:>8.0f} {statistics.median(ms):>8.2f} {pct(ms, 99):>8.2f} {max(ms):>8.2f} {errors:>7}"
+                f" {f'{idle_interval:.2f} s -> {loaded_interval:.2f} s':>34}"
+            )
         slowloris_table(port, args.seconds)
     finally:
         stop_gracefully(proc, 60)
@@ -129,9 +139,14 @@ def slowloris_table(port: int, seconds: float) -> None:
     with Slowloris(port, clients=100, byte_every_s=1.0, seconds=seconds + 10) as attack:
         time.sleep(3.0)  # every slot taken by then
         attacked = probe(port, seconds)
-    for label, (times, failed) in (("nothing", alone), (f"100 slowloris clients ({attack.connects} connects)", attacked)):
+    for label, (times, failed) in (
+        ("nothing", alone),
+        (f"100 slowloris clients ({attack.connects} connects)", attacked),
+    ):
         ms = [x * 1000 for x in times] or [float("nan")]
-        print(f"{label:<44} {len(times):>9} {failed:>7} {statistics.median(ms):>8.2f} {pct(ms, 99):>8.2f} {max(ms):>8.2f}")
+        print(
+            f"{label:<44} {len(times):>9} {failed:>7} {statistics.median(ms):>8.2f} {pct(ms, 99):>8.2f} {max(ms):>8.2f}"
+        )
 
 
 def _ready(port: int, n: int) -> bool:

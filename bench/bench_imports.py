@@ -24,7 +24,10 @@ STEPS = [
     ("asyncio", "import asyncio"),
     ("anyio", "import anyio, anyio.abc, anyio._core._sockets"),
     ("structlog", "import structlog"),
-    ("the supervisor (core, control, cli)", "import supervisor.cli, supervisor.core, supervisor.control, supervisor.logsetup"),
+    (
+        "the supervisor (core, control, cli)",
+        "import supervisor.cli, supervisor.core, supervisor.control, supervisor.logsetup",
+    ),
     ("the HTTP server (h11)", "import supervisor.http.server"),
     ("first request: Starlette and the app", "import supervisor.http.app, supervisor.http.security"),
     ("first scrape: prometheus_client", "import supervisor.http.metrics"),
@@ -49,7 +52,9 @@ print(repr(out))
 def main() -> None:
     if not sys.platform.startswith("linux"):
         sys.exit("reads /proc/self/status: Linux only")
-    result = subprocess.run([sys.executable, "-c", PROBE.format(steps=STEPS)], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(steps=STEPS)], cwd=REPO, capture_output=True, text=True, check=True
+    )
     rows = eval(result.stdout)  # our own probe's repr of (str, float) pairs
     print(f"{'step':40} {'RSS after (MB)':>15} {'added (MB)':>11}")
     last = 0.0

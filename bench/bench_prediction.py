@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,7 +48,9 @@ def has(module: str) -> bool:
 def measure(argv: list[str], stop_on: str | None = None, cwd: Path | None = None, timeout: float = 120) -> float:
     """Peak MB of a command's whole tree: VmHWM summed, read every 5 ms until it exits. With
     `stop_on`, the command is a server: stop it 1 s after that line appears."""
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE if stop_on else subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE if stop_on else subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
     peak = 0
     deadline = time.monotonic() + timeout
     if stop_on:
@@ -99,7 +101,11 @@ def text_file(path: Path, size_mb: int, seed: int) -> int:
 
 
 def w_imports(size: int | None, work: Path) -> tuple[float, int | None]:
-    mods = "numpy, scipy, scipy.linalg" if has("scipy") else "json, sqlite3, decimal, asyncio, email.mime.text, xml.dom.minidom"
+    mods = (
+        "numpy, scipy, scipy.linalg"
+        if has("scipy")
+        else "json, sqlite3, decimal, asyncio, email.mime.text, xml.dom.minidom"
+    )
     return measure([PY, "-c", f"import {mods}"]), None
 
 
@@ -140,11 +146,12 @@ def w_sqlite(size: int | None, work: Path) -> tuple[float, int | None]:
     db.unlink(missing_ok=True)
     rows = size * 20_000
     code = (
-        "import sqlite3, random; c = sqlite3.connect(%r); c.execute('pragma cache_size=-200000');"
+        f"import sqlite3, random; c = sqlite3.connect({str(db)!r}); c.execute('pragma cache_size=-200000');"
         "c.execute('create table t(a integer, b text)');"
-        "r = random.Random(1); c.executemany('insert into t values (?, ?)', ((r.getrandbits(48), str(r.random())) for _ in range(%d)));"
+        "r = random.Random(1); c.executemany('insert into t values (?, ?)', "
+        f"((r.getrandbits(48), str(r.random())) for _ in range({rows})));"
         "c.execute('create index ia on t(a)'); c.execute('create index ib on t(b)'); c.commit()"
-    ) % (str(db), rows)
+    )
     peak = measure([PY, "-c", code])
     db.unlink(missing_ok=True)
     return peak, rows * 40  # proxy: about 40 bytes per row of input
@@ -188,7 +195,11 @@ def record(runs: int, seed: int) -> None:
             entries = []
             for i in range(runs):
                 # Sizes drift upwards with noise, as a user's data grows: a hard case for history alone.
-                size = None if sizes is None else sizes[min(len(sizes) - 1, max(0, int(i * len(sizes) / runs) + rng.choice((-1, 0, 0, 1))))]
+                size = (
+                    None
+                    if sizes is None
+                    else sizes[min(len(sizes) - 1, max(0, int(i * len(sizes) / runs) + rng.choice((-1, 0, 0, 1))))]
+                )
                 peak, inputs = fn(size, work)
                 entries.append({"peak_mb": round(peak, 1), "inputs_bytes": inputs, "size": size})
                 print(f"{name:>15} run {i + 1:>2}: size {size!s:>4}  peak {peak:7.1f} MB", file=sys.stderr)
@@ -217,7 +228,9 @@ BASELINES: dict[str, Callable[[list[float], float], float]] = {
 def evaluate() -> None:
     data = json.loads(TRACES.read_text())["workloads"]
     names = ["ironcliw", *BASELINES]
-    rows: dict[str, dict[str, list[tuple[float, float]]]] = {n: {} for n in names}  # predictor -> workload -> (pred, actual)
+    rows: dict[str, dict[str, list[tuple[float, float]]]] = {
+        n: {} for n in names
+    }  # predictor -> workload -> (pred, actual)
     for wl, trace in data.items():
         est = float(trace["estimate_mb"])
         runs = trace["runs"]
@@ -231,7 +244,14 @@ def evaluate() -> None:
                 for bname, fn in BASELINES.items():
                     rows[bname].setdefault(wl, []).append((fn(peaks, est), actual))
             predicted_for_this = predict(history, est, run["inputs_bytes"]).peak_mb
-            history.append(RunRecord(started_unix=float(k), peak_mb=actual, inputs_bytes=run["inputs_bytes"], predicted_mb=predicted_for_this))
+            history.append(
+                RunRecord(
+                    started_unix=float(k),
+                    peak_mb=actual,
+                    inputs_bytes=run["inputs_bytes"],
+                    predicted_mb=predicted_for_this,
+                )
+            )
 
     def stats(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
         under = sum(1 for p, a in pairs if a > p) / len(pairs)
@@ -239,7 +259,11 @@ def evaluate() -> None:
         slack = statistics.median((p - a) / p for p, a in pairs)
         return under, severe, slack
 
-    groups = {**{wl: [wl] for wl in data}, "input-size workloads": sorted(INPUT_WORKLOADS & set(data)), "overall": list(data)}
+    groups = {
+        **{wl: [wl] for wl in data},
+        "input-size workloads": sorted(INPUT_WORKLOADS & set(data)),
+        "overall": list(data),
+    }
     print(f"{'workload':<22} {'predictor':<18} {'under':>7} {'severe':>7} {'median slack':>13}   n")
     for group, members in groups.items():
         for n in names:

@@ -62,9 +62,15 @@ def one_run(rate: float, budget_mb: int) -> dict[str, float]:
     (work / "c.toml").write_text(config(budget_mb, rate, cap_mb=budget_mb))
     env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
     out = open(work / "out.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
-                            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
+
         def freeze_event() -> dict | None:
             for line in (work / "out.log").read_text().splitlines():
                 if '"memory_action"' in line and '"FREEZE"' in line:
@@ -90,8 +96,11 @@ def one_run(rate: float, budget_mb: int) -> dict[str, float]:
         time.sleep(0.2)
         event = freeze_event()
         assert event is not None
-        steps = [json.loads(l.split(" | ", 1)[1]) for l in (work / "out.log").read_text().splitlines()
-                 if l.startswith("balloon") and '"allocated"' in l]
+        steps = [
+            json.loads(line.split(" | ", 1)[1])
+            for line in (work / "out.log").read_text().splitlines()
+            if line.startswith("balloon") and '"allocated"' in line
+        ]
         threshold = 0.95 * budget_mb
         # Ground truth from the source the supervisor judges by: the balloon's own RSS.
         # The RSS crosses somewhere inside that step's memset, which may be cut short by the
@@ -145,8 +154,12 @@ def earlyoom_run(rate: float, margin_mb: int = 1000) -> dict[str, float] | None:
     settle_mem_available()
     threshold_kb = mem_available_kb() - margin_mb * 1024
     # stdbuf: earlyoom writes through stdio, which a pipe would buffer for seconds.
-    eo = subprocess.Popen(["stdbuf", "-oL", "-eL", "earlyoom", "-M", str(threshold_kb), "-s", "100", "-r", "0", "--dryrun"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    eo = subprocess.Popen(
+        ["stdbuf", "-oL", "-eL", "earlyoom", "-M", str(threshold_kb), "-s", "100", "-r", "0", "--dryrun"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marks: dict[str, float] = {}
     stop = threading.Event()
 
@@ -168,9 +181,21 @@ def earlyoom_run(rate: float, margin_mb: int = 1000) -> dict[str, float] | None:
     time.sleep(0.5)  # earlyoom's start-up
     for t in threads:
         t.start()
-    balloon = subprocess.Popen([sys.executable, "-m", "components.balloon", "--rate-mb-s", str(rate),
-                                "--cap-mb", str(margin_mb + 600), "--step-mb", str(STEP_MB)],
-                               cwd=REPO, stdout=subprocess.DEVNULL)
+    balloon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "components.balloon",
+            "--rate-mb-s",
+            str(rate),
+            "--cap-mb",
+            str(margin_mb + 600),
+            "--step-mb",
+            str(STEP_MB),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while ("crossing" not in marks or "signal" not in marks) and time.monotonic() < deadline:
@@ -194,7 +219,9 @@ def main() -> None:
     parser.add_argument("--earlyoom-runs", type=int, default=10, help="runs of earlyoom --dryrun per rate (0: skip)")
     args = parser.parse_args()
     warm_up(8000)
-    print(f"{'rate asked':>10}  {'achieved':>10}  {'latency p50':>11}  {'p95':>8}  {'max':>8}  {'overshoot p50':>13}  {'p95':>8}  runs")
+    print(
+        f"{'rate asked':>10}  {'achieved':>10}  {'latency p50':>11}  {'p95':>8}  {'max':>8}  {'overshoot p50':>13}  {'p95':>8}  runs"
+    )
     for rate in (float(r) for r in args.rates.split(",")):
         budget = 400 if rate <= 300 else 1000
         results = []
@@ -217,8 +244,10 @@ def main() -> None:
                     eo.append(r)
             if eo:
                 lat = [r["latency_ms"] for r in eo]
-                print(f"{rate:>7.0f} MB/s {'':>11}  {statistics.median(lat):>8.1f} ms  {pct(lat, 95):>5.1f} ms  {max(lat):>5.1f} ms"
-                      f"  {'-':>13}  {'-':>8}  {len(eo)}  earlyoom 1.7 (--dryrun, system MemAvailable)")
+                print(
+                    f"{rate:>7.0f} MB/s {'':>11}  {statistics.median(lat):>8.1f} ms  {pct(lat, 95):>5.1f} ms  {max(lat):>5.1f} ms"
+                    f"  {'-':>13}  {'-':>8}  {len(eo)}  earlyoom 1.7 (--dryrun, system MemAvailable)"
+                )
             else:
                 print(f"{rate:>7.0f} MB/s  earlyoom not measured (not installed: apt-get install earlyoom)")
 

@@ -86,8 +86,10 @@ def measure(fn, roots: dict[str, int]) -> list[float]:  # type: ignore[no-untype
 
 
 def main() -> None:
-    print(f"{'processes':>9}  {'ironcliw one-off':>22}  {'per process':>12}  {'ironcliw loop (kept fds)':>24}  {'per process':>12}"
-          f"  {'loop, PIDs unchanged':>20}  {'per process':>9} {'walks':>5}  {'naive psutil per sample':>24}  {'per process':>12}  {'speed-up':>8}")
+    print(
+        f"{'processes':>9}  {'ironcliw one-off':>22}  {'per process':>12}  {'ironcliw loop (kept fds)':>24}  {'per process':>12}"
+        f"  {'loop, PIDs unchanged':>20}  {'per process':>9} {'walks':>5}  {'naive psutil per sample':>24}  {'per process':>12}  {'speed-up':>8}"
+    )
     for total in (10, 100, 1000):
         roots_procs = spawn_trees(total)
         try:

@@ -37,12 +37,21 @@ from supervisor.errors import NotRunning  # noqa: E402
 
 def run_ironcliw(n: int, calls: int, idle_s: float) -> dict[str, float]:
     work = short_tmpdir("icws-")
-    (work / "c.toml").write_text("[http]\nenabled = false\n" + "".join(
-        f'[components.t{i:04d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 1.0 }}\n' for i in range(n)))
+    (work / "c.toml").write_text(
+        "[http]\nenabled = false\n"
+        + "".join(
+            f'[components.t{i:04d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 1.0 }}\n' for i in range(n)
+        )
+    )
     env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = ControlClient(str(work / "run" / "control.sock"), timeout=60)
 
     def all_ready() -> bool:
@@ -89,7 +98,7 @@ def run_supervisord(n: int, calls: int, idle_s: float) -> dict[str, float]:
         def connect():
             return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, "unix://{sock}"))
         started = time.monotonic()
-        proc = subprocess.Popen([{str(python.parent / 'supervisord')!r}, "-n", "-c", {str(work / 'supervisord.conf')!r}],
+        proc = subprocess.Popen([{str(python.parent / "supervisord")!r}, "-n", "-c", {str(work / "supervisord.conf")!r}],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(proc.pid, flush=True)
         while True:
@@ -141,13 +150,24 @@ def main() -> None:
         results["ironcliw"].append(run_ironcliw(n, calls, idle))
         results["supervisord 4.3"].append(run_supervisord(n, calls, idle))
         print(f"  measured {n} components", file=sys.stderr, flush=True)
-    print(f"{'figure':<28}{'supervisor':<18}" + "".join(f"{f'N={n}':>12}" for n in sizes)
-          + "".join(f"{f'x{sizes[i + 1] // sizes[i]} growth':>14}" for i in range(len(sizes) - 1)))
-    for key, label in (("up_s", "up -> all ready (s)"), ("stop_s", "stop all (s)"), ("status_ms", "status round trip (ms)")):
+    print(
+        f"{'figure':<28}{'supervisor':<18}"
+        + "".join(f"{f'N={n}':>12}" for n in sizes)
+        + "".join(f"{f'x{sizes[i + 1] // sizes[i]} growth':>14}" for i in range(len(sizes) - 1))
+    )
+    for key, label in (
+        ("up_s", "up -> all ready (s)"),
+        ("stop_s", "stop all (s)"),
+        ("status_ms", "status round trip (ms)"),
+    ):
         for who, rows in results.items():
             values = [r[key] for r in rows]
             growth = [values[i + 1] / values[i] if values[i] else float("nan") for i in range(len(values) - 1)]
-            print(f"{label:<28}{who:<18}" + "".join(f"{v:>12.3f}" for v in values) + "".join(f"{g:>13.1f}x" for g in growth))
+            print(
+                f"{label:<28}{who:<18}"
+                + "".join(f"{v:>12.3f}" for v in values)
+                + "".join(f"{g:>13.1f}x" for g in growth)
+            )
     for who, rows in results.items():
         if "idle_cpu" in rows[-1]:
             print(f"{'idle CPU (% of a core)':<28}{who:<18}{'':>{12 * (len(sizes) - 1)}}{rows[-1]['idle_cpu']:>12.3f}")

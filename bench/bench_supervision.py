@@ -91,7 +91,11 @@ class Ironcliw(Managed):
     def __init__(self, trivial: int = 0, http_port: int | None = None) -> None:
         self.dir = short_tmpdir("icwb-")
         self.config = ironcliw_config(self.dir, trivial, http_port)
-        self.env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(self.dir / "run"), "IRONCLIW_STATE_DIR": str(self.dir / "state")}
+        self.env = {
+            **os.environ,
+            "IRONCLIW_RUNTIME_DIR": str(self.dir / "run"),
+            "IRONCLIW_STATE_DIR": str(self.dir / "state"),
+        }
         self.socket = str(self.dir / "run" / "control.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -99,7 +103,10 @@ class Ironcliw(Managed):
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "-c", str(self.config), "--log-format", "json", "up"],
-            cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self.all_ready, timeout=120, interval=0.02)
         return time.monotonic() - started
@@ -124,8 +131,13 @@ class Ironcliw(Managed):
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "supervisor", "-c", str(self.config), "status"], env=self.env, cwd=REPO,
-                           stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "supervisor", "-c", str(self.config), "status"],
+                env=self.env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
             times.append(time.perf_counter() - t)
         return times
 
@@ -147,14 +159,15 @@ class Supervisord(Managed):
             for name, args in DEFAULT_PROGRAMS.items():
                 programs += textwrap.dedent(f"""\
                     [program:{name}]
-                    command={sys.executable} {' '.join(args)}
+                    command={sys.executable} {" ".join(args)}
                     directory={REPO}
                     environment=IRONCLIW_RUNTIME_DIR="{self.dir}"
                     startsecs=1
                     stopasgroup=true
                     """)
         self.conf = self.dir / "supervisord.conf"
-        self.conf.write_text(textwrap.dedent(f"""\
+        self.conf.write_text(
+            textwrap.dedent(f"""\
             [unix_http_server]
             file={self.sock}
             [supervisord]
@@ -165,13 +178,19 @@ class Supervisord(Managed):
             supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             [supervisorctl]
             serverurl=unix://{self.sock}
-            """) + programs)
+            """)
+            + programs
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
         started = time.monotonic()
-        self.proc = subprocess.Popen([str(self.bin / "supervisord"), "-n", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.proc = subprocess.Popen(
+            [str(self.bin / "supervisord"), "-n", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
         wait_until(self.all_running, timeout=120, interval=0.02)
         return time.monotonic() - started
 
@@ -182,7 +201,9 @@ class Supervisord(Managed):
             proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, "unix://{self.sock}"))
             """) + textwrap.dedent(code)
         # cwd elsewhere: from the repo, `python -c` would import our `supervisor` package instead.
-        return subprocess.run([str(self.python), "-c", script], capture_output=True, text=True, check=True, cwd=self.dir).stdout
+        return subprocess.run(
+            [str(self.python), "-c", script], capture_output=True, text=True, check=True, cwd=self.dir
+        ).stdout
 
     def all_running(self) -> bool:
         if not self.sock.exists():
@@ -207,7 +228,11 @@ class Supervisord(Managed):
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            subprocess.run([str(self.bin / "supervisorctl"), "-c", str(self.conf), "status"], stdout=subprocess.DEVNULL, cwd=self.dir)
+            subprocess.run(
+                [str(self.bin / "supervisorctl"), "-c", str(self.conf), "status"],
+                stdout=subprocess.DEVNULL,
+                cwd=self.dir,
+            )
             times.append(time.perf_counter() - t)
         return times
 
@@ -284,7 +309,10 @@ def main() -> None:
 
     no_http_rss = rss_without_http()
     rows = []
-    for label, trivial in (("default stack (3), config as shipped", 0), (f"{args.trivial} trivial, no HTTP", args.trivial)):
+    for label, trivial in (
+        ("default stack (3), config as shipped", 0),
+        (f"{args.trivial} trivial, no HTTP", args.trivial),
+    ):
         ours, theirs = measure_round(trivial, args)
         rows.append((label, ours, theirs))
 
@@ -292,15 +320,21 @@ def main() -> None:
     for label, ours, theirs in rows:
         print(f"-- {label}")
         print(f"{'  up -> all ready (s)':44} {ours['ready_s']:>34.2f}   {theirs['ready_s']:>34.2f}")
-        print(f"{'  status round trip (socket / XML-RPC)':44} {summary_ms(ours['rtt']):>34}   {summary_ms(theirs['rtt']):>34}")
+        print(
+            f"{'  status round trip (socket / XML-RPC)':44} {summary_ms(ours['rtt']):>34}   {summary_ms(theirs['rtt']):>34}"
+        )
         o50, t50 = statistics.median(ours["rtt"]), statistics.median(theirs["rtt"])
         print(f"{'  ... speed-up at p50':44} {t50 / o50:>33.1f}x")
-        print(f"{'  CLI status, whole command (median ms)':44} {statistics.median(ours['cli']) * 1000:>34.1f}   {statistics.median(theirs['cli']) * 1000:>34.1f}")
+        print(
+            f"{'  CLI status, whole command (median ms)':44} {statistics.median(ours['cli']) * 1000:>34.1f}   {statistics.median(theirs['cli']) * 1000:>34.1f}"
+        )
         print(f"{'  own RSS (MB)':44} {ours['rss']:>34.1f}   {theirs['rss']:>34.1f}")
         if "rss_after_http" in ours:
             print(f"{'  own RSS after the HTTP API was used (MB)':44} {ours['rss_after_http']:>34.1f}   {'-':>34}")
             print(f"{'  own RSS with [http] enabled = false (MB)':44} {no_http_rss:>34.1f}   {'-':>34}")
-        print(f"{'  idle CPU (% of one core, same ' + str(int(args.idle_s)) + ' s)':44} {ours['cpu']:>34.4f}   {theirs['cpu']:>34.4f}")
+        print(
+            f"{'  idle CPU (% of one core, same ' + str(int(args.idle_s)) + ' s)':44} {ours['cpu']:>34.4f}   {theirs['cpu']:>34.4f}"
+        )
         print(f"{'  ... a bare anyio loop waking every 2 s':44} {ours['bare_cpu']:>34.4f}   {'-':>34}")
         print(f"{'  stop all (s)':44} {ours['stop_s']:>34.2f}   {theirs['stop_s']:>34.2f}")
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import psutil
 
@@ -60,7 +61,8 @@ def supervisord_conf(work: Path, programs: str) -> Path:
     import textwrap
 
     conf = work / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""\
+    conf.write_text(
+        textwrap.dedent(f"""\
         [unix_http_server]
         file={work / "sd.sock"}
         [supervisord]
@@ -70,7 +72,9 @@ def supervisord_conf(work: Path, programs: str) -> Path:
         minfds=4096
         [rpcinterface:supervisor]
         supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-        """) + programs)
+        """)
+        + programs
+    )
     return conf
 
 
@@ -143,7 +147,7 @@ class Slowloris:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Slowloris":
+    def __enter__(self) -> Slowloris:
         self._thread.start()
         return self
 
@@ -151,9 +155,7 @@ class Slowloris:
         self._stop.set()
         self._thread.join(10)
 
-    def _connect(self) -> "socket.socket | None":
-        import socket
-
+    def _connect(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:

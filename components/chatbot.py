@@ -64,7 +64,9 @@ class RetrievalModel:
         query = self._vector(Counter(TOKEN.findall(key)))
         scores = [sum(w * vec.get(t, 0.0) for t, w in query.items()) for vec in self.vectors]
         best = max(range(len(scores)), key=scores.__getitem__)
-        answer = (self.answers[best], round(scores[best], 3)) if scores[best] > 0.1 else ("I did not understand that.", 0.0)
+        answer = (
+            (self.answers[best], round(scores[best], 3)) if scores[best] > 0.1 else ("I did not understand that.", 0.0)
+        )
         with self.lock:
             self.cache[key] = answer
             while len(self.cache) > 10_000:
@@ -95,7 +97,7 @@ def main() -> int:
                     text, score = model.reply(str(message))
                     out = {"reply": text, "score": score}
                 except (ValueError, KeyError, TypeError) as exc:
-                    out = {"error": f"expected {{\"message\": ...}}: {exc}"}
+                    out = {"error": f'expected {{"message": ...}}: {exc}'}
                 self.wfile.write(json.dumps(out).encode() + b"\n")
 
     if os.path.exists(args.socket):

@@ -28,7 +28,9 @@ def vocabulary(size: int, rng: random.Random) -> list[str]:
     return sorted(words)
 
 
-def build_index(docs: int, words_per_doc: int, vocab: list[str], rng: random.Random) -> tuple[dict[str, array], list[dict[int, int]]]:
+def build_index(
+    docs: int, words_per_doc: int, vocab: list[str], rng: random.Random
+) -> tuple[dict[str, array], list[dict[int, int]]]:
     # Zipf-like word frequencies, as in real text, so posting lists have realistic lengths.
     weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
     index: dict[str, array] = {}
@@ -57,7 +59,13 @@ def main() -> int:
     started = time.monotonic()
     vocab = vocabulary(args.vocab, rng)
     index, vectors = build_index(args.docs, args.words_per_doc, vocab, rng)
-    log.info("ready", docs=args.docs, terms=len(index), build_s=round(time.monotonic() - started, 2), rss_mb=round(rss_mb(), 1))
+    log.info(
+        "ready",
+        docs=args.docs,
+        terms=len(index),
+        build_s=round(time.monotonic() - started, 2),
+        rss_mb=round(rss_mb(), 1),
+    )
 
     cache: dict[tuple[str, str], list[int]] = {}
     cache_bytes = 0

@@ -25,8 +25,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -139,7 +140,9 @@ class M1MemoryManager:
             table["command"] = list(command)
         else:
             table.update(command=[f"<adopted pid {adopt_pid}>"], restart="never", autostart=False)
-        spec = check_component("<register_component>", Path(os.getcwd()), name, decode_component("<register_component>", name, table))
+        spec = check_component(
+            "<register_component>", Path(os.getcwd()), name, decode_component("<register_component>", name, table)
+        )
         runner = self.supervisor.register(spec)
         if adopt_pid is not None:
             ident = procs.identity(adopt_pid)
@@ -169,7 +172,7 @@ class M1MemoryManager:
             self._task = None
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 
-    async def __aenter__(self) -> "M1MemoryManager":
+    async def __aenter__(self) -> M1MemoryManager:
         await self.start_monitoring()
         return self
 
@@ -192,7 +195,9 @@ class M1MemoryManager:
                         try:
                             await callback(snap)
                         except Exception:
-                            log.exception("state_callback_failed", callback=getattr(callback, "__name__", repr(callback)))
+                            log.exception(
+                                "state_callback_failed", callback=getattr(callback, "__name__", repr(callback))
+                            )
 
     # --- the seed's queries --------------------------------------------------------------------
 

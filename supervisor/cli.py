@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -42,16 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.")
     parser.add_argument("-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)")
     parser.add_argument("--socket", help="control socket path (default: from the config)")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto", help="supervisor log format")
+    parser.add_argument(
+        "--log-format", choices=["auto", "console", "json"], default="auto", help="supervisor log format"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)")
     down = sub.add_parser("down", help="stop the running supervisor and every component")
     down.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack to stop")
-    for name, text in (("status", "every component's state, PID, memory"), ("components", "components with their config")):
+    for name, text in (
+        ("status", "every component's state, PID, memory"),
+        ("components", "components with their config"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true", help="print JSON")
-    for name, text in (("load", "start a component"), ("unload", "stop a component"), ("restart", "restart a component")):
+    for name, text in (
+        ("load", "start a component"),
+        ("unload", "stop a component"),
+        ("restart", "restart a component"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -199,7 +209,7 @@ def _single_error(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _forward_signals(supervisor: "Supervisor") -> None:
+async def _forward_signals(supervisor: Supervisor) -> None:
     import anyio
     import structlog
 
@@ -286,43 +296,96 @@ def _format_memory(m: dict[str, Any]) -> str:
 
 def _format_report(r: dict[str, Any]) -> str:
     lines = [_format_memory(r), ""]
-    head = ["NAME", "PRIORITY", "STATE", "RSS_MB", "PEAK_MB", "ANON_MB", "FILE_MB", "USS_MB", "PRED_MB", "RUNS", "TREND_MB_MIN", "TRIM_FREED", "LAST_EXIT"]
+    head = [
+        "NAME",
+        "PRIORITY",
+        "STATE",
+        "RSS_MB",
+        "PEAK_MB",
+        "ANON_MB",
+        "FILE_MB",
+        "USS_MB",
+        "PRED_MB",
+        "RUNS",
+        "TREND_MB_MIN",
+        "TRIM_FREED",
+        "LAST_EXIT",
+    ]
     rows = [head]
     for c in r["components"]:
-        rows.append([
-            c["name"], c["priority"], c["state"], f"{c['rss_mb']:.1f}", f"{c['peak_mb']:.1f}", f"{c['anon_mb']:.1f}",
-            f"{c['file_mb']:.1f}", "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
-            "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
-            str(c["prediction"]["runs"]) if c["prediction"] else "-",
-            "-" if c["trend_mb_per_min"] is None else f"{c['trend_mb_per_min']:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
-            ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-", c["last_exit"] or "-",
-        ])
+        rows.append(
+            [
+                c["name"],
+                c["priority"],
+                c["state"],
+                f"{c['rss_mb']:.1f}",
+                f"{c['peak_mb']:.1f}",
+                f"{c['anon_mb']:.1f}",
+                f"{c['file_mb']:.1f}",
+                "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
+                "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
+                str(c["prediction"]["runs"]) if c["prediction"] else "-",
+                "-"
+                if c["trend_mb_per_min"] is None
+                else f"{c['trend_mb_per_min']:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
+                ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-",
+                c["last_exit"] or "-",
+            ]
+        )
     lines += _columns(rows)
     s = r["system"]
-    lines += ["", f"system: {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB used; swap {s['swap_used_mb']:.0f}/{s['swap_total_mb']:.0f} MB; "
-              f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
-              f"last sample {r['sample_ms']} ms"]
+    lines += [
+        "",
+        f"system: {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB used; "
+        f"swap {s['swap_used_mb']:.0f}/{s['swap_total_mb']:.0f} MB; "
+        f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
+        f"last sample {r['sample_ms']} ms",
+    ]
     lines += ["", "predictions:"]
-    lines += [f"  {c['name']:<14} {c['prediction']['detail']} ({c['prediction']['basis']})" for c in r["components"] if c["prediction"]]
+    lines += [
+        f"  {c['name']:<14} {c['prediction']['detail']} ({c['prediction']['basis']})"
+        for c in r["components"]
+        if c["prediction"]
+    ]
     if r["recent_actions"]:
         lines += ["", "recent actions:"]
-        lines += [f"  {a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in r["recent_actions"]]
+        lines += [
+            f"  {a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in r["recent_actions"]
+        ]
     return "\n".join(lines)
 
 
 def _format_explain(e: dict[str, Any]) -> str:
     t = e["thresholds"]
-    lines = [f"state {e['state']} at {e['percent_used']:.1f} % (warning {t['warning']:g}, critical {t['critical']:g}, emergency {t['emergency']:g})"]
+    lines = [
+        f"state {e['state']} at {e['percent_used']:.1f} % "
+        f"(warning {t['warning']:g}, critical {t['critical']:g}, emergency {t['emergency']:g})"
+    ]
     fires = e["fires_now"]
-    lines.append("fires now: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in fires) if fires else "nothing"))
+    lines.append(
+        "fires now: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in fires) if fires else "nothing")
+    )
     nxt = e["fires_at_next_state"]
-    lines.append(f"at {e['next_state']}: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in nxt) if nxt else "nothing"))
+    lines.append(
+        f"at {e['next_state']}: "
+        + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in nxt) if nxt else "nothing")
+    )
     key = "at_" + e["next_state"].lower()
     rows = [["NAME", "PRIORITY", "STATE", "RSS_MB", "PRED_MB", "IDLE_S", "GROWING", "NOW", key.upper()]]
     for c in e["candidates"]:
-        rows.append([c["name"], c["priority"] + (" (protected)" if c["protected"] else ""), c["state"], f"{c['rss_mb']:.1f}",
-                     f"{c.get('predicted_mb') or 0:.0f}",
-                     f"{c['idle_s']:.0f}", "yes" if c["growing"] else "no", ",".join(c["now"]) or "-", ",".join(c[key]) or "-"])
+        rows.append(
+            [
+                c["name"],
+                c["priority"] + (" (protected)" if c["protected"] else ""),
+                c["state"],
+                f"{c['rss_mb']:.1f}",
+                f"{c.get('predicted_mb') or 0:.0f}",
+                f"{c['idle_s']:.0f}",
+                "yes" if c["growing"] else "no",
+                ",".join(c["now"]) or "-",
+                ",".join(c[key]) or "-",
+            ]
+        )
     return "\n".join(lines + [""] + _columns(rows))
 
 
@@ -344,7 +407,7 @@ FORMATTERS = {
 
 def _columns(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def _json(value: Any) -> str:
@@ -370,10 +433,10 @@ def format_table(rows: list[dict[str, Any]], kind: str) -> str:
         )
     if kind == "components":
         table[0].append("COMMAND")
-        for line, row in zip(table[1:], rows):
+        for line, row in zip(table[1:], rows, strict=True):
             line.append(" ".join(row["command"]))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table)
 
 
 def _duration(seconds: float) -> str:

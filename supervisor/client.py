@@ -1,8 +1,8 @@
 """A small blocking client for the control socket: the CLI, the tests and components use it.
 
-    with ControlClient(path) as client:
-        client.call("status")
-        for event in client.stream("subscribe", topics=["state"]): ...
+with ControlClient(path) as client:
+    client.call("status")
+    for event in client.stream("subscribe", topics=["state"]): ...
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
@@ -29,7 +30,7 @@ class ControlClient:
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
 
-    def connect(self) -> "ControlClient":
+    def connect(self) -> ControlClient:
         """Connect, retrying for up to BUSY_RETRY_S while the listen backlog is full."""
         deadline = time.monotonic() + BUSY_RETRY_S
         while True:
@@ -40,7 +41,7 @@ class ControlClient:
                     raise
                 time.sleep(0.05)
 
-    def _connect_once(self) -> "ControlClient":
+    def _connect_once(self) -> ControlClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -48,12 +49,14 @@ class ControlClient:
         except FileNotFoundError:
             sock.close()
             raise NotRunning(self.path, "no socket file") from None
-        except (ConnectionRefusedError, socket.timeout) as exc:
+        except (TimeoutError, ConnectionRefusedError) as exc:
             sock.close()
             raise NotRunning(self.path, str(exc) or type(exc).__name__) from None
         except BlockingIOError:  # EAGAIN on a Unix socket: its listen backlog is full
             sock.close()
-            raise Busy(f"the supervisor on {self.path} is not accepting connections (its backlog is full); try again") from None
+            raise Busy(
+                f"the supervisor on {self.path} is not accepting connections (its backlog is full); try again"
+            ) from None
         self._sock = sock
         return self
 
@@ -62,7 +65,7 @@ class ControlClient:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "ControlClient":
+    def __enter__(self) -> ControlClient:
         return self.connect() if self._sock is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -105,7 +108,9 @@ class ControlClient:
     def _result(reply: Reply) -> Any:
         if not reply.ok:
             error = reply.error
-            raise RemoteError(error.code if error else ErrorCode.INTERNAL, error.message if error else "error without a body")
+            raise RemoteError(
+                error.code if error else ErrorCode.INTERNAL, error.message if error else "error without a body"
+            )
         return reply.result
 
     def _read_reply(self) -> Reply:

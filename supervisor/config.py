@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -228,7 +229,9 @@ def _validation_error(file: str, message: str, prefix: str = "$") -> ConfigError
     if text.startswith("Invalid enum value") and last in _EXPECTED_ENUMS:
         text = f"{_EXPECTED_ENUMS[last]}, got {text.removeprefix('Invalid enum value ')}"
     elif text.startswith("Object contains unknown field"):
-        text = "a known key, got " + text.replace("Object contains unknown field", "unknown key") + " (check its spelling)"
+        text = (
+            "a known key, got " + text.replace("Object contains unknown field", "unknown key") + " (check its spelling)"
+        )
     return ConfigError(file, path, text[:1].lower() + text[1:])
 
 
@@ -242,10 +245,14 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
         raise ConfigError(file, f"{at}.command[0]", "a program name, got an empty string")
     if spec.stop_signal not in SIGNAL_NAMES:
         raise ConfigError(file, f"{at}.stop_signal", f"a signal name, one of {', '.join(sorted(SIGNAL_NAMES))}")
-    if spec.trim_signal is not None and (spec.trim_signal not in TRIM_SIGNAL_NAMES or spec.trim_signal == spec.stop_signal):
+    if spec.trim_signal is not None and (
+        spec.trim_signal not in TRIM_SIGNAL_NAMES or spec.trim_signal == spec.stop_signal
+    ):
         allowed = ", ".join(sorted(TRIM_SIGNAL_NAMES - {spec.stop_signal}))
         raise ConfigError(
-            file, f"{at}.trim_signal", f"a signal that asks without ending or freezing the component, one of {allowed}; got {spec.trim_signal!r}"
+            file,
+            f"{at}.trim_signal",
+            f"a signal that asks without ending or freezing the component, one of {allowed}; got {spec.trim_signal!r}",
         )
     _check_process_strings(file, at, spec)
     if spec.backoff_max_s < spec.backoff_initial_s:
@@ -264,7 +271,11 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
             raise ConfigError(file, f"{at}.after[{i}]", "another component's name, got the component itself")
     cwd = (base_dir / spec.cwd if spec.cwd else base_dir).resolve()
     if not cwd.is_dir():
-        raise ConfigError(file, f"{at}.cwd", f"an existing directory, got {str(cwd)!r} ({'not a directory' if cwd.exists() else 'no such directory'})")
+        raise ConfigError(
+            file,
+            f"{at}.cwd",
+            f"an existing directory, got {str(cwd)!r} ({'not a directory' if cwd.exists() else 'no such directory'})",
+        )
     return msgspec.structs.replace(spec, name=name, cwd=str(cwd))
 
 
@@ -286,7 +297,9 @@ def _check_memory(file: str, memory: MemorySection) -> None:
     levels = (memory.warning_percent, memory.critical_percent, memory.emergency_percent)
     if not levels[0] < levels[1] < levels[2]:
         raise ConfigError(
-            file, "$.memory", "warning_percent < critical_percent < emergency_percent, got " + " / ".join(map(str, levels))
+            file,
+            "$.memory",
+            "warning_percent < critical_percent < emergency_percent, got " + " / ".join(map(str, levels)),
         )
 
 
@@ -302,7 +315,9 @@ def start_order(file: str, components: Mapping[str, ComponentSpec]) -> list[str]
         ready = [name for name, deps in remaining.items() if not deps]
         if not ready:
             cycle = " -> ".join(sorted(remaining))
-            raise ConfigError(file, f"$.components.{sorted(remaining)[0]}.after", f"no cycle in 'after', got one among {cycle}")
+            raise ConfigError(
+                file, f"$.components.{sorted(remaining)[0]}.after", f"no cycle in 'after', got one among {cycle}"
+            )
         for name in ready:
             order.append(name)
             del remaining[name]

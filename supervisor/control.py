@@ -27,8 +27,8 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import SocketAttribute
 import structlog
+from anyio.abc import SocketAttribute
 
 from .core import Supervisor
 from .errors import IroncliwError, ProtocolError
@@ -94,7 +94,9 @@ def _bind_unix(path: str) -> socket.socket:
 async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     path = supervisor.paths.socket
     if len(os.fsencode(path)) >= MAX_SOCKET_PATH:
-        raise IroncliwError(f"control socket path is {len(path)} bytes, over the {MAX_SOCKET_PATH - 1}-byte limit: {path}")
+        raise IroncliwError(
+            f"control socket path is {len(path)} bytes, over the {MAX_SOCKET_PATH - 1}-byte limit: {path}"
+        )
     # We hold the runtime dir's lock, so a socket file here is a dead supervisor's leftover.
     if os.path.exists(path):
         os.unlink(path)
@@ -165,7 +167,10 @@ class ControlServer:
             for scope, deadline in list(self._deadlines.items()):
                 if deadline is not None and now > deadline:
                     idle = scope in self._idle_since
-                    log.warning("client_dropped", reason=f"idle for {IDLE_TIMEOUT_S:g} s" if idle else "a send or a frame took too long")
+                    log.warning(
+                        "client_dropped",
+                        reason=f"idle for {IDLE_TIMEOUT_S:g} s" if idle else "a send or a frame took too long",
+                    )
                     scope.cancel()
 
     def _evict_idlest(self) -> bool:
@@ -196,12 +201,18 @@ class ControlServer:
         try:
             async with stream:
                 if self.clients > MAX_CLIENTS and not self._evict_idlest():
-                    await self._send(stream, scope, error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections, none idle"))
+                    await self._send(
+                        stream,
+                        scope,
+                        error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections, none idle"),
+                    )
                     return
                 uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
                 if uid is not None and uid != os.getuid():
                     log.warning("peer_refused", peer_uid=uid, reason="another user")
-                    await self._send(stream, scope, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect"))
+                    await self._send(
+                        stream, scope, error_reply(0, ErrorCode.REFUSED, "only the supervisor's own user may connect")
+                    )
                     return
                 await self._serve_connection(stream, scope)
         except Exception as exc:  # one connection's trouble must never reach the listener's task group

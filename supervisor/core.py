@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -20,9 +21,9 @@ from . import launcher, orphans, procs
 from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
-from .model import MIB, ComponentState, ComponentStatus, MemoryState, ProcessIdentity
 from .history import History
 from .logfiles import RETRY_INITIAL_S, RETRY_MAX_S, disk_problem, tail_lines
+from .model import MIB, ComponentState, ComponentStatus, MemoryState, ProcessIdentity
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
 from .predictor import Prediction, RunRecord, predict
@@ -37,7 +38,7 @@ PREDICTION_TTL_S = 5.0  # input files are stat()ed at most this often
 
 
 class Service(Protocol):
-    def __call__(self, supervisor: "Supervisor", *, task_status: Any = ...) -> Awaitable[None]: ...
+    def __call__(self, supervisor: Supervisor, *, task_status: Any = ...) -> Awaitable[None]: ...
 
 
 class Supervisor:
@@ -111,7 +112,10 @@ class Supervisor:
         """Run until `shutdown()`; every component is stopped before this returns."""
         self.runtime.acquire()
         if self.subreaper and not orphans.become_subreaper():
-            log.info("no_subreaper", reason="this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen")
+            log.info(
+                "no_subreaper",
+                reason="this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen",
+            )
         try:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
@@ -258,7 +262,9 @@ class Supervisor:
         idents = orphans.with_descendants([pid for pids in left.values() for pid in pids])
         if idents:
             log.info("stopping_orphans", pids=[i.pid for i in idents], components=sorted(left))
-            await orphans.stop_processes(idents, max((s.stop_grace_s for s in self.config.components.values()), default=5.0))
+            await orphans.stop_processes(
+                idents, max((s.stop_grace_s for s in self.config.components.values()), default=5.0)
+            )
             orphans.reap(set())
 
     # --- disk trouble: reported, retried, never fatal ----------------------------------------
@@ -293,7 +299,9 @@ class Supervisor:
             saved = await self._save_history()
             if any(where == "runtime_dir" for where, _ in self._disk_problems.values()):
                 self._record_changed()  # the record keeper tries its write again
-            logs_ok = all(r.log_sink.retry() for r in self.runners.values() if r.log_sink is not None and r.log_sink.problem)
+            logs_ok = all(
+                r.log_sink.retry() for r in self.runners.values() if r.log_sink is not None and r.log_sink.problem
+            )
             if saved and logs_ok and not self._disk_problems:
                 backoff = RETRY_INITIAL_S
                 continue
@@ -422,7 +430,11 @@ class Supervisor:
         self._fresh_sample()
         snap = self.memory.current()
         room = self.memory.headroom_bytes(snap)
-        evidence = f"predicted from {pred.runs} run{'s' if pred.runs != 1 else ''}" if pred.runs else "its estimate, no history yet"
+        evidence = (
+            f"predicted from {pred.runs} run{'s' if pred.runs != 1 else ''}"
+            if pred.runs
+            else "its estimate, no history yet"
+        )
         reason = f"{name} needs ~{_size(pred.peak_mb * MIB)} ({evidence}), {_size(max(room, 0))} free before WARNING"
         if runner.child is not None:
             return True, f"{name} is already loaded ({runner.state.value})", pred, room
@@ -444,7 +456,13 @@ class Supervisor:
                 f"{name} needs ~{_size(pred.peak_mb * MIB)}, {_size(max(room, 0))} free before WARNING; "
                 f"unloading every lower priority ({names}) would free only {_size(freed)}"
             )
-        log.info("making_room", component=name, unload=chosen, freed_mb=round(freed / MIB, 1), shortfall_mb=round(shortfall / MIB, 1))
+        log.info(
+            "making_room",
+            component=name,
+            unload=chosen,
+            freed_mb=round(freed / MIB, 1),
+            shortfall_mb=round(shortfall / MIB, 1),
+        )
         for victim in chosen:
             runner = self.runners[victim]
             await runner.stop(f"unloaded to make room for {name} (needs ~{_size(pred.peak_mb * MIB)})")

@@ -85,7 +85,10 @@ class Echo:
                 await anyio.sleep(RETRY_S)
             del self._buffer[: self._try_write(self._buffer)]
             if not self._buffer and self.dropped_lines and not self.closed:
-                note = f"[ironcliw: {self.dropped_lines} lines of output were dropped while the reader was slow; the log files have them]\n"
+                note = (
+                    f"[ironcliw: {self.dropped_lines} lines of output were dropped while the reader was slow;"
+                    " the log files have them]\n"
+                )
                 self.dropped_lines = 0
                 self.write(note.encode())
 

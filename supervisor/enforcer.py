@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -51,7 +51,9 @@ class Enforcer:
         self.counts: Counter[tuple[str, str]] = Counter()  # (kind, outcome) -> how many, for metrics
         self._dry_run_seen: dict[tuple[ActionKind, str], float] = {}
 
-    async def apply(self, actions: list[Action], tg: anyio.abc.TaskGroup, force: bool = False) -> list[dict[str, object]]:
+    async def apply(
+        self, actions: list[Action], tg: anyio.abc.TaskGroup, force: bool = False
+    ) -> list[dict[str, object]]:
         """Carry out `actions`; returns what was done (or stood down from). `force` skips the
         re-check (explicit optimize / emergency-cleanup requests)."""
         if not actions:
@@ -121,7 +123,9 @@ class Enforcer:
         freed_mb = max(0.0, (before - runner.usage.rss_bytes) / MIB)
         runner.trim_freed_mb.append(round(freed_mb, 1))
         runner.current_run.trim_freed_mb.append(round(freed_mb, 1))
-        log.info("trim_measured", component=runner.name, freed_mb=round(freed_mb, 1), rss_mb=round(runner.usage.rss_mb, 1))
+        log.info(
+            "trim_measured", component=runner.name, freed_mb=round(freed_mb, 1), rss_mb=round(runner.usage.rss_mb, 1)
+        )
         self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=round(freed_mb, 1))
 
     def _record(self, action: Action, outcome: str, **extra: object) -> dict[str, object]:

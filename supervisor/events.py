@@ -8,17 +8,18 @@ slowing everybody down.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 
 log = structlog.get_logger("ironcliw.events")
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", topics: frozenset[str], components: frozenset[str] | None, buffer: int) -> None:
+    def __init__(self, bus: EventBus, topics: frozenset[str], components: frozenset[str] | None, buffer: int) -> None:
         self.topics = topics
         self.components = components
         self._send: MemoryObjectSendStream[dict[str, Any]]
@@ -41,7 +42,7 @@ class Subscription:
         self._bus.unsubscribe(self)
         self._send.close()
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -54,7 +55,9 @@ class EventBus:
         self._subscriptions: list[Subscription] = []
         self.on_subscribe: Callable[[], None] | None = None  # the memory monitor: wake up
 
-    def subscribe(self, topics: Iterable[str], components: Iterable[str] | None = None, buffer: int = 1024) -> Subscription:
+    def subscribe(
+        self, topics: Iterable[str], components: Iterable[str] | None = None, buffer: int = 1024
+    ) -> Subscription:
         sub = Subscription(self, frozenset(topics), frozenset(components) if components is not None else None, buffer)
         self._subscriptions.append(sub)
         if self.on_subscribe is not None:

@@ -21,16 +21,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 import structlog
 
+from . import orphans, procs
 from .config import ComponentSpec
 from .errors import SpawnError
 from .model import ExitInfo, Priority, ProcessIdentity
 from .pump import enlarge_pipe
-from . import orphans, procs
 
 log = structlog.get_logger("ironcliw.launcher")
 

@@ -14,8 +14,8 @@ import errno
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 PENDING_MAX_BYTES = 1 << 20  # newest output kept per component while the disk refuses it
 RETRY_INITIAL_S = 1.0
@@ -94,7 +94,10 @@ class RotatingLog:
             while self._pending:
                 item = self._pending[0]
                 if item is None:  # where output was dropped: say so, on a line of its own
-                    note = f"[ironcliw: {self._dropped_bytes} bytes of output were not kept while the log could not be written ({self.problem})]\n"
+                    note = (
+                        f"[ironcliw: {self._dropped_bytes} bytes of output were not kept"
+                        f" while the log could not be written ({self.problem})]\n"
+                    )
                     self._write(("\n" if self._line_open else "").encode() + note.encode(), whole=True)
                     self._dropped_bytes = 0
                     self._pending.popleft()
@@ -222,7 +225,9 @@ def tail_lines(path: Path, count: int, block: int = 65536, max_line: int = MAX_L
 def _shorten(line: bytes, max_line: int, began_earlier: bool) -> str:
     text = line.rstrip(b"\r")
     if began_earlier:
-        return f"[ironcliw: a longer line, its last {min(len(text), max_line)} bytes] " + text[-max_line:].decode("utf-8", "replace")
+        return f"[ironcliw: a longer line, its last {min(len(text), max_line)} bytes] " + text[-max_line:].decode(
+            "utf-8", "replace"
+        )
     if len(text) > max_line:
         return text[:max_line].decode("utf-8", "replace") + f" [ironcliw: line cut at {max_line} of {len(text)} bytes]"
     return text.decode("utf-8", "replace")

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -224,7 +225,9 @@ class MemoryMonitor:
                 stack_mb=round(stack / MIB, 1),
                 available_mb=round(self.snapshot.available_mb, 1),
             )
-        if self.bus.wants("memory") and (self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S):
+        if self.bus.wants("memory") and (
+            self.tracker.state is not previous or now - self._published_at >= PUBLISH_EVERY_S
+        ):
             self._published_at = now
             self.bus.publish(
                 "memory",
@@ -399,7 +402,9 @@ class MemoryMonitor:
             suspended = platform.suspended_seconds()
             hold = hold_after_wake(self._suspended, suspended, now, self._hold_until, self.cfg)
             if hold != self._hold_until:
-                log.warning("woke_from_sleep", slept_s=round(suspended - self._suspended, 1), hold_s=self.cfg.wake_settle_s)
+                log.warning(
+                    "woke_from_sleep", slept_s=round(suspended - self._suspended, 1), hold_s=self.cfg.wake_settle_s
+                )
                 self._hold_until = hold
             self._suspended = suspended
             if not stopping() and now >= self._hold_until and self._may_act(snap):
@@ -433,7 +438,9 @@ class MemoryMonitor:
         snap = self.sample()
         now = snap.time
         # Asked for explicitly: act as if memory were at that state's threshold.
-        forced = msgspec.structs.replace(snap, state=state, percent_used=max(snap.percent_used, threshold(state, self.cfg)))
+        forced = msgspec.structs.replace(
+            snap, state=state, percent_used=max(snap.percent_used, threshold(state, self.cfg))
+        )
         actions = decide_through_trims(forced, self.views(now), self.cfg, now)
         return await self.enforcer.apply(actions, tg, force=True)
 
@@ -490,9 +497,14 @@ class MemoryMonitor:
                     "time_to_next_threshold_s": to_next,
                     "predicted_mb": pred.peak_mb if pred else None,
                     "prediction": {
-                        "basis": pred.basis, "runs": pred.runs, "margin": pred.margin,
-                        "confidence": pred.confidence, "detail": pred.detail,
-                    } if pred else None,
+                        "basis": pred.basis,
+                        "runs": pred.runs,
+                        "margin": pred.margin,
+                        "confidence": pred.confidence,
+                        "detail": pred.detail,
+                    }
+                    if pred
+                    else None,
                     "idle_s": round(now - r.last_used, 1) if r.last_used else None,
                     "estimated_mb": r.spec.estimated_mb,
                     "trim_freed_mb": list(r.trim_freed_mb),
@@ -529,8 +541,11 @@ class MemoryMonitor:
 
     def _time_to_next_threshold(self, snap: Snapshot, slope_mb_per_min: float | None) -> float | None:
         """Seconds until this growth alone takes memory to the next threshold up."""
-        nxt = {MemoryState.HEALTHY: self.cfg.warning_percent, MemoryState.WARNING: self.cfg.critical_percent,
-               MemoryState.CRITICAL: self.cfg.emergency_percent}.get(snap.state)
+        nxt = {
+            MemoryState.HEALTHY: self.cfg.warning_percent,
+            MemoryState.WARNING: self.cfg.critical_percent,
+            MemoryState.CRITICAL: self.cfg.emergency_percent,
+        }.get(snap.state)
         if nxt is None or slope_mb_per_min is None:
             return None
         eta = time_to_reach(0.0, bytes_until(snap, nxt) / MIB, slope_mb_per_min / 60)
@@ -552,5 +567,3 @@ class MemoryMonitor:
 
 def _mb(value: int | None) -> float | None:
     return round(value / MIB, 1) if value is not None else None
-
-

@@ -27,7 +27,7 @@ import ctypes
 import os
 import signal
 import sys
-from typing import Collection
+from collections.abc import Collection
 
 import anyio
 

@@ -26,7 +26,7 @@ higher-priority component comes `after` is not frozen or unloaded before that de
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 
@@ -93,23 +93,41 @@ def decide(
     # hysteresis holds on the way down.
     over = snapshot.percent_used >= threshold(state, cfg) if state is not HEALTHY else False
     early = _about_to_cross(snapshot, views, cfg) if state is WARNING and over else []
-    actions += [act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early]
+    actions += [
+        act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early
+    ]
     freezing = {v.name for v, _ in early}
-    trims = [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing] if state_rank(state) >= state_rank(WARNING) else []
+    trims = (
+        [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing]
+        if state_rank(state) >= state_rank(WARNING)
+        else []
+    )
     actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
     if state is WARNING and over and not trims and _trims_settled(views, cfg, now):
         idle = [
-            v for v in views
-            if v.priority is Priority.LOW and v.active and v.state is ComponentState.READY
+            v
+            for v in views
+            if v.priority is Priority.LOW
+            and v.active
+            and v.state is ComponentState.READY
             and now - v.last_used >= cfg.idle_unload_s
         ]
-        actions += [act(ActionKind.UNLOAD, v, "warning.idle_unload", f"LOW and idle {now - v.last_used:.0f} s") for v in _respect_dependants(idle, views)]
+        actions += [
+            act(ActionKind.UNLOAD, v, "warning.idle_unload", f"LOW and idle {now - v.last_used:.0f} s")
+            for v in _respect_dependants(idle, views)
+        ]
         # A LOW component frozen on its way up (early freeze) frees nothing while frozen.
         stuck = [v for v in views if v.priority is Priority.LOW and v.frozen]
-        actions += [act(ActionKind.UNLOAD, v, "warning.unload_frozen", "LOW, frozen, and memory still short") for v in _respect_dependants(stuck, views)]
+        actions += [
+            act(ActionKind.UNLOAD, v, "warning.unload_frozen", "LOW, frozen, and memory still short")
+            for v in _respect_dependants(stuck, views)
+        ]
     if state is CRITICAL and over:
         growing = [v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing]
-        actions += [act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL") for v in _respect_dependants(growing, views)]
+        actions += [
+            act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL")
+            for v in _respect_dependants(growing, views)
+        ]
         actions += _unload_until_under(snapshot, views, cfg, (Priority.LOW, Priority.MEDIUM), act)
     if state is EMERGENCY and over:
         others = [v for v in views if v.priority is not Priority.CRITICAL and v.active]
@@ -119,7 +137,12 @@ def decide(
 
     unloading = {a.component for a in actions if a.kind is ActionKind.UNLOAD}
     for v in views:
-        if v.frozen and v.frozen_since is not None and now - v.frozen_since >= cfg.max_frozen_s and v.name not in unloading:
+        if (
+            v.frozen
+            and v.frozen_since is not None
+            and now - v.frozen_since >= cfg.max_frozen_s
+            and v.name not in unloading
+        ):
             held = f"frozen {now - v.frozen_since:.0f} s (max_frozen_s {cfg.max_frozen_s:g})"
             if state is not HEALTHY:
                 actions.append(act(ActionKind.UNLOAD, v, "frozen.max_time", f"{held}, memory still {state.value}"))
@@ -143,7 +166,10 @@ class _Maker:
         snap = self.snapshot
         limit = threshold(snap.state, self.cfg) if snap.state is not HEALTHY else None
         rss_mb = view.rss_bytes / MIB
-        reason = f"{why}: {view.name} ({view.priority.value}, {rss_mb:.0f} MB) at {snap.state.value} {snap.percent_used:.1f} %"
+        reason = (
+            f"{why}: {view.name} ({view.priority.value}, {rss_mb:.0f} MB)"
+            f" at {snap.state.value} {snap.percent_used:.1f} %"
+        )
         return Action(
             kind=kind,
             component=view.name,
@@ -160,8 +186,11 @@ def _trim_candidates(views: list[ComponentView], cfg: MemorySection, now: float)
     # READY only: before readiness a component may not have installed its handler yet, and
     # the default action of SIGUSR1 and most trim signals is to terminate.
     return [
-        v for v in views
-        if v.has_trim and v.active and v.state is ComponentState.READY
+        v
+        for v in views
+        if v.has_trim
+        and v.active
+        and v.state is ComponentState.READY
         and (v.last_trim_at is None or now - v.last_trim_at >= cfg.trim_cooldown_s)
     ]
 
@@ -178,7 +207,9 @@ def _trims_settled(views: list[ComponentView], cfg: MemorySection, now: float) -
     )
 
 
-def _about_to_cross(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection) -> list[tuple[ComponentView, float]]:
+def _about_to_cross(
+    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection
+) -> list[tuple[ComponentView, float]]:
     """LOW components growing fast enough to take memory to CRITICAL within early_freeze_s."""
     out = []
     for v in views:
@@ -225,7 +256,12 @@ def _respect_dependants(chosen: list[ComponentView], views: list[ComponentView])
         changed = False
         for name, v in list(picked.items()):
             for d in views:
-                if name in d.after and d.priority.rank < v.priority.rank and (d.active or d.busy) and d.name not in picked:
+                if (
+                    name in d.after
+                    and d.priority.rank < v.priority.rank
+                    and (d.active or d.busy)
+                    and d.name not in picked
+                ):
                     del picked[name]
                     changed = True
                     break
@@ -248,26 +284,46 @@ def _unload_until_under(
             continue
         freed += v.rss_bytes
         after = projected_percent(snapshot, -freed)
-        actions.append(act(ActionKind.UNLOAD, v, "critical.unload", f"unload to get under {cfg.critical_percent:g} % (projected {after:.1f} %)"))
+        actions.append(
+            act(
+                ActionKind.UNLOAD,
+                v,
+                "critical.unload",
+                f"unload to get under {cfg.critical_percent:g} % (projected {after:.1f} %)",
+            )
+        )
     return actions
 
 
-def _recover(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, act: _Maker, held_s: float) -> list[Action]:
+def _recover(
+    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, act: _Maker, held_s: float
+) -> list[Action]:
     actions = []
     for v in sorted((v for v in views if v.frozen), key=lambda v: v.priority.rank):
         actions.append(act(ActionKind.THAW, v, "recovery.thaw", f"HEALTHY for {held_s:.0f} s"))
     added = 0
-    reloadable = [v for v in views if v.unloaded_by_policy and v.autostart and v.state is ComponentState.STOPPED and not v.busy]
+    reloadable = [
+        v for v in views if v.unloaded_by_policy and v.autostart and v.state is ComponentState.STOPPED and not v.busy
+    ]
     for v in sorted(reloadable, key=lambda v: v.priority.rank):
         projected = projected_percent(snapshot, added + v.estimated_bytes)
         if level_for(projected, cfg) is not HEALTHY:
             break  # highest priority first: a lower one must not jump the queue
         added += v.estimated_bytes
-        actions.append(act(ActionKind.RELOAD, v, "recovery.reload", f"fits: projected {projected:.1f} % with its {v.estimated_bytes / MIB:.0f} MB"))
+        actions.append(
+            act(
+                ActionKind.RELOAD,
+                v,
+                "recovery.reload",
+                f"fits: projected {projected:.1f} % with its {v.estimated_bytes / MIB:.0f} MB",
+            )
+        )
     return actions
 
 
-def decide_through_trims(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, now: float) -> list[Action]:
+def decide_through_trims(
+    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, now: float
+) -> list[Action]:
     """What a state does in full: its first tick (trim requests, whatever the cooldown) and the
     tick after the trims settled short (escalation). For explain, optimize and emergency-cleanup."""
     fresh = [msgspec.structs.replace(v, last_trim_at=None) for v in views]
@@ -286,7 +342,9 @@ def explain(
     views = list(components)
     now_actions = decide(snapshot, views, cfg, now, healthy_since)
     next_state = {HEALTHY: WARNING, WARNING: CRITICAL, CRITICAL: EMERGENCY, EMERGENCY: EMERGENCY}[snapshot.state]
-    at_next = msgspec.structs.replace(snapshot, state=next_state, percent_used=max(snapshot.percent_used, threshold(next_state, cfg)))
+    at_next = msgspec.structs.replace(
+        snapshot, state=next_state, percent_used=max(snapshot.percent_used, threshold(next_state, cfg))
+    )
     next_actions = decide_through_trims(at_next, views, cfg, now)
     table = []
     for v in views:
@@ -308,8 +366,14 @@ def explain(
     return {
         "state": snapshot.state.value,
         "percent_used": round(snapshot.percent_used, 2),
-        "thresholds": {"warning": cfg.warning_percent, "critical": cfg.critical_percent, "emergency": cfg.emergency_percent},
-        "fires_now": [{"rule": a.rule, "kind": a.kind.value, "component": a.component, "reason": a.reason} for a in now_actions],
+        "thresholds": {
+            "warning": cfg.warning_percent,
+            "critical": cfg.critical_percent,
+            "emergency": cfg.emergency_percent,
+        },
+        "fires_now": [
+            {"rule": a.rule, "kind": a.kind.value, "component": a.component, "reason": a.reason} for a in now_actions
+        ],
         "next_state": next_state.value,
         "fires_at_next_state": [{"rule": a.rule, "kind": a.kind.value, "component": a.component} for a in next_actions],
         "candidates": table,

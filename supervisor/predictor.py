@@ -19,8 +19,9 @@ sawtooth makes; a steady leak is growth over LEAK_WINDOW_S with a small spread.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgspec
 
@@ -71,13 +72,15 @@ def margin_for(runs: int) -> float:
 
 def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | None = None) -> Prediction:
     if not runs:
-        return Prediction(float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB")
+        return Prediction(
+            float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB"
+        )
     n = len(runs)
     w = _weights(n)
     total_w = sum(w)
     peaks = [r.peak_mb for r in runs]
-    mean = sum(wi * p for wi, p in zip(w, peaks)) / total_w
-    var = sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks)) / total_w
+    mean = sum(wi * p for wi, p in zip(w, peaks, strict=True)) / total_w
+    var = sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks, strict=True)) / total_w
     spread = math.sqrt(var)
     base, basis = mean + SPREAD_WEIGHT * spread, "history"
     fitted = _fit_inputs(runs, w, inputs_bytes)
@@ -95,14 +98,18 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
             peak, basis = bumped, basis + "+bump"
             detail += f"; last run peaked {last.peak_mb:.0f} MB over its prediction {last.predicted_mb:.0f} MB"
     confidence = min(1.0, n / 10.0) * (1.0 / (1.0 + spread / max(mean, 1.0)))
-    return Prediction(round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%}")
+    return Prediction(
+        round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%}"
+    )
 
 
 def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | None) -> float | None:
     """peak = fixed + per_byte * size, weighted least squares; None when it cannot be fitted."""
     if inputs_bytes is None:
         return None
-    points = [(wi, float(r.inputs_bytes), r.peak_mb) for wi, r in zip(w, runs) if r.inputs_bytes is not None]
+    points = [
+        (wi, float(r.inputs_bytes), r.peak_mb) for wi, r in zip(w, runs, strict=True) if r.inputs_bytes is not None
+    ]
     sizes = {x for _, x, _ in points}
     if not points:
         return None
@@ -177,7 +184,7 @@ def leak_possible(points_mb: Sequence[tuple[float, float]], idle: bool) -> bool:
         return False
     times = [t for t, _ in points_mb]
     values = [v for _, v in points_mb]
-    closest = min((b - a for a, b in zip(times, times[1:]) if b > a), default=0.0)
+    closest = min((b - a for a, b in itertools.pairwise(times) if b > a), default=0.0)
     return closest > 0 and (max(values) - min(values)) / closest * 60 >= LEAK_MIN_MB_PER_MIN
 
 

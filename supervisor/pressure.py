@@ -67,14 +67,18 @@ def _max(a: MemoryState, b: MemoryState) -> MemoryState:
     return a if state_rank(a) >= state_rank(b) else b
 
 
-def classify(tracker: PressureTracker, percent: float, system: SystemMemory, cfg: MemorySection, now: float) -> PressureTracker:
+def classify(
+    tracker: PressureTracker, percent: float, system: SystemMemory, cfg: MemorySection, now: float
+) -> PressureTracker:
     floor = kernel_floor(system, cfg)
     target = _max(level_for(percent, cfg), floor)
     current = tracker.state
     if state_rank(target) >= state_rank(current):
         new, below_since = target, None
     else:
-        low_enough = percent < threshold(current, cfg) - cfg.hysteresis_percent and state_rank(floor) < state_rank(current)
+        low_enough = percent < threshold(current, cfg) - cfg.hysteresis_percent and state_rank(floor) < state_rank(
+            current
+        )
         if not low_enough:
             new, below_since = current, None
         else:
@@ -105,7 +109,9 @@ def next_interval(state: MemoryState, headroom_bytes: int, cfg: MemorySection) -
 WAKE_JUMP_S = 1.0
 
 
-def hold_after_wake(previous_suspended_s: float, suspended_s: float, now: float, hold_until: float, cfg: MemorySection) -> float:
+def hold_after_wake(
+    previous_suspended_s: float, suspended_s: float, now: float, hold_until: float, cfg: MemorySection
+) -> float:
     """Until when to hold actions off: a jump in the time spent suspended means the machine
     just woke up, and memory figures right after a wake-up are not to be trusted."""
     if suspended_s - previous_suspended_s > WAKE_JUMP_S:

@@ -19,14 +19,16 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable, Collection, Iterable, Mapping
 from itertools import repeat
-from typing import Callable, Collection, Iterable, Mapping
 
 from .model import ProcessIdentity, TreeUsage
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ExtraRoots = Callable[[Collection[int]], dict[str, list[int]]]
-_HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(
+    f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _HAS_PROC_CHILDREN else 100
 _boot_time: float | None = None
 
@@ -272,8 +274,11 @@ class TreeSampler:
         base = f"/proc/{pid}"
         opened: list[int] = []
         try:
-            for path, flags in ((f"{base}/statm", os.O_RDONLY), (f"{base}/task", os.O_RDONLY | os.O_DIRECTORY),
-                                (f"{base}/task/{pid}/children", os.O_RDONLY)):
+            for path, flags in (
+                (f"{base}/statm", os.O_RDONLY),
+                (f"{base}/task", os.O_RDONLY | os.O_DIRECTORY),
+                (f"{base}/task/{pid}/children", os.O_RDONLY),
+            ):
                 opened.append(os.open(path, flags | os.O_CLOEXEC))
         except OSError:
             for fd in opened:
@@ -342,7 +347,9 @@ class TreeSampler:
                 resident += int(fields[1])
                 shared += int(fields[2])
             at += len(members)
-            result[name] = TreeUsage(rss_bytes=resident * page, processes=len(members), anon_bytes=(resident - shared) * page)
+            result[name] = TreeUsage(
+                rss_bytes=resident * page, processes=len(members), anon_bytes=(resident - shared) * page
+            )
         self._statm, self._result = now, result
         return result
 
@@ -352,8 +359,13 @@ class TreeSampler:
         self._samples += 1
         counter = self._pid_counter() if self.max_kept else None  # nothing kept: nothing to re-read
         walked = self._walked
-        if counter is not None and walked is not None and walked[0] == counter and walked[1] == roots \
-                and self._samples % THREAD_REFRESH_SAMPLES:
+        if (
+            counter is not None
+            and walked is not None
+            and walked[0] == counter
+            and walked[1] == roots
+            and self._samples % THREAD_REFRESH_SAMPLES
+        ):
             result = self._reread()
             if result is not None:
                 return result

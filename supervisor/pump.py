@@ -6,7 +6,8 @@ never split per byte or per line here, and each block is handed on whole (`on_bl
 log write, the echo and the ready check cost a few C-level passes per block.
 
 Beyond `limit` (a token bucket: a rate and a burst, journald's RateLimitIntervalSec and
-RateLimitBurst; a line counts at least LINE_COST_BYTES), the pump either stops reading for a while, so the component's next write
+RateLimitBurst; a line counts at least LINE_COST_BYTES), the pump either stops reading for
+a while, so the component's next write
 blocks on its full pipe (`block`, the default: nothing is lost and a flood only slows the
 flooder), or keeps reading at a bounded pace and drops what is over the limit, counting it
 (`drop`: for a component whose work must never wait on its logging).
@@ -19,7 +20,7 @@ import fcntl
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 

@@ -40,7 +40,10 @@ def on_exit(
         return history, Decision(ComponentState.EXITED, 0.0, f"{exit.reason}; restart = on-failure")
     recent = tuple(t for t in history.restarts_at if now - t < spec.restart_window_s)
     if len(recent) >= spec.max_restarts:
-        reason = f"{exit.reason}; {len(recent)} restarts within {spec.restart_window_s:g} s (max_restarts = {spec.max_restarts})"
+        reason = (
+            f"{exit.reason}; {len(recent)} restarts within {spec.restart_window_s:g} s"
+            f" (max_restarts = {spec.max_restarts})"
+        )
         return RestartHistory(recent), Decision(ComponentState.FATAL, 0.0, reason)
     base = min(spec.backoff_max_s, spec.backoff_initial_s * 2 ** len(recent))
     delay = base * (1.0 + spec.backoff_jitter * (2.0 * jitter_unit - 1.0))

@@ -16,27 +16,30 @@ import re
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import anyio
 import structlog
 
 from . import launcher, procs, restart
 from .config import ComponentSpec
-from .logfiles import ProblemCallback, RotatingLog
-from .pump import OutputStats, TokenBucket, pump_output, split_lines
 from .errors import SpawnError
 from .events import EventBus
+from .logfiles import ProblemCallback, RotatingLog
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo, TreeUsage
 from .predictor import RunRecord
+from .pump import OutputStats, TokenBucket, pump_output, split_lines
 
 log = structlog.get_logger("ironcliw.runner")
+
 
 class RunStats:
     """What one run of a component has shown so far (becomes a history RunRecord at its end)."""
 
-    def __init__(self, started_unix: float | None = None, predicted_mb: float | None = None, inputs_bytes: int | None = None) -> None:
+    def __init__(
+        self, started_unix: float | None = None, predicted_mb: float | None = None, inputs_bytes: int | None = None
+    ) -> None:
         self.started_unix = started_unix
         self.predicted_mb = predicted_mb
         self.inputs_bytes = inputs_bytes
@@ -336,7 +339,9 @@ class Runner:
         self.recent_rss.clear()
         self.frozen_since = None
         self._on_change()
-        log.info("adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command)
+        log.info(
+            "adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command
+        )
         sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._on_log_problem)
         self.output = OutputStats()
         ended = "supervisor stopped"
@@ -367,10 +372,19 @@ class Runner:
             try:
                 if child.output_fd >= 0:
                     spec = self.spec
-                    bucket = TokenBucket(spec.output_limit_mb_s * MIB, spec.output_burst_mb * MIB, time.monotonic()) if spec.output_limit_mb_s else None
+                    bucket = (
+                        TokenBucket(spec.output_limit_mb_s * MIB, spec.output_burst_mb * MIB, time.monotonic())
+                        if spec.output_limit_mb_s
+                        else None
+                    )
                     await pump_output(
-                        child.output_fd, sink, self._on_block, bucket=bucket, drop=spec.output_overflow == "drop",
-                        stats=self.output, on_throttle=self._on_throttle,
+                        child.output_fd,
+                        sink,
+                        self._on_block,
+                        bucket=bucket,
+                        drop=spec.output_overflow == "drop",
+                        stats=self.output,
+                        on_throttle=self._on_throttle,
                     )
             finally:
                 pump_done.set()
@@ -469,11 +483,20 @@ class Runner:
         spec = self.spec
         if on:
             log.warning(
-                "output_throttled", component=self.name, limit_mb_s=spec.output_limit_mb_s, burst_mb=spec.output_burst_mb,
-                overflow=spec.output_overflow, dropped_bytes=self.output.dropped_bytes,
+                "output_throttled",
+                component=self.name,
+                limit_mb_s=spec.output_limit_mb_s,
+                burst_mb=spec.output_burst_mb,
+                overflow=spec.output_overflow,
+                dropped_bytes=self.output.dropped_bytes,
             )
         else:
-            log.info("output_unthrottled", component=self.name, dropped_bytes=self.output.dropped_bytes, throttled_s=round(self.output.throttled_s, 1))
+            log.info(
+                "output_unthrottled",
+                component=self.name,
+                dropped_bytes=self.output.dropped_bytes,
+                throttled_s=round(self.output.throttled_s, 1),
+            )
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -505,5 +528,3 @@ class Runner:
     async def _wait_for(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
-
-

@@ -20,9 +20,9 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from . import procs
 from .errors import AlreadyRunning, IroncliwError
 from .model import ProcessIdentity
-from . import procs
 from .orphans import stop_processes
 
 log = structlog.get_logger("ironcliw.runtime")
@@ -40,7 +40,10 @@ def ensure_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid != os.getuid():
-        raise IroncliwError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); choose another state dir (IRONCLIW_STATE_DIR)")
+        raise IroncliwError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()});"
+            " choose another state dir (IRONCLIW_STATE_DIR)"
+        )
     if stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(0o700)
 
@@ -60,17 +63,23 @@ def secure_runtime_dir(path: Path) -> None:
     except OSError as exc:
         raise IroncliwError(f"cannot create the runtime dir {path}: {exc.strerror or exc}") from None
     if path.is_symlink():
-        raise IroncliwError(f"the runtime dir {path} is a symlink (to {os.readlink(path)}), which is never followed; {fix}")
+        raise IroncliwError(
+            f"the runtime dir {path} is a symlink (to {os.readlink(path)}), which is never followed; {fix}"
+        )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise IroncliwError(f"the runtime dir {path} is not a usable directory ({exc.strerror or exc}); {fix}") from None
+        raise IroncliwError(
+            f"the runtime dir {path} is not a usable directory ({exc.strerror or exc}); {fix}"
+        ) from None
     try:
         info = os.fstat(fd)
     finally:
         os.close(fd)
     if info.st_uid != os.getuid():
-        raise IroncliwError(f"the runtime dir {path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); {fix}")
+        raise IroncliwError(
+            f"the runtime dir {path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); {fix}"
+        )
     if stat.S_IMODE(info.st_mode) & 0o077:
         mode = oct(stat.S_IMODE(info.st_mode))
         raise IroncliwError(f"the runtime dir {path} has mode {mode}, open to other users; `chmod 700 {path}` or {fix}")

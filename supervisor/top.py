@@ -34,7 +34,7 @@ def run_top(socket_path: str, interval_s: float = 1.0) -> int:
     return 0
 
 
-def _loop(screen: "curses.window", socket_path: str, interval_s: float) -> None:
+def _loop(screen: curses.window, socket_path: str, interval_s: float) -> None:
     curses.curs_set(0)
     screen.timeout(100)  # getch waits at most 100 ms, so q answers at once
     if curses.has_colors():
@@ -64,7 +64,7 @@ def _fmt(value: Any, width: int) -> str:
     return text[:width].ljust(width)
 
 
-def _draw(screen: "curses.window", r: dict[str, Any]) -> None:
+def _draw(screen: curses.window, r: dict[str, Any]) -> None:
     screen.erase()
     height, width = screen.getmaxyx()
 
@@ -76,10 +76,19 @@ def _draw(screen: "curses.window", r: dict[str, Any]) -> None:
     put(0, 0, "ironcliw top", curses.A_BOLD)
     put(0, 14, f" {r['state']} ", color | curses.A_REVERSE)
     budget = f" of a {r['budget_mb']} MB budget" if r.get("budget_mb") else ""
-    put(0, 27, f"{r['percent_used']:.1f} % used{budget}, {r['available_mb']:.0f} MB available, stack {r['stack_mb']:.0f} MB")
+    put(
+        0,
+        27,
+        f"{r['percent_used']:.1f} % used{budget}, {r['available_mb']:.0f} MB available, stack {r['stack_mb']:.0f} MB",
+    )
     s = r["system"]
-    put(1, 0, f"system {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB, swap {s['swap_used_mb']:.0f} MB, "
-              f"PSI some {s['psi_some_avg10']}, supervisor {r['supervisor_rss_mb']} MB, sample {r['sample_ms']} ms   (q quits)")
+    put(
+        1,
+        0,
+        f"system {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB, swap {s['swap_used_mb']:.0f} MB, "
+        f"PSI some {s['psi_some_avg10']}, supervisor {r['supervisor_rss_mb']} MB,"
+        f" sample {r['sample_ms']} ms   (q quits)",
+    )
     put(3, 0, " ".join(h.ljust(w) for h, w, _ in COLUMNS), curses.A_REVERSE)
     y = 4
     for c in r["components"]:
@@ -87,7 +96,7 @@ def _draw(screen: "curses.window", r: dict[str, Any]) -> None:
         y += 1
     y += 1
     put(y, 0, "recent actions", curses.A_BOLD)
-    for a in reversed(r["recent_actions"][-(height - y - 2):]):
+    for a in reversed(r["recent_actions"][-(height - y - 2) :]):
         y += 1
         put(y, 0, f"{a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}")
     screen.refresh()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import shutil
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -14,8 +14,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -25,7 +26,9 @@ from supervisor.errors import NotRunning
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -178,7 +181,7 @@ class Stack:
 
     def ready_pids(self, name: str) -> list[int]:
         """The PIDs a test component printed on its `ready PID ...` line, tracked for cleanup."""
-        line = next(l for l in self.call("logs", name=name, lines=50)["lines"] if l.startswith("ready"))
+        line = next(x for x in self.call("logs", name=name, lines=50)["lines"] if x.startswith("ready"))
         pids = [int(p) for p in line.split()[1:]]
         for pid in pids:
             self.reaper.track(pid)

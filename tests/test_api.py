@@ -28,10 +28,16 @@ async def test_the_seed_usage_example() -> None:
     # As the README shows it.
     manager = M1MemoryManager(budget_mb=4096)
     manager.register_component(
-        "chatbot", ComponentPriority.CRITICAL, 40, command=["python", "-m", "components.chatbot"],
-        cwd=str(REPO), ready={"log_pattern": '"event": "ready"'},
+        "chatbot",
+        ComponentPriority.CRITICAL,
+        40,
+        command=["python", "-m", "components.chatbot"],
+        cwd=str(REPO),
+        ready={"log_pattern": '"event": "ready"'},
     )
-    manager.register_component("nlp_engine", ComponentPriority.HIGH, 180, command=SLEEPER, ready={"log_pattern": "ready"})
+    manager.register_component(
+        "nlp_engine", ComponentPriority.HIGH, 180, command=SLEEPER, ready={"log_pattern": "ready"}
+    )
     changes = []
 
     async def on_change(snapshot):  # type: ignore[no-untyped-def]
@@ -50,6 +56,7 @@ async def test_the_seed_usage_example() -> None:
         assert 0 < snap.percent_used < 70 and snap.available_mb > 0
         assert await manager.unload_component("nlp_engine")
         assert manager.snapshot().components_loaded == ["chatbot"]
+
         # The same stack is visible from the CLI's control socket (a blocking client: off the loop).
         def status() -> list[str]:
             with ControlClient(manager.paths.socket) as client:
@@ -66,7 +73,10 @@ async def test_can_load_refuses_with_the_numbers() -> None:
         manager.register_component("llm", ComponentPriority.HIGH, 500, command=SLEEPER)
         ok, reason = await manager.can_load_component("llm")
         assert not ok
-        assert reason.startswith("llm needs ~500 MB (its estimate, no history yet), ") and "MB free before WARNING" in reason
+        assert (
+            reason.startswith("llm needs ~500 MB (its estimate, no history yet), ")
+            and "MB free before WARNING" in reason
+        )
 
 
 async def test_adopting_outside_processes_and_unloading_them_under_pressure() -> None:

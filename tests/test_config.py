@@ -19,13 +19,25 @@ MINIMAL = '[components.a]\ncommand = ["python", "-c", "pass"]\n'
 
 # (config text, field path, words the message must contain)
 INVALID = [
-    ('[components.a]\ncommand = ["x"]\npriority = "URGENT"', "$.components.a.priority", "one of CRITICAL, HIGH, MEDIUM, LOW"),
+    (
+        '[components.a]\ncommand = ["x"]\npriority = "URGENT"',
+        "$.components.a.priority",
+        "one of CRITICAL, HIGH, MEDIUM, LOW",
+    ),
     ('[components.a]\ncommand = ["x"]\nprioity = "LOW"', "$.components.a", "unknown key `prioity`"),
-    ('[components.a]\ncommand = []', "$.components.a.command", "length >= 1"),
+    ("[components.a]\ncommand = []", "$.components.a.command", "length >= 1"),
     ("[components.a]\npriority = 'LOW'", "$.components.a", "missing required field `command`"),
     ('[components.a]\ncommand = ["x"]\nestimated_mb = -5', "$.components.a.estimated_mb", ">= 0"),
-    ('[components.a]\ncommand = ["x"]\nestimated_mb = "lots"', "$.components.a.estimated_mb", "expected `int`, got `str`"),
-    ('[components.a]\ncommand = ["x"]\nrestart = "sometimes"', "$.components.a.restart", "one of never, on-failure, always"),
+    (
+        '[components.a]\ncommand = ["x"]\nestimated_mb = "lots"',
+        "$.components.a.estimated_mb",
+        "expected `int`, got `str`",
+    ),
+    (
+        '[components.a]\ncommand = ["x"]\nrestart = "sometimes"',
+        "$.components.a.restart",
+        "one of never, on-failure, always",
+    ),
     ('[components.a]\ncommand = ["x"]\nafter = ["ghost"]', "$.components.a.after[0]", "unknown 'ghost'"),
     (
         '[components.a]\ncommand = ["x"]\nafter = ["b"]\n[components.b]\ncommand = ["y"]\nafter = ["a"]',
@@ -34,14 +46,22 @@ INVALID = [
     ),
     ('[components.a]\ncommand = ["x"]\nstop_signal = "SIGFOO"', "$.components.a.stop_signal", "a signal name"),
     ('[components.a]\ncommand = ["x"]\nready = { port = 80, alive_s = 1 }', "$.components.a.ready", "at most one of"),
-    ('[components.a]\ncommand = ["x"]\nready = { log_pattern = "(" }', "$.components.a.ready.log_pattern", "regular expression"),
+    (
+        '[components.a]\ncommand = ["x"]\nready = { log_pattern = "(" }',
+        "$.components.a.ready.log_pattern",
+        "regular expression",
+    ),
     ("[memory]\nwarning_percent = 90\ncritical_percent = 85", "$.memory", "warning_percent < critical_percent"),
     ("[memory]\nbudget_mb = 0", "$.memory.budget_mb", ">= 1"),
     ("[memory]\nsample_interval_s = 0", "$.memory.sample_interval_s", "> 0"),
     ('[http]\nhost = "0.0.0.0"', "$.http.host", "loopback"),
     ("[memry]\nbudget_mb = 100", "$", "unknown key `memry`"),
-    ('[components."bad name"]\ncommand = ["x"]', '$.components.bad name', "component name"),
-    ('[components.a]\ncommand = ["x"]\nbackoff_initial_s = 10\nbackoff_max_s = 1', "$.components.a.backoff_max_s", "at least backoff_initial_s"),
+    ('[components."bad name"]\ncommand = ["x"]', "$.components.bad name", "component name"),
+    (
+        '[components.a]\ncommand = ["x"]\nbackoff_initial_s = 10\nbackoff_max_s = 1',
+        "$.components.a.backoff_max_s",
+        "at least backoff_initial_s",
+    ),
     ("[components.a\ncommand = 1", "", "not valid TOML"),
 ]
 
@@ -62,7 +82,11 @@ HARMFUL = [
     (C + 'trim_signal = "SIGTERM"', "$.components.a.trim_signal", "without ending or freezing"),
     (C + 'trim_signal = "SIGINT"', "$.components.a.trim_signal", "without ending or freezing"),
     (C + 'trim_signal = "SIGQUIT"', "$.components.a.trim_signal", "without ending or freezing"),
-    (C + 'stop_signal = "SIGUSR1"\ntrim_signal = "SIGUSR1"', "$.components.a.trim_signal", "without ending or freezing"),
+    (
+        C + 'stop_signal = "SIGUSR1"\ntrim_signal = "SIGUSR1"',
+        "$.components.a.trim_signal",
+        "without ending or freezing",
+    ),
     (C + 'stop_signal = "SIGSTOP"', "$.components.a.stop_signal", "a signal name"),
     ("[memory]\nsample_interval_s = inf", "$.memory.sample_interval_s", "<= 3600"),
     ("[memory]\nsample_interval_s = nan", "$.memory.sample_interval_s", "> 0"),
@@ -136,7 +160,10 @@ def test_environment_moves_paths_and_wins_over_file(tmp_path: Path) -> None:
     env = {"IRONCLIW_RUNTIME_DIR": "/tmp/x", "IRONCLIW_STATE_DIR": "/tmp/y"}
     moved = resolve_paths(config, env, 1000, "/home/u")
     assert (moved.runtime_dir, moved.state_dir, moved.log_dir, moved.socket) == (
-        "/tmp/x", "/tmp/y", "/tmp/y/logs", "/tmp/x/control.sock"
+        "/tmp/x",
+        "/tmp/y",
+        "/tmp/y/logs",
+        "/tmp/x/control.sock",
     )
 
 
@@ -163,14 +190,20 @@ def test_check_command_exit_status(tmp_path: Path, text: str, code: int, stream_
     cfg = tmp_path / "bad.toml"
     cfg.write_text(textwrap.dedent(text))
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "-c", str(cfg), "check"], capture_output=True, text=True, cwd=REPO, timeout=30
+        [sys.executable, "-m", "supervisor", "-c", str(cfg), "check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
     )
     assert proc.returncode == code, proc.stderr
     assert stream_has in (proc.stdout + proc.stderr)
 
 
 @pytest.mark.parametrize("text, path, words", HARMFUL, ids=[f"{i}:{h[1]}" for i, h in enumerate(HARMFUL)])
-def test_check_refuses_harmful_configs_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str, words: str) -> None:
+def test_check_refuses_harmful_configs_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str, words: str
+) -> None:
     """`check` (the same parse `up` does) exits 2 with one line naming the file and field, never a traceback."""
     from supervisor.cli import main
 
@@ -186,11 +219,20 @@ def test_check_refuses_harmful_configs_with_exit_2(tmp_path: Path, capsys: pytes
 def test_nul_in_env_no_longer_reaches_up(tmp_path: Path) -> None:
     """The whole command: `up` with such a config exits 2 with the field, before starting anything."""
     cfg = tmp_path / "stack.toml"
-    cfg.write_text('[components.a]\ncommand = ["python", "-c", "pass"]\nenv = { A = "x\\u0000y" }\n[http]\nenabled = false\n')
+    cfg.write_text(
+        '[components.a]\ncommand = ["python", "-c", "pass"]\nenv = { A = "x\\u0000y" }\n[http]\nenabled = false\n'
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "supervisor", "-c", str(cfg), "up"],
-        capture_output=True, text=True, cwd=REPO, timeout=30,
-        env={**os.environ, "IRONCLIW_RUNTIME_DIR": str(tmp_path / "run"), "IRONCLIW_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        env={
+            **os.environ,
+            "IRONCLIW_RUNTIME_DIR": str(tmp_path / "run"),
+            "IRONCLIW_STATE_DIR": str(tmp_path / "state"),
+        },
     )
     assert proc.returncode == 2, proc.stderr
     assert "$.components.a.env.A" in proc.stderr and "Traceback" not in proc.stderr

@@ -10,8 +10,8 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import msgspec
 import pytest

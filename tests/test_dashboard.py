@@ -6,8 +6,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -16,7 +16,9 @@ from tests.helpers import REPO, Stack, python_command
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it; apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it; apt-get install chromium)"
+    ),
 ]
 StackFactory = Callable[[str], Stack]
 
@@ -51,7 +53,14 @@ def test_dashboard_shows_a_growing_balloon_and_unloads_it(make_stack: StackFacto
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 760})

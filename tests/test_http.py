@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,9 @@ def web(make_stack: StackFactory) -> tuple[Stack, int, str]:
     return stack, port, token
 
 
-def request(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+def request(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     conn.request(method, path, body=payload, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
@@ -90,7 +93,19 @@ def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
     assert status == 200 and row["state"] == "READY"
     status, refused = request(port, "POST", "/memory/components/big/load", {}, headers=auth)
     assert status == 409 and "big needs ~900 MB" in refused["error"]["message"]
-    status, row = request(port, "POST", "/memory/components/register", {"name": "late", "command": json.loads(SLEEPER), "priority": "LOW", "estimated_mb": 10, "ready": {"log_pattern": "ready"}}, headers=auth)
+    status, row = request(
+        port,
+        "POST",
+        "/memory/components/register",
+        {
+            "name": "late",
+            "command": json.loads(SLEEPER),
+            "priority": "LOW",
+            "estimated_mb": 10,
+            "ready": {"log_pattern": "ready"},
+        },
+        headers=auth,
+    )
     assert status == 201 and row["name"] == "late" and row["state"] == "STOPPED"
     status, row = request(port, "POST", "/memory/components/late/load", headers=auth)
     assert status == 200 and row["state"] == "READY"
@@ -112,19 +127,41 @@ def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
         ("GET", "/health", {"Host": "127.0.0.1:PORT@evil.com"}, None, 400, "BAD_HOST"),
         ("GET", "/health", {"Host": "localhost.evil.com:PORT"}, None, 400, "BAD_HOST"),
         ("GET", "/health", {"Host": "127.0.0.1:1"}, None, 400, "BAD_HOST"),
-        ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://127.0.0.1:PORT.evil.com"}, None, 403, "CROSS_ORIGIN"),
+        (
+            "POST",
+            "/memory/optimize",
+            {"TOKEN": "", "Origin": "http://127.0.0.1:PORT.evil.com"},
+            None,
+            403,
+            "CROSS_ORIGIN",
+        ),
         ("POST", "/memory/optimize", {}, None, 403, "NO_TOKEN"),
         ("POST", "/memory/optimize", {"X-Ironcliw-Token": "wrong"}, None, 403, "BAD_TOKEN"),
         ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://evil.example"}, None, 403, "CROSS_ORIGIN"),
         ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b"{not json", 400, "BAD_REQUEST"),
         ("POST", "/memory/components/ghost/load", {"TOKEN": ""}, b"{}", 404, "UNKNOWN_COMPONENT"),
         ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b'{"make_room": "yes"}', 422, "BAD_CONFIG"),
-        ("POST", "/memory/components/register", {"TOKEN": ""}, b'{"name": "x", "command": "not a list"}', 422, "BAD_CONFIG"),
+        (
+            "POST",
+            "/memory/components/register",
+            {"TOKEN": ""},
+            b'{"name": "x", "command": "not a list"}',
+            422,
+            "BAD_CONFIG",
+        ),
         ("GET", "/nowhere", {}, None, 404, "NOT_FOUND"),
         ("GET", "/memory/optimize", {}, None, 405, "METHOD_NOT_ALLOWED"),
     ],
 )
-def test_refusals_are_4xx_with_a_json_error(web: tuple[Stack, int, str], method: str, path: str, headers: dict[str, str], body: bytes | None, status: int, code: str) -> None:
+def test_refusals_are_4xx_with_a_json_error(
+    web: tuple[Stack, int, str],
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    status: int,
+    code: str,
+) -> None:
     stack, port, token = web
     headers = {k: v.replace("PORT", str(port)) for k, v in headers.items()}
     if "TOKEN" in headers:
@@ -146,8 +183,14 @@ def test_metrics_pass_promtool(web: tuple[Stack, int, str]) -> None:
     text = response.read()
     conn.close()
     assert response.status == 200 and response.getheader("content-type").startswith("text/plain")
-    for name in ("ironcliw_component_rss_bytes", "ironcliw_component_state", "ironcliw_component_restarts_total",
-                 "ironcliw_actions_total", "ironcliw_memory_state", "ironcliw_sample_duration_seconds"):
+    for name in (
+        "ironcliw_component_rss_bytes",
+        "ironcliw_component_state",
+        "ironcliw_component_restarts_total",
+        "ironcliw_actions_total",
+        "ironcliw_memory_state",
+        "ironcliw_sample_duration_seconds",
+    ):
         assert name.encode() in text, name
     assert b'ironcliw_component_state{component="chatbot",state="READY"} 1.0' in text
     promtool = shutil.which("promtool")

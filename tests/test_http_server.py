@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -37,7 +38,9 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {len(message['body'])}".encode()
     if scope["path"] == "/boom":
         raise RuntimeError("the app failed")
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -51,7 +54,9 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
             return data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:

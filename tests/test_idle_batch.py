@@ -29,8 +29,15 @@ def monitor(tmp_path: Path) -> MemoryMonitor:
     bus = EventBus()
     runners = {}
     for name, spec in config.components.items():
-        r = runners[name] = Runner(spec, log_path=tmp_path / f"{name}.log", log_max_bytes=1 << 20, log_backups=1,
-                                   bus=bus, extra_env={}, on_change=lambda: None)
+        r = runners[name] = Runner(
+            spec,
+            log_path=tmp_path / f"{name}.log",
+            log_max_bytes=1 << 20,
+            log_backups=1,
+            bus=bus,
+            extra_env={},
+            on_change=lambda: None,
+        )
         r.child = SimpleNamespace(pid=100 if name == "a" else 200)  # type: ignore[assignment]
     runners["a"].state = ComponentState.READY
     return MemoryMonitor(config.memory, runners, bus)
@@ -41,7 +48,10 @@ def readings() -> list[Reading]:
     for i in range(40):
         t = 1000.0 + 0.5 * i
         roots = {"a": 100, "b": 200 if i >= 10 else 199}  # b restarted: its first readings are another process's
-        usage = {"a": TreeUsage(rss_bytes=(50 + i % 7) << 20, processes=1), "b": TreeUsage(rss_bytes=(80 + i) << 20, processes=2)}
+        usage = {
+            "a": TreeUsage(rss_bytes=(50 + i % 7) << 20, processes=1),
+            "b": TreeUsage(rss_bytes=(80 + i) << 20, processes=2),
+        }
         stack = sum(u.rss_bytes for u in usage.values())
         out.append(Reading(t, usage, SYSTEM, stack, SYSTEM.used_percent, roots))
     return out

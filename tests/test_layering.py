@@ -10,17 +10,38 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "supervisor"
 LAYERS = {
-    "errors": 0, "model": 0,
-    "config": 1, "protocol": 1,
-    "restart": 2, "predictor": 2,
+    "errors": 0,
+    "model": 0,
+    "config": 1,
+    "protocol": 1,
+    "restart": 2,
+    "predictor": 2,
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
-    "platform": 3, "procs": 3, "history": 3, "events": 3, "logfiles": 3, "echo": 3,
-    "pump": 3.2, "orphans": 3.3, "launcher": 3.5, "runtime": 3.5,
-    "pressure": 2, "policy": 2.5,
-    "runner": 4, "enforcer": 4.2, "monitor": 4.5,
+    "platform": 3,
+    "procs": 3,
+    "history": 3,
+    "events": 3,
+    "logfiles": 3,
+    "echo": 3,
+    "pump": 3.2,
+    "orphans": 3.3,
+    "launcher": 3.5,
+    "runtime": 3.5,
+    "pressure": 2,
+    "policy": 2.5,
+    "runner": 4,
+    "enforcer": 4.2,
+    "monitor": 4.5,
     "core": 5,
-    "control": 6, "client": 6, "http": 6, "api": 6.5,
-    "logsetup": 6.5, "top": 6.5, "cli": 7, "__main__": 8, "__init__": 8,
+    "control": 6,
+    "client": 6,
+    "http": 6,
+    "api": 6.5,
+    "logsetup": 6.5,
+    "top": 6.5,
+    "cli": 7,
+    "__main__": 8,
+    "__init__": 8,
 }
 PURE = {"errors", "model", "config", "protocol", "restart", "pressure", "predictor", "policy"}
 FORBIDDEN_IN_PURE = {"anyio", "psutil", "os", "signal", "time"}
@@ -66,7 +87,9 @@ def test_imports_go_downwards() -> None:
         internal, external = imports(path)
         for other in internal:
             if other in LAYERS and other != me and LAYERS[other] >= LAYERS[me] and me != "__init__":
-                problems.append(f"{path.relative_to(REPO)} (layer {LAYERS[me]}) imports {other} (layer {LAYERS[other]})")
+                problems.append(
+                    f"{path.relative_to(REPO)} (layer {LAYERS[me]}) imports {other} (layer {LAYERS[other]})"
+                )
         if me in PURE:
             bad = external & FORBIDDEN_IN_PURE
             if bad:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
@@ -93,7 +92,11 @@ def test_crash_loop_backs_off_then_goes_fatal_while_others_run(make_stack: Stack
     crasher = stack.wait_state("crasher", "FATAL")
     assert crasher["restarts"] == 3 and crasher["pid"] is None
     assert "exited 3" in crasher["last_exit"]
-    reasons = [e.get("reason") or "" for e in stack.log_events() if e.get("event") == "state_changed" and e.get("component") == "crasher"]
+    reasons = [
+        e.get("reason") or ""
+        for e in stack.log_events()
+        if e.get("event") == "state_changed" and e.get("component") == "crasher"
+    ]
     backoffs = [r for r in reasons if "restart " in r]
     assert [r.split(" in ")[-1] for r in backoffs] == ["0.05 s", "0.10 s", "0.20 s"], backoffs
     assert any("3 restarts within 60 s" in r for r in reasons), reasons
@@ -232,22 +235,27 @@ for i in itertools.count():
 
 
 def test_logs_tail_and_follow(make_stack: StackFactory) -> None:
-    stack = make_stack(f'[components.chatty]\ncommand = {python_command(CHATTY)}\nready = {{ log_pattern = "ready" }}\n')
+    stack = make_stack(
+        f'[components.chatty]\ncommand = {python_command(CHATTY)}\nready = {{ log_pattern = "ready" }}\n'
+    )
     stack.up()
     stack.wait_state("chatty", "READY")
     wait_until(lambda: len(stack.call("logs", name="chatty", lines=5)["lines"]) == 5, what="five lines")
     tail = stack.cli("logs", "chatty", "-n", "2")
     lines = tail.stdout.splitlines()
-    assert len(lines) == 2 and all(l.startswith("line ") for l in lines)
+    assert len(lines) == 2 and all(x.startswith("line ") for x in lines)
 
     follow = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "-c", str(stack.config), "logs", "chatty", "-f", "-n", "0"],
-        env=stack.env, cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env=stack.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     stack.reaper.track(follow.pid)
     try:
         seen = [follow.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
-        numbers = [int(l.split()[1]) for l in seen]
+        numbers = [int(x.split()[1]) for x in seen]
         assert numbers == sorted(numbers) and numbers[0] > int(lines[-1].split()[1]) - 1
     finally:
         follow.send_signal(signal.SIGINT)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -84,7 +85,9 @@ def chat(stack: Stack, message: str) -> str:
         return json.loads(s.makefile().readline())["reply"]
 
 
-def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answers(make_stack: StackFactory, tmp_path: Path) -> None:
+def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answers(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
     stack = make_stack(memory_header() + CHATBOT + once_balloon(tmp_path / "balloon-ran"))
     stack.up()
     first = stack.wait_state("balloon", "READY")
@@ -98,13 +101,25 @@ def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answ
     assert all(c != "chatbot" or k == "TRIM" for k, c, _ in actions)  # CRITICAL is never frozen or unloaded
     freeze = next(e for e in events(stack, "memory_action") if e["kind"] == "FREEZE")
     # Frozen on its way up: early in WARNING if growth would reach CRITICAL within 3 s, else at CRITICAL.
-    assert freeze["state"] in ("WARNING", "CRITICAL", "EMERGENCY") and freeze["rss_mb"] > 100 and freeze["percent_used"] >= 70
+    assert (
+        freeze["state"] in ("WARNING", "CRITICAL", "EMERGENCY")
+        and freeze["rss_mb"] > 100
+        and freeze["percent_used"] >= 70
+    )
     assert "Ironcliw" in chat(stack, "what is your name")  # the CRITICAL chatbot still answers
 
     # The balloon's first run ended by policy, with the reason kept ...
     exit_reason = wait_until(
-        lambda: next((e["reason"] for e in events(stack, "state_changed") if e["component"] == "balloon" and e["new"] == "STOPPED"), None),
-        30, what="the balloon to stop",
+        lambda: next(
+            (
+                e["reason"]
+                for e in events(stack, "state_changed")
+                if e["component"] == "balloon" and e["new"] == "STOPPED"
+            ),
+            None,
+        ),
+        30,
+        what="the balloon to stop",
     )
     assert exit_reason.startswith("unloaded by policy at ")
     # ... and its recorded peak keeps it from being reloaded into a budget it does not fit.
@@ -151,8 +166,16 @@ def test_the_stack_returns_to_its_configured_set_after_pressure(make_stack: Stac
     first = stack.wait_state("spare", "READY")
     # The HIGH spike takes memory to CRITICAL: the LOW component is unloaded to make up ...
     reason = wait_until(
-        lambda: next((e["reason"] for e in events(stack, "state_changed") if e["component"] == "spare" and e["new"] == "STOPPED"), None),
-        20, what="the LOW component to be unloaded",
+        lambda: next(
+            (
+                e["reason"]
+                for e in events(stack, "state_changed")
+                if e["component"] == "spare" and e["new"] == "STOPPED"
+            ),
+            None,
+        ),
+        20,
+        what="the LOW component to be unloaded",
     )
     assert reason.startswith("unloaded by policy at CRITICAL")
     # ... and once the spike is over and memory has been HEALTHY for the hold, it comes back.
@@ -205,7 +228,10 @@ def test_trim_is_measured_and_enough_trim_means_no_escalation(make_stack: StackF
     wait_until(lambda: stack.call("memory")["state"] == "HEALTHY", 10, what="HEALTHY")
     report = stack.call("report")
     row = next(c for c in report["components"] if c["name"] == "cache")
-    assert row["trim_freed_mb"] and row["trim_freed_mb"][0] > 150 and row["state"] == "READY", (row, events(stack, "memory_action"))
+    assert row["trim_freed_mb"] and row["trim_freed_mb"][0] > 150 and row["state"] == "READY", (
+        row,
+        events(stack, "memory_action"),
+    )
     assert not any(e["kind"] == "UNLOAD" and e["outcome"] != "stood_down" for e in events(stack, "memory_action"))
 
 
@@ -289,7 +315,9 @@ def test_a_forking_component_is_measured_and_unloaded_as_a_whole(make_stack: Sta
     result = stack.call("emergency-cleanup")
     assert [(a["kind"], a["outcome"]) for a in result["actions"]] == [("FREEZE", "frozen"), ("UNLOAD", "unloading")]
     stack.wait_state("forker", "STOPPED", timeout=10)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in [row["pid"], *kids])
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in [row["pid"], *kids]
+    )
     assert "unloaded by policy at EMERGENCY" in stack.component("forker")["last_exit"]
 
 

@@ -9,8 +9,9 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -53,8 +54,13 @@ def test_stdout_to_a_pipe_nobody_reads_does_not_stop_enforcement(make_stack: Sta
         time.sleep(1.0)  # the talker fills the pipe many times over meanwhile
         assert stack.component("talker")["state"] == "READY"
         acted = wait_until(
-            lambda: [e for e in events(stack, "memory_action") if e["component"] == "balloon" and e["kind"] in ("FREEZE", "UNLOAD")],
-            30, what="the balloon to be frozen or unloaded",
+            lambda: [
+                e
+                for e in events(stack, "memory_action")
+                if e["component"] == "balloon" and e["kind"] in ("FREEZE", "UNLOAD")
+            ],
+            30,
+            what="the balloon to be frozen or unloaded",
         )
         # Acted before the balloon went past the budget (it would stop at 300 MB of its own).
         assert acted[0]["rss_mb"] < 300, acted[0]
@@ -123,7 +129,9 @@ CRASHER = python_command(
 )
 
 
-def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(make_stack: StackFactory, small_disk: Path) -> None:
+def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(
+    make_stack: StackFactory, small_disk: Path
+) -> None:
     stack = make_stack(
         f"""
         [components.talker]
@@ -146,7 +154,8 @@ def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(make_sta
     size_when_full = log_file.stat().st_size
     status = wait_until(
         lambda: (s := stack.call("status"))["warnings"] == ["log_dir: no space left", "state_dir: no space left"] and s,
-        30, what="both warnings",
+        30,
+        what="both warnings",
     )
     assert stack.call("report")["warnings"] == status["warnings"]
     talker = next(c for c in status["components"] if c["name"] == "talker")
@@ -173,7 +182,9 @@ def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(make_sta
 def test_a_file_size_limit_does_not_kill_the_supervisor(make_stack: StackFactory) -> None:
     """RLIMIT_FSIZE (EFBIG, and SIGXFSZ, which would end a process that does not ignore it):
     works without root. The component's own limit is inherited too, but it writes only to a pipe."""
-    stack = make_stack(f"[components.talker]\ncommand = {TALKER}\nready = {{ log_pattern = 'ready' }}\noutput_limit_mb_s = 1\n")
+    stack = make_stack(
+        f"[components.talker]\ncommand = {TALKER}\nready = {{ log_pattern = 'ready' }}\noutput_limit_mb_s = 1\n"
+    )
     limit = 256 * 1024
 
     def limit_files() -> None:
@@ -190,7 +201,9 @@ def test_a_file_size_limit_does_not_kill_the_supervisor(make_stack: StackFactory
 # --- the log file's own behaviour, with the disk's refusals injected -----------------------------
 
 
-def test_rotating_log_keeps_the_newest_output_and_notes_what_it_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotating_log_keeps_the_newest_output_and_notes_what_it_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     from supervisor import logfiles
@@ -246,13 +259,19 @@ def test_tail_reads_only_what_is_asked_and_cuts_giant_lines(tmp_path: Path) -> N
     long_middle = tmp_path / "m.log"
     long_middle.write_bytes(b"a\n" + b"q" * (MAX_LINE_BYTES * 2) + b"\nb\n")
     got = tail_lines(long_middle, 3)
-    assert got[0] == "a" and got[2] == "b" and got[1] == "q" * MAX_LINE_BYTES + f" [ironcliw: line cut at {MAX_LINE_BYTES} of {MAX_LINE_BYTES * 2} bytes]"
+    assert (
+        got[0] == "a"
+        and got[2] == "b"
+        and got[1] == "q" * MAX_LINE_BYTES + f" [ironcliw: line cut at {MAX_LINE_BYTES} of {MAX_LINE_BYTES * 2} bytes]"
+    )
 
 
 def test_logs_of_a_50_mb_line_answer_at_once_and_the_loop_keeps_going(make_stack: StackFactory) -> None:
     """Before: `logs NAME -n 5` took 44 s, the loop blocked 37 s, RSS +100 MB. Now the read is
     bounded and off the loop: the call answers at once and `status` right after it too."""
-    stack = make_stack(f"[components.s]\ncommand = {python_command('import time; time.sleep(600)')}\nready = {{ alive_s = 0.1 }}\n")
+    stack = make_stack(
+        f"[components.s]\ncommand = {python_command('import time; time.sleep(600)')}\nready = {{ alive_s = 0.1 }}\n"
+    )
     stack.up()
     stack.wait_state("s", "READY")
     with open(stack.state / "logs" / "s.log", "ab") as f:

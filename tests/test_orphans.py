@@ -4,7 +4,7 @@ the component, at `down`, and by the next `up` after the supervisor was killed (
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -38,7 +38,7 @@ def daemon_stack(make_stack: StackFactory, *extra: str) -> Stack:
     return make_stack(
         f"""
         [components.forker]
-        command = {python_command(DAEMONIZER)[:-1]}{''.join(f', "{e}"' for e in extra)}]
+        command = {python_command(DAEMONIZER)[:-1]}{"".join(f', "{e}"' for e in extra)}]
         ready = {{ log_pattern = "^ready" }}
         stop_grace_s = 1
         """
@@ -87,7 +87,7 @@ def test_sigkill_of_the_supervisor_then_up_stops_the_daemon(make_stack: StackFac
     wait_until(lambda: not alive(daemon), 15, what="the next up to stop the daemon")
     assert any(e.get("event") == "stopping_leftovers" for e in stack.log_events())
     stack.wait_state("forker", "READY")
-    line = [l for l in stack.call("logs", name="forker", lines=50)["lines"] if l.startswith("ready")][-1]
+    line = [x for x in stack.call("logs", name="forker", lines=50)["lines"] if x.startswith("ready")][-1]
     second = int(line.split()[1])
     stack.reaper.track(second)
     assert second != daemon and alive(second)
@@ -109,8 +109,12 @@ def test_sigkill_during_a_stop_all_of_100_leaves_nothing_after_the_next_up(make_
     # They ignore SIGTERM, so neither the stop nor the parent-death signal ends them: only
     # the record can, after the supervisor is killed in the middle of stopping them.
     stubborn = '["sh", "-c", "trap \'\' TERM; exec sleep 3600"]'
-    stack = make_stack("".join(
-        f"[components.s{i:03d}]\ncommand = {stubborn}\nready = {{ alive_s = 0.2 }}\nstop_grace_s = 1\n" for i in range(100)))
+    stack = make_stack(
+        "".join(
+            f"[components.s{i:03d}]\ncommand = {stubborn}\nready = {{ alive_s = 0.2 }}\nstop_grace_s = 1\n"
+            for i in range(100)
+        )
+    )
     first = stack.up()
     wait_until(lambda: all(c["state"] == "READY" for c in stack.call("status")["components"]), 60, what="100 READY")
     pids = [c["pid"] for c in stack.call("status")["components"]]
@@ -120,7 +124,9 @@ def test_sigkill_during_a_stop_all_of_100_leaves_nothing_after_the_next_up(make_
     assert all(alive(p) for p in pids)
     first.wait(5)
     stack.up()
-    wait_until(lambda: all(c["state"] == "READY" for c in stack.call("status")["components"]), 60, what="100 READY again")
+    wait_until(
+        lambda: all(c["state"] == "READY" for c in stack.call("status")["components"]), 60, what="100 READY again"
+    )
     assert not [p for p in pids if alive(p)]  # every one of the first run's processes is gone
     second = [c["pid"] for c in stack.call("status")["components"]]
     assert stack.cli("down").returncode == 0

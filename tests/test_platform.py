@@ -41,7 +41,9 @@ def test_macos_memory_pressure_tool_output_parses_as_pages() -> None:
 
 
 def test_linux_meminfo_and_psi_parsers() -> None:
-    meminfo = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    4000000 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n"
+    meminfo = (
+        "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    4000000 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n"
+    )
     psi = "some avg10=12.50 avg60=3.00 avg300=1.00 total=123\nfull avg10=4.25 avg60=1.00 avg300=0.00 total=45\n"
     system = linux.system_from(meminfo, psi)
     assert system.total_bytes == 16_000_000 * 1024

@@ -6,11 +6,13 @@ import msgspec
 import pytest
 
 from supervisor.config import MemorySection
-from supervisor.model import ActionKind, ComponentState, MemoryState, Priority, Snapshot, SystemMemory, TreeUsage
+from supervisor.model import ActionKind, ComponentState, MemoryState, Priority, Snapshot, SystemMemory
 from supervisor.policy import ComponentView, decide, explain, projected_percent
 
 MB = 1 << 20
-CFG = MemorySection(idle_unload_s=60.0, trim_settle_s=2.0, trim_cooldown_s=30.0, max_frozen_s=30.0, recovery_hold_s=10.0)
+CFG = MemorySection(
+    idle_unload_s=60.0, trim_settle_s=2.0, trim_cooldown_s=30.0, max_frozen_s=30.0, recovery_hold_s=10.0
+)
 READY, FROZEN, STOPPED = ComponentState.READY, ComponentState.FROZEN, ComponentState.STOPPED
 
 
@@ -18,8 +20,13 @@ def snap(percent: float, state: MemoryState, stack_mb: int = 0, budget_mb: int |
     total = 1000 * MB
     system = SystemMemory(total_bytes=total, available_bytes=int(total * (1 - percent / 100)))
     return Snapshot(
-        time=0.0, system=system, components={}, stack_bytes=stack_mb * MB,
-        budget_bytes=budget_mb * MB if budget_mb else None, percent_used=percent, state=state,
+        time=0.0,
+        system=system,
+        components={},
+        stack_bytes=stack_mb * MB,
+        budget_bytes=budget_mb * MB if budget_mb else None,
+        percent_used=percent,
+        state=state,
     )
 
 
@@ -62,14 +69,16 @@ def test_warning_keeps_recently_used_low_components() -> None:
     assert decide(snap(75, MemoryState.WARNING), used, CFG, now=100.0, healthy_since=None) == []
     idle = [msgspec.structs.replace(v, has_trim=False) for v in STACK]  # nothing to trim: escalate at once
     assert kinds(decide(snap(75, MemoryState.WARNING), idle, CFG, now=100.0, healthy_since=None)) == [
-        ("UNLOAD", "balloon"), ("UNLOAD", "idle_low")
+        ("UNLOAD", "balloon"),
+        ("UNLOAD", "idle_low"),
     ]
 
 
 def test_critical_freezes_growing_then_unloads_low_before_medium() -> None:
     actions = decide(snap(90, MemoryState.CRITICAL), STACK, CFG, now=100.0, healthy_since=None)
     assert kinds(actions)[2:] == [
-        ("FREEZE", "voice"), ("FREEZE", "balloon"),
+        ("FREEZE", "voice"),
+        ("FREEZE", "balloon"),
         ("UNLOAD", "balloon"),  # the largest LOW first: 90 -> 70 %, under CRITICAL, so it stops there
     ]
     unloads = [a for a in actions if a.kind is ActionKind.UNLOAD]
@@ -78,7 +87,12 @@ def test_critical_freezes_growing_then_unloads_low_before_medium() -> None:
 
 
 def test_critical_unloads_medium_when_low_is_not_enough() -> None:
-    views = [view("nlp", "HIGH", 300), view("voice", "MEDIUM", 150), view("balloon", "LOW", 50), view("idle_low", "LOW", 40)]
+    views = [
+        view("nlp", "HIGH", 300),
+        view("voice", "MEDIUM", 150),
+        view("balloon", "LOW", 50),
+        view("idle_low", "LOW", 40),
+    ]
     actions = decide(snap(99, MemoryState.CRITICAL), views, CFG, now=100.0, healthy_since=None)
     # 99 -> 94 -> 90 with both LOW gone, still CRITICAL -> 75 with MEDIUM; HIGH is never touched.
     assert [a.component for a in actions if a.kind is ActionKind.UNLOAD] == ["balloon", "idle_low", "voice"]
@@ -100,7 +114,9 @@ def test_emergency_freezes_and_unloads_everything_but_critical() -> None:
     assert kinds(actions).index(("FREEZE", "balloon")) < kinds(actions).index(("UNLOAD", "nlp"))
 
 
-@pytest.mark.parametrize("state, percent", [(MemoryState.WARNING, 80), (MemoryState.CRITICAL, 99), (MemoryState.EMERGENCY, 99)])
+@pytest.mark.parametrize(
+    "state, percent", [(MemoryState.WARNING, 80), (MemoryState.CRITICAL, 99), (MemoryState.EMERGENCY, 99)]
+)
 def test_critical_priority_is_never_frozen_or_unloaded(state: MemoryState, percent: float) -> None:
     only_critical = [view("chatbot", "CRITICAL", 900, growing=True)]
     for a in decide(snap(percent, state), only_critical, CFG, now=1000.0, healthy_since=None):
@@ -118,8 +134,12 @@ def test_a_dependency_of_a_running_higher_priority_component_waits_for_it() -> N
 def test_frozen_too_long_is_unloaded_under_pressure_and_thawed_otherwise() -> None:
     frozen = [view("voice", "MEDIUM", 10, state=FROZEN, frozen_since=10.0)]
     assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=39.0, healthy_since=None)) == []
-    assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=41.0, healthy_since=None)) == [("UNLOAD", "voice")]
-    assert kinds(decide(snap(50, MemoryState.HEALTHY), frozen, CFG, now=41.0, healthy_since=40.0)) == [("THAW", "voice")]
+    assert kinds(decide(snap(80, MemoryState.WARNING), frozen, CFG, now=41.0, healthy_since=None)) == [
+        ("UNLOAD", "voice")
+    ]
+    assert kinds(decide(snap(50, MemoryState.HEALTHY), frozen, CFG, now=41.0, healthy_since=40.0)) == [
+        ("THAW", "voice")
+    ]
     # A HIGH component frozen in an EMERGENCY is not a CRITICAL-state candidate: only the time limit unloads it.
     high = [view("nlp", "HIGH", 10, state=FROZEN, frozen_since=10.0)]
     assert decide(snap(86, MemoryState.CRITICAL), high, CFG, now=39.0, healthy_since=None) == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -169,7 +169,10 @@ def test_load_is_refused_with_the_numbers_and_make_room_spares_equal_and_higher(
     stack = admission_stack(make_stack)
     refused = stack.cli("load", "big")
     assert refused.returncode == 1
-    assert "big needs ~150 MB (its estimate, no history yet), " in refused.stderr and "MB free before WARNING" in refused.stderr
+    assert (
+        "big needs ~150 MB (its estimate, no history yet), " in refused.stderr
+        and "MB free before WARNING" in refused.stderr
+    )
     assert stack.component("big")["state"] == "STOPPED"
 
     made = stack.cli("load", "big", "--make-room")
@@ -188,4 +191,11 @@ def test_make_room_refuses_when_even_all_lower_priorities_would_not_do(make_stac
     assert proc.returncode == 1
     assert "huge needs ~900 MB" in proc.stderr and "would free only" in proc.stderr
     states = {c["name"]: c["state"] for c in stack.call("status")["components"]}
-    assert states == {"core": "READY", "peer": "READY", "voice": "READY", "extra": "READY", "big": "STOPPED", "huge": "STOPPED"}
+    assert states == {
+        "core": "READY",
+        "peer": "READY",
+        "voice": "READY",
+        "extra": "READY",
+        "big": "STOPPED",
+        "huge": "STOPPED",
+    }

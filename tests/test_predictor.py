@@ -11,7 +11,10 @@ MB = 1 << 20
 
 def run(peak: float, inputs_mb: float | None = None, predicted: float | None = None) -> RunRecord:
     return RunRecord(
-        started_unix=0.0, peak_mb=peak, inputs_bytes=int(inputs_mb * MB) if inputs_mb is not None else None, predicted_mb=predicted
+        started_unix=0.0,
+        peak_mb=peak,
+        inputs_bytes=int(inputs_mb * MB) if inputs_mb is not None else None,
+        predicted_mb=predicted,
     )
 
 

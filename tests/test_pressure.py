@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 
 from supervisor.config import MemorySection
@@ -41,7 +43,7 @@ def test_a_load_hovering_at_a_threshold_does_not_flap() -> None:
         percent = 70.0 + (0.8 if i % 2 else -0.8)  # 69.2 / 70.8 every 0.1 s
         t = classify(t, percent, system(), CFG, now=i * 0.1)
         states.append(t.state)
-    changes = sum(1 for a, b in zip(states, states[1:]) if a is not b)
+    changes = sum(1 for a, b in itertools.pairwise(states) if a is not b)
     assert changes == 1 and states[-1] is W  # it rose once (at the first 70.8) and stayed
 
 

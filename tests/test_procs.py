@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -90,7 +89,11 @@ def test_kept_descriptors_follow_processes_as_they_come_and_go(family: tuple[sub
         assert sampler.usage({"family": parent.pid})["family"].processes == 3
         assert len(os.listdir("/proc/self/fd")) == kept  # a second sample opens nothing new
         os.kill(kids[0], 9)
-        wait_until(lambda: sampler.usage({"family": parent.pid})["family"].processes == 2, 10, what="the child to leave the tree")
+        wait_until(
+            lambda: sampler.usage({"family": parent.pid})["family"].processes == 2,
+            10,
+            what="the child to leave the tree",
+        )
         assert len(os.listdir("/proc/self/fd")) == kept - 3  # its three files were closed
     finally:
         sampler.close()
@@ -122,10 +125,14 @@ def test_process_state_sees_a_stop_take_effect() -> None:
 
 
 def test_a_new_process_moves_the_pid_counter_and_is_walked_into_the_tree() -> None:
-    script = ("import subprocess, sys, time\ninput()\n"
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(flush=True); time.sleep(60)")
+    script = (
+        "import subprocess, sys, time\ninput()\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(flush=True); time.sleep(60)"
+    )
     sampler = procs.TreeSampler()
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as parent:
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as parent:
         try:
             assert sampler.usage({"p": parent.pid})["p"].processes == 1
             parent.stdin.write("\n")  # type: ignore[union-attr]
@@ -141,7 +148,8 @@ def test_a_new_process_moves_the_pid_counter_and_is_walked_into_the_tree() -> No
 
 
 def test_while_the_pid_counter_stands_still_members_are_reread_until_one_exits(
-        family: tuple[subprocess.Popen[str], list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    family: tuple[subprocess.Popen[str], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     parent, kids = family
     # A still counter, as on a quiet machine: this test's own processes must not move it.
     monkeypatch.setattr(procs.TreeSampler, "_pid_counter", lambda self: b"4242")

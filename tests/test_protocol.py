@@ -41,7 +41,10 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
         (msgspec.msgpack.encode([1, 2]), ErrorCode.BAD_REQUEST),
         (msgspec.msgpack.encode({"id": "x", "op": "status"}), ErrorCode.BAD_REQUEST),
         (msgspec.msgpack.encode({"id": 1}), ErrorCode.BAD_REQUEST),
-        (b"\x83\xa2id\x01\xa2op\xa4ping\xa4args\x81\xa1a" + b"\x91" * 100_000 + b"\x90", ErrorCode.BAD_FRAME),  # 100,000 deep
+        (
+            b"\x83\xa2id\x01\xa2op\xa4ping\xa4args\x81\xa1a" + b"\x91" * 100_000 + b"\x90",
+            ErrorCode.BAD_FRAME,
+        ),  # 100,000 deep
         (b"\x83\xa2id\x01\xa2op\xa4ping\xa4args" + b"\x81\xa1a" * 100_000 + b"\x80", ErrorCode.BAD_FRAME),
     ],
 )
@@ -69,7 +72,9 @@ def test_bad_arguments(op: str, args: dict, code: str) -> None:
 
 
 def test_good_arguments_are_typed() -> None:
-    assert parse_args(Request(id=1, op="load", args={"name": "nlp", "make_room": True})) == LoadArgs(name="nlp", make_room=True)
+    assert parse_args(Request(id=1, op="load", args={"name": "nlp", "make_room": True})) == LoadArgs(
+        name="nlp", make_room=True
+    )
 
 
 def test_request_id_is_recovered_when_possible() -> None:

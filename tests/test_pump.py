@@ -29,7 +29,7 @@ def flood(fd: int, total: int, line: bytes = LINE) -> threading.Thread:
                 chunk = block[: total - sent]
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 sent += len(chunk)
         except BrokenPipeError:  # the test stopped reading early
             pass
@@ -41,8 +41,17 @@ def flood(fd: int, total: int, line: bytes = LINE) -> threading.Thread:
     return thread
 
 
-def pump(tmp_path: Path, total: int, *, rate: float, burst: float, drop: bool, line: bytes = LINE, check_at_s: float = 1.0,
-         stop_after_s: float | None = None):
+def pump(
+    tmp_path: Path,
+    total: int,
+    *,
+    rate: float,
+    burst: float,
+    drop: bool,
+    line: bytes = LINE,
+    check_at_s: float = 1.0,
+    stop_after_s: float | None = None,
+):
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     enlarge_pipe(read_end)
@@ -54,9 +63,11 @@ def pump(tmp_path: Path, total: int, *, rate: float, burst: float, drop: bool, l
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
+
             async def watch() -> None:
                 await anyio.sleep(check_at_s)
                 seen["bytes"], seen["writer_alive"] = stats.bytes, writer.is_alive()
+
             tg.start_soon(watch)
             bucket = TokenBucket(rate, burst, anyio.current_time())
             with anyio.move_on_after(stop_after_s if stop_after_s is not None else float("inf")):
@@ -103,7 +114,9 @@ def test_drop_keeps_the_writer_going_and_counts_what_it_dropped(tmp_path: Path) 
 def test_short_lines_count_at_least_their_line_cost(tmp_path: Path) -> None:
     # `yes`: 2-byte lines. 4 MB of them would pass a byte-only limit of 8 MB/s (1 MB burst)
     # within a second; charged 64 bytes a line, the first read alone costs 32 MB: 4 s of the limit.
-    stats, _, seen, _ = pump(tmp_path, 4 * MB, rate=8 * MB, burst=1 * MB, drop=False, line=b"y\n", check_at_s=1.0, stop_after_s=1.2)
+    stats, _, seen, _ = pump(
+        tmp_path, 4 * MB, rate=8 * MB, burst=1 * MB, drop=False, line=b"y\n", check_at_s=1.0, stop_after_s=1.2
+    )
     assert LINE_COST_BYTES == 64
     assert 0 < seen["bytes"] <= 1 * MB + 64 * 1024, seen
     assert seen["writer_alive"] and stats.throttled_s > 1.0

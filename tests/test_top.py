@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -33,14 +33,21 @@ def read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
 
 @pytest.mark.parametrize("quit_with", ["q", "ctrl-c"])
 def test_top_draws_the_stack_and_quits_cleanly(make_stack: StackFactory, quit_with: str) -> None:
-    stack = make_stack(f'[components.lonely]\ncommand = {python_command("import time; print(1, flush=True); time.sleep(600)")}\nready = {{ alive_s = 0.1 }}\n')
+    stack = make_stack(
+        f"[components.lonely]\ncommand = {python_command('import time; print(1, flush=True); time.sleep(600)')}\nready = {{ alive_s = 0.1 }}\n"
+    )
     stack.up()
     stack.wait_state("lonely", "READY")
     master, slave = pty.openpty()
     env = {**stack.env, "TERM": "xterm", "LINES": "30", "COLUMNS": "120"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "-c", str(stack.config), "top"],
-        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, start_new_session=True,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
     )
     os.close(slave)
     stack.reaper.track(proc.pid)

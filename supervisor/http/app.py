@@ -7,11 +7,11 @@ Bad JSON, wrong types and unknown components get a 4xx with a JSON error body; a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
-
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,7 +21,6 @@ from starlette.routing import Route
 from ..config import check_component, decode_component
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
-
 from .responses import error_response, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -77,7 +76,9 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
 
     async def health(request: Request) -> dict[str, Any]:
         m = sup.memory_status()
-        status = {"HEALTHY": "healthy", "WARNING": "warning", "CRITICAL": "critical", "EMERGENCY": "emergency"}[m["state"]]
+        status = {"HEALTHY": "healthy", "WARNING": "warning", "CRITICAL": "critical", "EMERGENCY": "emergency"}[
+            m["state"]
+        ]
         return {
             "status": status,
             "memory": {k: m[k] for k in ("state", "percent_used", "available_mb", "components_loaded")},
@@ -133,11 +134,22 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
         return Response(metrics_text(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def events(request: Request) -> Response:
-        return StreamingResponse(_event_stream(sup, request), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            _event_stream(sup, request), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     async def dashboard(request: Request) -> Response:
         page = DASHBOARD.read_text().replace("__IRONCLIW_TOKEN__", token)
-        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+        return HTMLResponse(
+            page,
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": (
+                    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline';"
+                    " script-src 'self' 'unsafe-inline'"
+                ),
+            },
+        )
 
     routes = [
         Route("/health", guarded(health)),
@@ -168,9 +180,14 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
 
 
 def _op(summary: str, method: str = "get", body: bool = False) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "JSON"}, "4XX": {"description": "JSON error"}}}
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": {"description": "JSON"}, "4XX": {"description": "JSON error"}},
+    }
     if method == "post":
-        op["parameters"] = [{"name": "X-Ironcliw-Token", "in": "header", "required": True, "schema": {"type": "string"}}]
+        op["parameters"] = [
+            {"name": "X-Ironcliw-Token", "in": "header", "required": True, "schema": {"type": "string"}}
+        ]
     if body:
         op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
     return {method: op}
@@ -186,8 +203,15 @@ OPENAPI: dict[str, Any] = {
         "/memory/report": _op("Per-component memory, predictions, trends, recent actions"),
         "/memory/components": _op("Components with their state and config"),
         "/memory/components/register": _op("Register a component (config keys plus name)", "post", body=True),
-        "/memory/components/{name}/load": {"post": {**_op("Load (admission; make_room)", "post", body=True)["post"], "parameters": _op("", "post")["post"]["parameters"] + _NAME}},
-        "/memory/components/{name}/unload": {"post": {**_op("Unload", "post")["post"], "parameters": _op("", "post")["post"]["parameters"] + _NAME}},
+        "/memory/components/{name}/load": {
+            "post": {
+                **_op("Load (admission; make_room)", "post", body=True)["post"],
+                "parameters": _op("", "post")["post"]["parameters"] + _NAME,
+            }
+        },
+        "/memory/components/{name}/unload": {
+            "post": {**_op("Unload", "post")["post"], "parameters": _op("", "post")["post"]["parameters"] + _NAME}
+        },
         "/memory/optimize": _op("The WARNING actions now", "post"),
         "/memory/emergency-cleanup": _op("The EMERGENCY actions now", "post"),
     },

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..core import Supervisor
-from ..procs import own_rss_bytes
 from ..model import MIB, ComponentState, MemoryState
+from ..procs import own_rss_bytes
 
 
 class SupervisorCollector:
@@ -21,10 +21,18 @@ class SupervisorCollector:
         sup = self.sup
         monitor = sup.memory
         snap = monitor.current()
-        rss = GaugeMetricFamily("ironcliw_component_rss_bytes", "Resident memory of the component's whole process tree", labels=["component", "priority"])
-        state = GaugeMetricFamily("ironcliw_component_state", "1 for the component's current state", labels=["component", "state"])
+        rss = GaugeMetricFamily(
+            "ironcliw_component_rss_bytes",
+            "Resident memory of the component's whole process tree",
+            labels=["component", "priority"],
+        )
+        state = GaugeMetricFamily(
+            "ironcliw_component_state", "1 for the component's current state", labels=["component", "state"]
+        )
         restarts = CounterMetricFamily("ironcliw_component_restarts", "Automatic restarts", labels=["component"])
-        predicted = GaugeMetricFamily("ironcliw_component_predicted_peak_bytes", "Predicted peak of the next load", labels=["component"])
+        predicted = GaugeMetricFamily(
+            "ironcliw_component_predicted_peak_bytes", "Predicted peak of the next load", labels=["component"]
+        )
         for name, runner in sup.runners.items():
             rss.add_metric([name, runner.spec.priority.value], runner.usage.rss_bytes if runner.child else 0)
             for s in ComponentState:
@@ -36,14 +44,30 @@ class SupervisorCollector:
         for s in MemoryState:
             mem_state.add_metric([s.value], 1.0 if snap.state is s else 0.0)
         yield mem_state
-        yield GaugeMetricFamily("ironcliw_memory_used_ratio", "Used memory as the supervisor judges it (budget mode included)", value=snap.percent_used / 100)
+        yield GaugeMetricFamily(
+            "ironcliw_memory_used_ratio",
+            "Used memory as the supervisor judges it (budget mode included)",
+            value=snap.percent_used / 100,
+        )
         yield GaugeMetricFamily("ironcliw_memory_available_bytes", "Room before 100 %", value=snap.available_mb * MIB)
         yield GaugeMetricFamily("ironcliw_stack_rss_bytes", "Sum over every component tree", value=snap.stack_bytes)
-        yield GaugeMetricFamily("ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes())
-        yield GaugeMetricFamily("ironcliw_sample_duration_seconds", "How long the last memory sample took", value=monitor.sample_cost_s)
-        yield CounterMetricFamily("ironcliw_samples", "Memory samples taken (the loop's and those requests asked for)", value=monitor.samples)
-        yield CounterMetricFamily("ironcliw_monitor_samples", "Memory samples taken on the monitor's own schedule (by the loop or the idle watcher)", value=monitor.scheduled_samples)
-        actions = CounterMetricFamily("ironcliw_actions", "Policy actions by kind and outcome", labels=["kind", "outcome"])
+        yield GaugeMetricFamily(
+            "ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes()
+        )
+        yield GaugeMetricFamily(
+            "ironcliw_sample_duration_seconds", "How long the last memory sample took", value=monitor.sample_cost_s
+        )
+        yield CounterMetricFamily(
+            "ironcliw_samples", "Memory samples taken (the loop's and those requests asked for)", value=monitor.samples
+        )
+        yield CounterMetricFamily(
+            "ironcliw_monitor_samples",
+            "Memory samples taken on the monitor's own schedule (by the loop or the idle watcher)",
+            value=monitor.scheduled_samples,
+        )
+        actions = CounterMetricFamily(
+            "ironcliw_actions", "Policy actions by kind and outcome", labels=["kind", "outcome"]
+        )
         for (kind, outcome), n in sorted(monitor.enforcer.counts.items()):
             actions.add_metric([kind, outcome], n)
         yield actions

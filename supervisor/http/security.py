@@ -55,16 +55,22 @@ class Guard:
         server = scope.get("server")
         port = server[1] if server else None
         if not host_allowed(host, port):
-            await error_response(400, "BAD_HOST", f"Host {host!r} is not a loopback name or address")(scope, receive, send)
+            await error_response(400, "BAD_HOST", f"Host {host!r} is not a loopback name or address")(
+                scope, receive, send
+            )
             return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get(b"origin")
             if origin is not None and not origin_allowed(origin.decode("latin-1"), port):
-                await error_response(403, "CROSS_ORIGIN", f"Origin {origin.decode('latin-1')!r} may not change state")(scope, receive, send)
+                await error_response(403, "CROSS_ORIGIN", f"Origin {origin.decode('latin-1')!r} may not change state")(
+                    scope, receive, send
+                )
                 return
             given = headers.get(TOKEN_HEADER, b"")
             if not hmac.compare_digest(given, self.token):
                 code = "NO_TOKEN" if not given else "BAD_TOKEN"
-                await error_response(403, code, "state-changing requests need the X-Ironcliw-Token from <runtime_dir>/http.token")(scope, receive, send)
+                await error_response(
+                    403, code, "state-changing requests need the X-Ironcliw-Token from <runtime_dir>/http.token"
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)

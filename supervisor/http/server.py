@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import anyio
@@ -40,7 +41,10 @@ KEEPALIVE_S = 30.0
 READ_CHUNK = 65536
 BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 class _Closed(Exception):
@@ -197,7 +201,11 @@ class _Connection:
             raise _Closed() from None
 
     async def _reply_plain(self, status: int, text: bytes) -> None:
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()), (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(text)).encode()),
+            (b"connection", b"close"),
+        ]
         try:
             events = (h11.Response(status_code=status, headers=headers), h11.Data(data=text), h11.EndOfMessage())
             await self._write(b"".join(self.h11.send(event) or b"" for event in events))
@@ -248,12 +256,20 @@ def _address(addr: Any) -> tuple[str, int] | None:
     return (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) and len(addr) >= 2 else None
 
 
-async def serve_app(app: ASGIApp, host: str, port: int, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve_app(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `app` on host:port until cancelled; reports the bound (host, port) once listening."""
     try:
         listeners = [await anyio.abc.SocketListener.from_socket(sock) for sock in _bind_tcp(host, port)]
     except OSError as exc:
-        raise IroncliwError(f"cannot serve HTTP on {host}:{port} ({exc.strerror or exc}); set [http] port or enabled = false") from None
+        raise IroncliwError(
+            f"cannot serve HTTP on {host}:{port} ({exc.strerror or exc}); set [http] port or enabled = false"
+        ) from None
     listener = listeners[0] if len(listeners) == 1 else anyio.streams.stapled.MultiListener(listeners)
     slots = Slots(MAX_CONNECTIONS)
 
@@ -301,7 +317,9 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
     cfg = supervisor.config.http
     for module in ("starlette", "msgspec"):  # a broken install fails at `up`, not at the first request
         if importlib.util.find_spec(module) is None:
-            raise IroncliwError(f"the HTTP API needs the `{module}` package; reinstall the project or set [http] enabled = false")
+            raise IroncliwError(
+                f"the HTTP API needs the `{module}` package; reinstall the project or set [http] enabled = false"
+            )
     token = create_token(supervisor.paths.runtime_dir)
 
     def build() -> ASGIApp:

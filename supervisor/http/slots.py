@@ -17,7 +17,7 @@ The decisions are pure functions over the slots (`victim`, `too_slow`); `Slots` 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import anyio
 import structlog
@@ -87,7 +87,12 @@ class Slots:
             self.release(loser)
             _close(loser)
             self.evicted += 1
-            log.info("http_connection_evicted", phase=loser.phase, age_s=round(now - loser.since, 2), head_bytes=loser.received)
+            log.info(
+                "http_connection_evicted",
+                phase=loser.phase,
+                age_s=round(now - loser.since, 2),
+                head_bytes=loser.received,
+            )
         slot = Slot(now, anyio.CancelScope())
         self.taken.add(slot)
         self.heading(slot, now)

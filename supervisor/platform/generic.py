@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import psutil
 
@@ -12,7 +12,9 @@ from ..model import MemoryDetail, SystemMemory
 def read_system() -> SystemMemory:
     vm = psutil.virtual_memory()
     swap = psutil.swap_memory()
-    return SystemMemory(total_bytes=vm.total, available_bytes=vm.available, swap_total_bytes=swap.total, swap_used_bytes=swap.used)
+    return SystemMemory(
+        total_bytes=vm.total, available_bytes=vm.available, swap_total_bytes=swap.total, swap_used_bytes=swap.used
+    )
 
 
 def read_detail(pids: Iterable[int]) -> MemoryDetail:
