@@ -18,15 +18,15 @@ import anyio
 import structlog
 
 from . import launcher, orphans, procs
+from .admission import Admission, inputs_bytes
 from .config import ComponentSpec, Config, Paths
 from .errors import Refused, UnknownComponent
 from .events import EventBus
 from .history import History
 from .logfiles import RETRY_INITIAL_S, RETRY_MAX_S, disk_problem, tail_lines
-from .model import MIB, ComponentState, ComponentStatus, MemoryState, ProcessIdentity
+from .model import MIB, ComponentState, ComponentStatus, MemoryState, ProcessIdentity, Snapshot
 from .monitor import MemoryMonitor
-from .policy import plan_make_room
-from .predictor import Prediction, RunRecord, predict
+from .predictor import Prediction, RunRecord
 from .runner import Runner
 from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
 
@@ -34,7 +34,6 @@ log = structlog.get_logger("ironcliw.supervisor")
 
 STATUS_SAMPLE_MAX_AGE_S = 0.5
 RECORD_EVERY_S = 0.05  # the runtime dir's record is rewritten at most this often
-PREDICTION_TTL_S = 5.0  # input files are stat()ed at most this often
 
 
 class Service(Protocol):
@@ -54,7 +53,6 @@ class Supervisor:
         self._shutdown = anyio.Event()
         self._stopping = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._predictions: dict[str, tuple[float, Prediction]] = {}
         # Disk trouble that is reported, never fatal: path -> (where, problem), e.g. ("log_dir", "no space left").
         self._disk_problems: dict[str, tuple[str, str]] = {}
         self._state_dirty = anyio.Event()  # history to write, or a write to retry (the keeper's wake-up)
@@ -71,6 +69,7 @@ class Supervisor:
         self.history = History(paths.state_dir)
         self.memory = MemoryMonitor(config.memory, self.runners, self.bus, predict=self.prediction)
         self.memory.on_walk = self._record_changed
+        self.admission = Admission(self.runners, self.history, self.memory, self._fresh_sample)
         self._identities: dict[int, ProcessIdentity] = {}  # of the processes in the record
 
     def _make_runner(self, spec: ComponentSpec) -> Runner:
@@ -87,7 +86,7 @@ class Supervisor:
             on_run_end=self._record_run,
             on_log_problem=lambda path, problem: self._disk_problem("log_dir", path, problem),
             orphans_of=self._orphans_of,
-            run_context=lambda name: (self.prediction(name).peak_mb, self._inputs_bytes(self.config.components[name])),
+            run_context=lambda name: (self.prediction(name).peak_mb, inputs_bytes(self.config.components[name])),
         )
 
     def register(self, spec: ComponentSpec) -> Runner:
@@ -202,7 +201,7 @@ class Supervisor:
 
     def _component_changed(self) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
-        self.memory.stale = True
+        self.memory.roots_changed()
         self._record_changed()
 
     def _record_changed(self) -> None:
@@ -225,7 +224,7 @@ class Supervisor:
         each leader, every member of its tree at the last walk (orphans included), and the
         unattributed orphans, so the next `up` after a SIGKILL stops them all."""
         records = []
-        members = self.memory.trees.members
+        members = self.memory.members
         known = self._identities
         for name, r in self.runners.items():
             if r.child is None:
@@ -235,7 +234,7 @@ class Supervisor:
                 if pid != r.child.pid and (ident := known.get(pid) or procs.identity(pid)) is not None:
                     known[pid] = ident
                     records.append(ChildRecord(name=name, pid=pid, create_time=ident.create_time))
-        for pid in self.memory.trees.orphans.get("", ()):
+        for pid in self.memory.orphans.get("", ()):
             if (ident := known.get(pid) or procs.identity(pid)) is not None:
                 known[pid] = ident
                 records.append(ChildRecord(name="", pid=pid, create_time=ident.create_time))
@@ -380,40 +379,18 @@ class Supervisor:
             )
         return {"components": rows}
 
-    # --- prediction and admission ------------------------------------------------------------
-
-    def _inputs_bytes(self, spec: ComponentSpec) -> int | None:
-        if not spec.inputs:
-            return None
-        total = 0
-        for path in spec.inputs:
-            try:
-                total += (Path(spec.cwd or ".") / path).stat().st_size
-            except OSError:
-                log.warning("input_missing", component=spec.name, path=path)
-        return total
+    # --- prediction and admission (admission.py) ---------------------------------------------
 
     def prediction(self, name: str) -> Prediction:
-        """Cached for PREDICTION_TTL_S (the policy asks on every decision, up to 50 times a
-        second under pressure); a finished run invalidates it at once."""
-        cached = self._predictions.get(name)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < PREDICTION_TTL_S:
-            return cached[1]
-        pred = self._predict(name)
-        self._predictions[name] = (now, pred)
-        return pred
+        return self.admission.prediction(name)
 
-    def _predict(self, name: str) -> Prediction:
-        spec = self.runner(name).spec
-        # Runs that never became ready (crash loops, bad configs) say little about a load's need.
-        runs = [r for r in self.history.runs(name) if r.time_to_ready_s is not None]
-        return predict(runs, spec.estimated_mb, self._inputs_bytes(spec))
+    def can_load(self, name: str) -> tuple[bool, str, Prediction, int]:
+        return self.admission.can_load(name)
 
     def _record_run(self, name: str, record: RunRecord) -> None:
         self.history.append(name, record)
         self._state_dirty.set()  # written by the keeper, off the loop
-        self._predictions.pop(name, None)
+        self.admission.forget(name)
         log.info(
             "run_recorded",
             component=name,
@@ -423,55 +400,6 @@ class Supervisor:
             time_to_ready_s=record.time_to_ready_s,
         )
 
-    def can_load(self, name: str) -> tuple[bool, str, Prediction, int]:
-        """(ok, reason with the numbers, the prediction, bytes free before WARNING)."""
-        runner = self.runner(name)
-        pred = self.prediction(name)
-        self._fresh_sample()
-        snap = self.memory.current()
-        room = self.memory.headroom_bytes(snap)
-        evidence = (
-            f"predicted from {pred.runs} run{'s' if pred.runs != 1 else ''}"
-            if pred.runs
-            else "its estimate, no history yet"
-        )
-        reason = f"{name} needs ~{_size(pred.peak_mb * MIB)} ({evidence}), {_size(max(room, 0))} free before WARNING"
-        if runner.child is not None:
-            return True, f"{name} is already loaded ({runner.state.value})", pred, room
-        return pred.peak_mb * MIB <= room, reason, pred, room
-
-    async def _make_room(self, name: str, pred: Prediction, room: int) -> None:
-        """Unload lower-priority components (never equal or higher) until the load fits."""
-        target = self.runner(name).spec.priority
-        candidates = [
-            (r.name, r.spec.priority, r.usage.rss_bytes, self._time_to_ready(r.name))
-            for r in self.runners.values()
-            if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
-        ]
-        shortfall = int(pred.peak_mb * MIB) - room
-        chosen, freed = plan_make_room(shortfall, candidates)
-        if freed < shortfall:
-            names = ", ".join(chosen) or "nothing"
-            raise Refused(
-                f"{name} needs ~{_size(pred.peak_mb * MIB)}, {_size(max(room, 0))} free before WARNING; "
-                f"unloading every lower priority ({names}) would free only {_size(freed)}"
-            )
-        log.info(
-            "making_room",
-            component=name,
-            unload=chosen,
-            freed_mb=round(freed / MIB, 1),
-            shortfall_mb=round(shortfall / MIB, 1),
-        )
-        for victim in chosen:
-            runner = self.runners[victim]
-            await runner.stop(f"unloaded to make room for {name} (needs ~{_size(pred.peak_mb * MIB)})")
-            runner.unloaded_by_policy = True  # comes back when it fits again
-
-    def _time_to_ready(self, name: str) -> float:
-        times = [r.time_to_ready_s for r in self.history.runs(name) if r.time_to_ready_s is not None]
-        return sorted(times)[len(times) // 2] if times else 1.0
-
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
@@ -479,7 +407,7 @@ class Supervisor:
         if not ok:
             if not make_room:
                 raise Refused(reason + " (--make-room unloads lower priorities)")
-            await self._make_room(name, pred, room)
+            await self.admission.make_room(name, pred, room)
         state = await runner.start()
         if state is not ComponentState.READY:
             raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
@@ -529,10 +457,8 @@ class Supervisor:
             raise Refused("the supervisor is not running")
         return self._tg
 
-    def _fresh_sample(self) -> None:
-        snap = self.memory.snapshot
-        if snap is None or self.memory.stale or time.monotonic() - snap.time > STATUS_SAMPLE_MAX_AGE_S:
-            self.memory.sample()
+    def _fresh_sample(self) -> Snapshot:
+        return self.memory.fresh(STATUS_SAMPLE_MAX_AGE_S)
 
     async def logs(self, name: str, lines: int) -> list[str]:
         """The last lines of a component's log, read in a worker thread (a file read can take
@@ -543,8 +469,3 @@ class Supervisor:
     def _refuse_while_stopping(self) -> None:
         if self._stopping:
             raise Refused("the supervisor is shutting down")
-
-
-def _size(n_bytes: float) -> str:
-    mb = n_bytes / MIB
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"

@@ -86,7 +86,7 @@ class Enforcer:
             case ActionKind.THAW:
                 return "thawed" if runner.thaw(self._short(action)) else None
             case ActionKind.TRIM:
-                before = runner.usage.rss_bytes
+                before = runner.memory.usage.rss_bytes
                 if not runner.request_trim():
                     return None
                 tg.start_soon(self._measure_trim, runner, before)
@@ -120,13 +120,11 @@ class Enforcer:
 
     async def _measure_trim(self, runner: Runner, before: int) -> None:
         await anyio.sleep(self.cfg.trim_settle_s)
-        freed_mb = max(0.0, (before - runner.usage.rss_bytes) / MIB)
-        runner.trim_freed_mb.append(round(freed_mb, 1))
-        runner.current_run.trim_freed_mb.append(round(freed_mb, 1))
-        log.info(
-            "trim_measured", component=runner.name, freed_mb=round(freed_mb, 1), rss_mb=round(runner.usage.rss_mb, 1)
-        )
-        self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=round(freed_mb, 1))
+        usage = runner.memory.usage
+        freed_mb = round(max(0.0, (before - usage.rss_bytes) / MIB), 1)
+        runner.memory.trim_measured(freed_mb)
+        log.info("trim_measured", component=runner.name, freed_mb=freed_mb, rss_mb=round(usage.rss_mb, 1))
+        self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=freed_mb)
 
     def _record(self, action: Action, outcome: str, **extra: object) -> dict[str, object]:
         entry = {

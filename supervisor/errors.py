@@ -103,3 +103,27 @@ class RemoteError(IroncliwError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SamplerStuck(IroncliwError):
+    """The memory sampler's thread did not answer a request for a reading in time."""
+
+    def __init__(self, waited_s: float) -> None:
+        self.waited_s = waited_s
+        super().__init__(f"the memory sampler did not take a reading within {waited_s:g} s")
+
+
+class NoSuchProcess(IroncliwError):
+    """The process is gone (or its PID now names another process)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        super().__init__(f"no process {pid}")
+
+
+class AccessDenied(IroncliwError):
+    """The OS refused to let us read or signal the process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        super().__init__(f"not allowed to reach process {pid}")

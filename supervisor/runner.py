@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +22,12 @@ import anyio
 import structlog
 
 from . import launcher, procs, restart
+from .accounting import ComponentMemory
 from .config import ComponentSpec
 from .errors import SpawnError
 from .events import EventBus
 from .logfiles import ProblemCallback, RotatingLog
-from .model import MIB, ComponentState, ComponentStatus, ExitInfo, TreeUsage
+from .model import MIB, ComponentState, ComponentStatus, ExitInfo
 from .predictor import RunRecord
 from .pump import OutputStats, TokenBucket, pump_output, split_lines
 
@@ -35,7 +35,8 @@ log = structlog.get_logger("ironcliw.runner")
 
 
 class RunStats:
-    """What one run of a component has shown so far (becomes a history RunRecord at its end)."""
+    """What one run of a component was started with and how long it took to be ready (with
+    its memory, in ComponentMemory.run, it becomes a history RunRecord at its end)."""
 
     def __init__(
         self, started_unix: float | None = None, predicted_mb: float | None = None, inputs_bytes: int | None = None
@@ -43,11 +44,7 @@ class RunStats:
         self.started_unix = started_unix
         self.predicted_mb = predicted_mb
         self.inputs_bytes = inputs_bytes
-        self.hwm_bytes: int | None = None
-        self.ready_peak_bytes: int | None = None
         self.time_to_ready_s: float | None = None
-        self.ready_samples: list[int] = []
-        self.trim_freed_mb: list[float] = []
 
 
 def _unit_random() -> float:
@@ -56,9 +53,6 @@ def _unit_random() -> float:
     return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
-GROWTH_WINDOW_S = 1.0
-RATE_WINDOW_S = 0.3
-GROWTH_NOISE_BYTES = 1 << 20
 FREEZE_VERIFY_S = 0.1
 
 _SETTLED = frozenset({ComponentState.READY, ComponentState.STOPPED, ComponentState.EXITED, ComponentState.FATAL})
@@ -101,14 +95,10 @@ class Runner:
         self.restarts = 0
         self.last_exit: str | None = None
         self.started_at: float | None = None
-        self.usage = TreeUsage(0, 0)
-        self.peak_rss_bytes = 0  # highest sampled RSS of the current run
-        self.recent_rss: deque[tuple[float, int]] = deque()  # (time, rss) over the last GROWTH_WINDOW_S
-        self.trend_points: deque[tuple[float, float]] = deque(maxlen=300)  # (time, MB) every TREND_EVERY_S
+        self.memory = ComponentMemory()  # what the monitor measured of its tree
         self.last_used = 0.0  # monotonic: last start or touch
         self.frozen_since: float | None = None
         self.last_trim_at: float | None = None
-        self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
         self.current_run = RunStats()
@@ -162,67 +152,27 @@ class Runner:
         """Mark the component used (idle unloading goes by the time since the last touch)."""
         self.last_used = now
 
-    def record_usage(self, readings: list[tuple[float, TreeUsage]]) -> None:
-        """Readings of this component's tree, (time, usage) in order: one per sample, or the
-        idle watcher's minute at once (a few C-level passes instead of a call per reading)."""
-        self.usage = readings[-1][1]
-        values = [u.rss_bytes for _, u in readings]
-        self.peak_rss_bytes = max(self.peak_rss_bytes, *values)
-        if self.state is ComponentState.READY:
-            self.current_run.ready_samples.extend(values[: 4096 - len(self.current_run.ready_samples)])
-        last = readings[-1][0]
-        self.recent_rss.extend((t, u.rss_bytes) for t, u in readings if last - t <= GROWTH_WINDOW_S)
-        while self.recent_rss and last - self.recent_rss[0][0] > GROWTH_WINDOW_S:
-            self.recent_rss.popleft()
-
-    @property
-    def growth_bytes_s(self) -> float:
-        """Growth rate right now: over the samples of the last RATE_WINDOW_S, and only while
-        the latest sample is still higher than the one before (a burst that ended is not growth)."""
-        if len(self.recent_rss) < 3 or self.recent_rss[-1][1] <= self.recent_rss[-2][1]:
-            return 0.0
-        t1, v1 = self.recent_rss[-1]
-        first = next(((t, v) for t, v in self.recent_rss if t1 - t <= RATE_WINDOW_S), None)
-        if first is None or first[0] >= t1:
-            return 0.0
-        return (v1 - first[1]) / (t1 - first[0])
-
-    @property
-    def growing(self) -> bool:
-        """Grew by more than noise over the last GROWTH_WINDOW_S."""
-        if len(self.recent_rss) < 2:
-            return False
-        return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
-
-    def read_hwm(self, members: dict[int, list[int]] | None = None) -> None:
-        """Fold the kernel's high-water mark of the tree into this run's peak. `members`:
-        root -> PIDs from the sampler's last walk, to skip walking the tree again."""
-        # Also called from the idle watcher's thread: read each attribute once, and fold only
-        # into the run the process belongs to (a restart meanwhile starts a new one).
-        child, run = self.child, self.current_run
-        if child is not None and child.returncode is None:
-            hwm = procs.tree_hwm_bytes(child.pid, members.get(child.pid) if members else None)
-            if hwm is not None and self.current_run is run and self.child is child:
-                run.hwm_bytes = max(run.hwm_bytes or 0, hwm)
+    def _read_hwm(self, child: launcher.Child) -> None:
+        """Fold the kernel's high-water mark of the tree into this run's peak (before READY is
+        declared, and before a stop: the counters go with the processes)."""
+        if child.returncode is None:
+            self.memory.fold_hwm(procs.tree_hwm_bytes(child.pid))
 
     def _end_run(self, exit_reason: str) -> None:
         if self._on_run_end is None or self.current_run.started_unix is None:
             return
-        run = self.current_run
-        child = self.child
-        if child is not None and child.exit_peak_bytes:  # the leader's own lifetime peak (wait4)
-            run.hwm_bytes = max(run.hwm_bytes or 0, child.exit_peak_bytes)
-        sampled = max(self.peak_rss_bytes, 0)
-        peak = max(run.hwm_bytes or 0, sampled)
-        samples = sorted(run.ready_samples)
+        run, memory, child = self.current_run, self.memory, self.child
+        # the leader's own lifetime peak (wait4) counts too
+        peak, source = memory.run_peak(child.exit_peak_bytes if child is not None else None)
+        ready_peak, steady = memory.run.ready_peak_bytes, memory.steady_bytes()
         record = RunRecord(
             started_unix=run.started_unix,
             peak_mb=round(peak / MIB, 1),
-            peak_source="vmhwm" if (run.hwm_bytes or 0) >= sampled and run.hwm_bytes else "sampled",
-            ready_peak_mb=round(run.ready_peak_bytes / MIB, 1) if run.ready_peak_bytes is not None else None,
-            steady_mb=round(samples[len(samples) // 2] / MIB, 1) if samples else None,
+            peak_source=source,
+            ready_peak_mb=round(ready_peak / MIB, 1) if ready_peak is not None else None,
+            steady_mb=round(steady / MIB, 1) if steady is not None else None,
             time_to_ready_s=round(run.time_to_ready_s, 3) if run.time_to_ready_s is not None else None,
-            trim_freed_mb=list(run.trim_freed_mb),
+            trim_freed_mb=list(memory.run.trim_freed_mb),
             exit_reason=exit_reason,
             inputs_bytes=run.inputs_bytes,
             predicted_mb=run.predicted_mb,
@@ -271,8 +221,8 @@ class Runner:
             state=self.state,
             priority=self.spec.priority,
             pid=self.child.pid if self.child else None,
-            rss_mb=round(self.usage.rss_mb, 1) if running else 0.0,
-            processes=self.usage.processes if running else 0,
+            rss_mb=round(self.memory.usage.rss_mb, 1) if running else 0.0,
+            processes=self.memory.usage.processes if running else 0,
             uptime_s=round(now - self.started_at, 1) if running and self.started_at is not None else None,
             restarts=self.restarts,
             estimated_mb=self.spec.estimated_mb,
@@ -335,8 +285,7 @@ class Runner:
         self.started_at = self.last_used = time.monotonic()
         predicted, inputs = self._run_context(self.name) if self._run_context else (None, None)
         self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)
-        self.peak_rss_bytes = 0
-        self.recent_rss.clear()
+        self.memory.begin_run(child.pid)
         self.frozen_since = None
         self._on_change()
         log.info(
@@ -358,7 +307,7 @@ class Runner:
                 sink.close()
                 self.log_sink = None
                 self.child = None
-                self.usage = TreeUsage(0, 0)
+                self.memory.end_run()
                 self.frozen_since = None
                 self._on_change()
                 self._set_changed()
@@ -393,8 +342,8 @@ class Runner:
             with anyio.move_on_after(self.spec.ready.timeout_s):
                 await self._wait_ready(child)
                 if self.state is ComponentState.STARTING:
-                    self.read_hwm()
-                    self.current_run.ready_peak_bytes = max(self.current_run.hwm_bytes or 0, self.peak_rss_bytes)
+                    self._read_hwm(child)
+                    self.memory.mark_ready()
                     self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
                     self._set_state(ComponentState.READY)
                 return
@@ -415,7 +364,7 @@ class Runner:
             else:
                 requested = not abort.is_set()
                 why = self._stop_reason if requested else abort_reason[0]
-                self.read_hwm()  # the last chance: the counters go with the process
+                self._read_hwm(child)  # the last chance: the counters go with the process
                 was_frozen = self._frozen
                 self._set_state(ComponentState.STOPPING, why)
                 info = await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, was_frozen)

@@ -28,10 +28,15 @@ LAYERS = {
     "launcher": 3.5,
     "runtime": 3.5,
     "pressure": 2,
+    "accounting": 2,
     "policy": 2.5,
+    "attention": 2.6,
+    "sampler": 3.4,
     "runner": 4,
     "enforcer": 4.2,
+    "report": 4.3,
     "monitor": 4.5,
+    "admission": 4.7,
     "core": 5,
     "control": 6,
     "client": 6,
@@ -43,25 +48,36 @@ LAYERS = {
     "__main__": 8,
     "__init__": 8,
 }
-PURE = {"errors", "model", "config", "protocol", "restart", "pressure", "predictor", "policy"}
+PURE = {
+    "errors",
+    "model",
+    "config",
+    "protocol",
+    "restart",
+    "pressure",
+    "predictor",
+    "policy",
+    "accounting",
+    "attention",
+}
 FORBIDDEN_IN_PURE = {"anyio", "psutil", "os", "signal", "time"}
 
 
-def module_of(path: Path) -> str:
-    rel = path.relative_to(PACKAGE)
+def module_of(path: Path, package: Path = PACKAGE) -> str:
+    rel = path.relative_to(package)
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
-def imports(path: Path) -> tuple[set[str], set[str]]:
+def imports(path: Path, package: Path = PACKAGE) -> tuple[set[str], set[str]]:
     """(supervisor modules imported, third-party/stdlib top-level names imported). A module
     inside a subpackage (platform/, http/) importing its siblings counts as importing itself."""
-    in_subpackage = path.is_relative_to(PACKAGE) and len(path.relative_to(PACKAGE).parts) > 1
+    in_subpackage = path.is_relative_to(package) and len(path.relative_to(package).parts) > 1
     tree = ast.parse(path.read_text())
     internal, external = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and in_subpackage:
-                internal.add(module_of(path))
+                internal.add(module_of(path, package))
             elif node.level > 0 or (node.module or "").startswith("supervisor"):
                 base = (node.module or "").removeprefix("supervisor").lstrip(".")
                 if base:
@@ -75,30 +91,69 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
     return internal, external
 
 
-def test_every_module_has_a_layer() -> None:
-    missing = {module_of(p) for p in PACKAGE.rglob("*.py")} - set(LAYERS)
-    assert not missing, f"give these modules a layer in this test: {missing}"
-
-
-def test_imports_go_downwards() -> None:
+def layer_problems(package: Path) -> list[str]:
+    """Every import in `package` that breaks the rules: a module without a layer, an import
+    of a module at the same or a higher layer, OS or clock access in a pure module, psutil
+    outside layer 3, the web stack outside http/."""
     problems = []
-    for path in PACKAGE.rglob("*.py"):
-        me = module_of(path)
-        internal, external = imports(path)
-        for other in internal:
-            if other in LAYERS and other != me and LAYERS[other] >= LAYERS[me] and me != "__init__":
-                problems.append(
-                    f"{path.relative_to(REPO)} (layer {LAYERS[me]}) imports {other} (layer {LAYERS[other]})"
-                )
-        if me in PURE:
-            bad = external & FORBIDDEN_IN_PURE
-            if bad:
-                problems.append(f"{path.relative_to(REPO)} is a pure module but imports {sorted(bad)}")
-        if me not in {"procs", "platform"} and "psutil" in external and int(LAYERS[me]) != 3:
-            problems.append(f"{path.relative_to(REPO)} imports psutil outside layer 3")
+    for path in sorted(package.rglob("*.py")):
+        me = module_of(path, package)
+        where = path.relative_to(package.parent)
+        if me not in LAYERS:
+            problems.append(f"{where}: module {me!r} has no layer in tests/test_layering.py")
+            continue
+        internal, external = imports(path, package)
+        for other in sorted(internal - {me}):
+            if other not in LAYERS:
+                problems.append(f"{where} imports {other!r}, which has no layer")
+            elif LAYERS[other] >= LAYERS[me] and me != "__init__":
+                problems.append(f"{where} (layer {LAYERS[me]}) imports {other} (layer {LAYERS[other]})")
+        if me in PURE and external & FORBIDDEN_IN_PURE:
+            problems.append(f"{where} is a pure module but imports {sorted(external & FORBIDDEN_IN_PURE)}")
+        if "psutil" in external and int(LAYERS[me]) != 3:
+            problems.append(f"{where} imports psutil outside layer 3")
         if me != "http" and external & {"starlette", "h11", "prometheus_client"}:
-            problems.append(f"{path.relative_to(REPO)} imports the web stack outside supervisor/http/")
+            problems.append(f"{where} imports the web stack outside supervisor/http/")
+    return problems
+
+
+def test_the_package_follows_the_layers() -> None:
+    problems = layer_problems(PACKAGE)
     assert not problems, "\n".join(problems)
+
+
+def plant(tmp_path: Path, files: dict[str, str]) -> Path:
+    package = tmp_path / "supervisor"
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    return package
+
+
+def test_the_check_catches_planted_violations(tmp_path: Path) -> None:
+    package = plant(
+        tmp_path,
+        {
+            "model.py": "from .core import Supervisor\n",  # layer 0 importing layer 5
+            "policy.py": "import time\nfrom . import runner\n",  # a pure module with a clock, reaching up
+            "runner.py": "from .model import X\nimport psutil\n",  # psutil at layer 4
+            "core.py": "from supervisor.newthing import Y\nimport starlette\n",
+            "http/app.py": "from . import server\nfrom ..core import Supervisor\n",  # fine: downwards
+            "stray.py": "",
+        },
+    )
+    problems = "\n".join(layer_problems(package))
+    assert "supervisor/model.py (layer 0) imports core (layer 5)" in problems
+    assert "supervisor/policy.py (layer 2.5) imports runner (layer 4)" in problems
+    assert "supervisor/policy.py is a pure module but imports ['time']" in problems
+    assert "supervisor/runner.py imports psutil outside layer 3" in problems
+    assert "supervisor/core.py imports 'newthing', which has no layer" in problems
+    assert "supervisor/core.py imports the web stack outside supervisor/http/" in problems
+    assert "module 'stray' has no layer" in problems
+    assert "http/app.py" not in problems
+    assert not layer_problems(
+        plant(tmp_path / "clean", {"model.py": "import msgspec\n", "core.py": "from . import model\n"})
+    )
 
 
 def test_components_do_not_import_the_supervisor() -> None:

@@ -34,9 +34,9 @@ class SupervisorCollector:
             "ironcliw_component_predicted_peak_bytes", "Predicted peak of the next load", labels=["component"]
         )
         for name, runner in sup.runners.items():
-            rss.add_metric([name, runner.spec.priority.value], runner.usage.rss_bytes if runner.child else 0)
-            for s in ComponentState:
-                state.add_metric([name, s.value], 1.0 if runner.state is s else 0.0)
+            rss.add_metric([name, runner.spec.priority.value], runner.memory.usage.rss_bytes if runner.child else 0)
+            for component_state in ComponentState:
+                state.add_metric([name, component_state.value], 1.0 if runner.state is component_state else 0.0)
             restarts.add_metric([name], runner.restarts)
             predicted.add_metric([name], sup.prediction(name).peak_mb * MIB)
         yield from (rss, state, restarts, predicted)
@@ -55,15 +55,19 @@ class SupervisorCollector:
             "ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes()
         )
         yield GaugeMetricFamily(
-            "ironcliw_sample_duration_seconds", "How long the last memory sample took", value=monitor.sample_cost_s
+            "ironcliw_sample_duration_seconds",
+            "How long the last memory sample took",
+            value=monitor.sampler.last_read_s,
         )
         yield CounterMetricFamily(
-            "ironcliw_samples", "Memory samples taken (the loop's and those requests asked for)", value=monitor.samples
+            "ironcliw_samples",
+            "Memory samples taken (the loop's and those requests asked for)",
+            value=monitor.sampler.readings_taken,
         )
         yield CounterMetricFamily(
             "ironcliw_monitor_samples",
-            "Memory samples taken on the monitor's own schedule (by the loop or the idle watcher)",
-            value=monitor.scheduled_samples,
+            "Memory samples taken on the monitor's own schedule (not asked for by a request)",
+            value=monitor.sampler.readings_taken - monitor.sampler.readings_asked,
         )
         actions = CounterMetricFamily(
             "ironcliw_actions", "Policy actions by kind and outcome", labels=["kind", "outcome"]

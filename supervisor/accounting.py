@@ -1,0 +1,119 @@
+"""One component's memory as measured: the newest reading, the run's peaks, the recent
+growth and the trend. Plain data changed only through `ComponentMemory`'s methods: the
+monitor records readings and high-water marks, the runner marks a run's start, readiness
+and end, the enforcer a trim's effect. No clock and no OS: times arrive with the readings.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from .model import MIB, TreeUsage
+
+GROWTH_WINDOW_S = 1.0  # `growing` compares the readings of this last second
+RATE_WINDOW_S = 0.3  # `growth_bytes_s` is measured over this
+GROWTH_NOISE_BYTES = 1 << 20
+READY_SAMPLES_KEPT = 4096  # the run's readings while READY, for its steady (median) size
+TREND_POINTS_KEPT = 300  # one point every TREND_EVERY_S (monitor.py): 10 minutes
+
+
+class RunMemory:
+    """What the current run has shown; becomes part of its history record at the end."""
+
+    def __init__(self) -> None:
+        self.hwm_bytes: int | None = None  # the kernel's high-water marks, folded in
+        self.ready_peak_bytes: int | None = None  # the peak up to READY
+        self.ready_samples: list[int] = []
+        self.trim_freed_mb: list[float] = []
+
+
+class ComponentMemory:
+    def __init__(self) -> None:
+        self.pid: int | None = None  # the leader whose tree these figures are of
+        self.usage = TreeUsage(0, 0)
+        self.peak_rss_bytes = 0  # highest sampled RSS of the current run
+        self.recent_rss: deque[tuple[float, int]] = deque()  # (time, rss) over the last GROWTH_WINDOW_S
+        self.trend_points: deque[tuple[float, float]] = deque(maxlen=TREND_POINTS_KEPT)  # (time, MB)
+        self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
+        self.run = RunMemory()
+
+    # --- the runner: a run's life --------------------------------------------------------
+
+    def begin_run(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss_bytes = 0
+        self.recent_rss.clear()
+        self.run = RunMemory()
+
+    def mark_ready(self) -> None:
+        self.run.ready_peak_bytes = max(self.run.hwm_bytes or 0, self.peak_rss_bytes)
+
+    def end_run(self) -> None:
+        self.pid = None
+        self.usage = TreeUsage(0, 0)
+
+    # --- the monitor: readings -----------------------------------------------------------
+
+    def record(self, readings: Sequence[tuple[float, TreeUsage]], ready: bool, trend_times: set[float]) -> None:
+        """Readings of this tree, (time, usage) in order: one per sample, or a quiet minute at
+        once (a few C-level passes instead of a call per reading). `ready`: the component is
+        READY (its steady size counts only those); `trend_times`: readings that are trend points."""
+        self.usage = readings[-1][1]
+        values = [u.rss_bytes for _, u in readings]
+        self.peak_rss_bytes = max(self.peak_rss_bytes, *values)
+        if ready:
+            kept = self.run.ready_samples
+            kept.extend(values[: READY_SAMPLES_KEPT - len(kept)])
+        last = readings[-1][0]
+        self.recent_rss.extend((t, u.rss_bytes) for t, u in readings if last - t <= GROWTH_WINDOW_S)
+        while self.recent_rss and last - self.recent_rss[0][0] > GROWTH_WINDOW_S:
+            self.recent_rss.popleft()
+        if trend_times:
+            self.trend_points.extend((t, u.rss_bytes / MIB) for t, u in readings if t in trend_times)
+
+    def fold_hwm(self, hwm_bytes: int | None) -> None:
+        """The kernel's high-water mark of the tree, read now, into this run's peak."""
+        if hwm_bytes is not None:
+            self.run.hwm_bytes = max(self.run.hwm_bytes or 0, hwm_bytes)
+
+    # --- the enforcer: a trim's effect ---------------------------------------------------
+
+    def trim_measured(self, freed_mb: float) -> None:
+        self.trim_freed_mb.append(freed_mb)
+        self.run.trim_freed_mb.append(freed_mb)
+
+    # --- what it says --------------------------------------------------------------------
+
+    @property
+    def growth_bytes_s(self) -> float:
+        """Growth rate right now: over the samples of the last RATE_WINDOW_S, and only while
+        the latest sample is still higher than the one before (a burst that ended is not growth)."""
+        recent = self.recent_rss
+        if len(recent) < 3 or recent[-1][1] <= recent[-2][1]:
+            return 0.0
+        t1, v1 = recent[-1]
+        first = next(((t, v) for t, v in recent if t1 - t <= RATE_WINDOW_S), None)
+        if first is None or first[0] >= t1:
+            return 0.0
+        return (v1 - first[1]) / (t1 - first[0])
+
+    @property
+    def growing(self) -> bool:
+        """Grew by more than noise over the last GROWTH_WINDOW_S."""
+        if len(self.recent_rss) < 2:
+            return False
+        return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
+
+    def run_peak(self, exit_peak_bytes: int | None) -> tuple[int, str]:
+        """The run's peak in bytes and where it came from ("vmhwm" or "sampled"), with the
+        leader's own lifetime peak from wait4 when it has exited."""
+        if exit_peak_bytes:
+            self.fold_hwm(exit_peak_bytes)
+        hwm, sampled = self.run.hwm_bytes or 0, self.peak_rss_bytes
+        return max(hwm, sampled), "vmhwm" if hwm and hwm >= sampled else "sampled"
+
+    def steady_bytes(self) -> int | None:
+        """The median of the run's readings while READY."""
+        samples = sorted(self.run.ready_samples)
+        return samples[len(samples) // 2] if samples else None

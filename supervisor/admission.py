@@ -1,0 +1,129 @@
+"""Admission: whether a load fits before WARNING, by its predicted peak, and what to unload
+(lower priorities only) to make room for it. Keeps the predictions, cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import structlog
+
+from .config import ComponentSpec
+from .errors import Refused, UnknownComponent
+from .history import History
+from .model import MIB, Snapshot
+from .monitor import MemoryMonitor
+from .policy import plan_make_room
+from .predictor import Prediction, predict
+from .runner import Runner
+
+log = structlog.get_logger("ironcliw.admission")
+
+PREDICTION_TTL_S = 5.0  # input files are stat()ed at most this often
+
+
+class Admission:
+    def __init__(
+        self,
+        runners: Mapping[str, Runner],
+        history: History,
+        memory: MemoryMonitor,
+        fresh_snapshot: Callable[[], Snapshot],
+    ) -> None:
+        self.runners = runners
+        self.history = history
+        self.memory = memory
+        self._fresh_snapshot = fresh_snapshot
+        self._predictions: dict[str, tuple[float, Prediction]] = {}
+
+    def _runner(self, name: str) -> Runner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise UnknownComponent(name) from None
+
+    # --- predictions ---------------------------------------------------------------------
+
+    def prediction(self, name: str) -> Prediction:
+        """Cached for PREDICTION_TTL_S (the policy asks on every decision, up to 50 times a
+        second under pressure); a finished run invalidates it at once (`forget`)."""
+        cached = self._predictions.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < PREDICTION_TTL_S:
+            return cached[1]
+        spec = self._runner(name).spec
+        # Runs that never became ready (crash loops, bad configs) say little about a load's need.
+        runs = [r for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        pred = predict(runs, spec.estimated_mb, inputs_bytes(spec))
+        self._predictions[name] = (now, pred)
+        return pred
+
+    def forget(self, name: str) -> None:
+        self._predictions.pop(name, None)
+
+    def time_to_ready(self, name: str) -> float:
+        """The median time to READY of the recorded runs (1 s without any)."""
+        times = [r.time_to_ready_s for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        return sorted(times)[len(times) // 2] if times else 1.0
+
+    # --- admission -----------------------------------------------------------------------
+
+    def can_load(self, name: str) -> tuple[bool, str, Prediction, int]:
+        """(ok, reason with the numbers, the prediction, bytes free before WARNING)."""
+        runner = self._runner(name)
+        pred = self.prediction(name)
+        room = self.memory.headroom_bytes(self._fresh_snapshot())
+        runs = f"{pred.runs} run{'s' if pred.runs != 1 else ''}"
+        evidence = f"predicted from {runs}" if pred.runs else "its estimate, no history yet"
+        reason = f"{name} needs ~{size(pred.peak_mb * MIB)} ({evidence}), {size(max(room, 0))} free before WARNING"
+        if runner.child is not None:
+            return True, f"{name} is already loaded ({runner.state.value})", pred, room
+        return pred.peak_mb * MIB <= room, reason, pred, room
+
+    async def make_room(self, name: str, pred: Prediction, room: int) -> None:
+        """Unload lower-priority components (never equal or higher) until the load fits."""
+        target = self._runner(name).spec.priority
+        candidates = [
+            (r.name, r.spec.priority, r.memory.usage.rss_bytes, self.time_to_ready(r.name))
+            for r in self.runners.values()
+            if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
+        ]
+        needs = f"needs ~{size(pred.peak_mb * MIB)}"
+        shortfall = int(pred.peak_mb * MIB) - room
+        chosen, freed = plan_make_room(shortfall, candidates)
+        if freed < shortfall:
+            raise Refused(
+                f"{name} {needs}, {size(max(room, 0))} free before WARNING; unloading every lower priority"
+                f" ({', '.join(chosen) or 'nothing'}) would free only {size(freed)}"
+            )
+        log.info(
+            "making_room",
+            component=name,
+            unload=chosen,
+            freed_mb=round(freed / MIB, 1),
+            shortfall_mb=round(shortfall / MIB, 1),
+        )
+        for victim in chosen:
+            runner = self.runners[victim]
+            await runner.stop(f"unloaded to make room for {name} ({needs})")
+            runner.unloaded_by_policy = True  # comes back when it fits again
+
+
+def inputs_bytes(spec: ComponentSpec) -> int | None:
+    """The size of a component's declared input files (a model, an index), for prediction."""
+    if not spec.inputs:
+        return None
+    total = 0
+    for path in spec.inputs:
+        try:
+            total += (Path(spec.cwd or ".") / path).stat().st_size
+        except OSError:
+            log.warning("input_missing", component=spec.name, path=path)
+    return total
+
+
+def size(n_bytes: float) -> str:
+    mb = n_bytes / MIB
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"

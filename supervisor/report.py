@@ -1,0 +1,150 @@
+"""What the APIs show of memory: the summary (status, `memory` events), the report and the
+explanation, built from the newest snapshot and each component's ComponentMemory.
+Reads only; the monitor owns what it reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import platform, procs
+from .config import MemorySection
+from .model import MIB, MemoryState, Snapshot
+from .policy import ComponentView, bytes_until, explain
+from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
+from .runner import Runner
+
+Predict = Callable[[str], Prediction]
+
+
+def summary(snap: Snapshot, cfg: MemorySection, runners: Mapping[str, Runner]) -> dict[str, Any]:
+    return {
+        "state": snap.state.value,
+        "percent_used": round(snap.percent_used, 2),
+        "available_mb": round(snap.available_mb, 1),
+        "components_loaded": [n for n, r in runners.items() if r.child is not None],
+        "stack_mb": round(snap.stack_bytes / MIB, 1),
+        "budget_mb": cfg.budget_mb,
+        "system_used_percent": round(snap.system.used_percent, 2),
+        # What the percentages are of, and where the lines are: for charts.
+        "basis_mb": round((snap.budget_bytes or snap.system.total_bytes) / MIB, 1),
+        "thresholds": {
+            "warning": cfg.warning_percent,
+            "critical": cfg.critical_percent,
+            "emergency": cfg.emergency_percent,
+        },
+    }
+
+
+def report(
+    snap: Snapshot, cfg: MemorySection, runners: Mapping[str, Runner], predict: Predict | None
+) -> dict[str, Any]:
+    """The summary, the system's figures and a row per component (the caller adds the
+    supervisor's own figures)."""
+    now = time.monotonic()
+    rows = [_component_row(name, r, snap, cfg, predict, now) for name, r in runners.items()]
+    system = snap.system
+    return {
+        **summary(snap, cfg, runners),
+        "system": {
+            "total_mb": round(system.total_bytes / MIB, 1),
+            "available_mb": round(system.available_bytes / MIB, 1),
+            "used_percent": round(system.used_percent, 2),
+            "swap_total_mb": round(system.swap_total_bytes / MIB, 1),
+            "swap_used_mb": round(system.swap_used_bytes / MIB, 1),
+            "psi_some_avg10": system.psi_some_avg10,
+            "psi_full_avg10": system.psi_full_avg10,
+            "kernel_level": system.kernel_level.value if system.kernel_level else None,
+            "compressed_mb": _mb(system.compressed_bytes),
+        },
+        "supervisor_rss_mb": round(procs.own_rss_bytes() / MIB, 1),
+        "components": rows,
+    }
+
+
+def _component_row(
+    name: str, r: Runner, snap: Snapshot, cfg: MemorySection, predict: Predict | None, now: float
+) -> dict[str, Any]:
+    memory = r.memory
+    detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
+    t = trend(list(memory.trend_points), idle=now - r.last_used >= LEAK_WINDOW_S)
+    pred = predict(name) if predict else None
+    split = snap.components.get(name)  # every reading has the anonymous/file split
+    return {
+        "name": name,
+        "priority": r.spec.priority.value,
+        "state": r.state.value,
+        "rss_mb": round(memory.usage.rss_mb, 1) if r.child else 0.0,
+        "peak_mb": round(memory.peak_rss_bytes / MIB, 1),
+        "anon_mb": round(split.anon_bytes / MIB, 1) if split else 0.0,
+        "file_mb": round(split.file_bytes / MIB, 1) if split else 0.0,
+        "pss_mb": _mb(detail.pss_bytes) if detail else None,
+        "uss_mb": _mb(detail.uss_bytes) if detail else None,
+        "footprint_mb": _mb(detail.footprint_bytes) if detail else None,
+        "trend_mb_per_min": t.slope_mb_per_min,
+        "trend": t.detail,
+        "leak_suspected": t.leak,
+        "time_to_next_threshold_s": time_to_next_threshold(snap, cfg, t.slope_mb_per_min),
+        "predicted_mb": pred.peak_mb if pred else None,
+        "prediction": {
+            "basis": pred.basis,
+            "runs": pred.runs,
+            "margin": pred.margin,
+            "confidence": pred.confidence,
+            "detail": pred.detail,
+        }
+        if pred
+        else None,
+        "idle_s": round(now - r.last_used, 1) if r.last_used else None,
+        "estimated_mb": r.spec.estimated_mb,
+        "trim_freed_mb": list(memory.trim_freed_mb),
+        "output": {
+            "mb": round(r.output.bytes / MIB, 1),
+            "dropped_mb": round(r.output.dropped_bytes / MIB, 1),
+            "throttled_s": round(r.output.throttled_s, 1),
+            "log_problem": r.log_sink.problem if r.log_sink else None,
+        },
+        "unloaded_by_policy": r.unloaded_by_policy,
+        "last_exit": r.last_exit,
+    }
+
+
+def time_to_next_threshold(snap: Snapshot, cfg: MemorySection, slope_mb_per_min: float | None) -> float | None:
+    """Seconds until this growth alone takes memory to the next threshold up."""
+    nxt = {
+        MemoryState.HEALTHY: cfg.warning_percent,
+        MemoryState.WARNING: cfg.critical_percent,
+        MemoryState.CRITICAL: cfg.emergency_percent,
+    }.get(snap.state)
+    if nxt is None or slope_mb_per_min is None:
+        return None
+    eta = time_to_reach(0.0, bytes_until(snap, nxt) / MIB, slope_mb_per_min / 60)
+    return round(eta, 1) if eta is not None else None
+
+
+def explanation(
+    snap: Snapshot,
+    cfg: MemorySection,
+    runners: Mapping[str, Runner],
+    views: list[ComponentView],
+    predict: Predict | None,
+    healthy_since: float | None,
+) -> dict[str, Any]:
+    """The policy's explanation of what it would do now, with each candidate's prediction and trend."""
+    now = time.monotonic()
+    out = explain(snap, views, cfg, now, healthy_since)
+    candidates: list[dict[str, Any]] = out["candidates"]  # type: ignore[assignment]
+    for row in candidates:
+        pred = predict(row["name"]) if predict else None
+        row["predicted_mb"] = pred.peak_mb if pred else None
+        row["prediction"] = pred.detail if pred else None
+        t = trend(list(runners[row["name"]].memory.trend_points), idle=False)
+        row["trend_mb_per_min"] = t.slope_mb_per_min
+        row["time_to_next_threshold_s"] = time_to_next_threshold(snap, cfg, t.slope_mb_per_min)
+    return out
+
+
+def _mb(value: int | None) -> float | None:
+    return round(value / MIB, 1) if value is not None else None
