@@ -9,6 +9,7 @@ async callable `(supervisor, task_status=...)` started inside the supervisor's t
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,7 @@ from .monitor import MemoryMonitor
 from .predictor import Prediction, RunRecord
 from .runner import Runner
 from .runtime import ChildRecord, RuntimeDir, ensure_private_dir, stop_leftovers
+from .stopping import stop_processes
 
 log = structlog.get_logger("ironcliw.supervisor")
 
@@ -261,9 +263,8 @@ class Supervisor:
         idents = orphans.with_descendants([pid for pids in left.values() for pid in pids])
         if idents:
             log.info("stopping_orphans", pids=[i.pid for i in idents], components=sorted(left))
-            await orphans.stop_processes(
-                idents, max((s.stop_grace_s for s in self.config.components.values()), default=5.0)
-            )
+            grace = max((s.stop_grace_s for s in self.config.components.values()), default=5.0)
+            await stop_processes(idents, signal.SIGTERM, grace)
             orphans.reap(set())
 
     # --- disk trouble: reported, retried, never fatal ----------------------------------------

@@ -31,6 +31,7 @@ from .config import ComponentSpec
 from .errors import SpawnError
 from .model import ExitInfo, Priority, ProcessIdentity
 from .pump import enlarge_pipe
+from .stopping import stop_processes
 
 log = structlog.get_logger("ironcliw.launcher")
 
@@ -307,31 +308,36 @@ def exit_info(returncode: int, reason_prefix: str = "") -> ExitInfo:
 
 
 async def stop_tree(child: Child, stop_signal: int, grace_s: float, component: str, was_frozen: bool) -> ExitInfo:
-    """Stop a component's whole tree: stop signal, wait `grace_s`, then SIGKILL what is left.
-
-    Frozen processes get SIGCONT first so they can act on the stop signal and exit cleanly.
-    Returns how the leader ended, with "after grace" when SIGKILL was needed.
-    """
+    """Stop a component's whole tree (stopping.stop_processes): the stop signal to the group
+    and every member by identity, `grace_s`, then SIGKILL to what is left. Frozen processes
+    get SIGCONT first so they can act on the stop signal and exit cleanly. Returns how the
+    leader ended, with "after grace" when SIGKILL was needed."""
     known = child.tree()
-    if was_frozen:
-        child.signal_tree(signal.SIGCONT, known)
-    child.signal_tree(stop_signal, known)
-    with anyio.move_on_after(grace_s):
-        await child.wait()
-        while any(procs.is_alive(i) for i in known if i.pid != child.pid):
-            await anyio.sleep(0.02)
-    leftover = [i for i in known if i.pid != child.pid and procs.is_alive(i)]
-    killed = child.returncode is None or bool(leftover)
+
+    def stragglers() -> list[ProcessIdentity]:
+        # killpg reaches the whole group; the scan finds members that left it (not needed
+        # where the supervisor is a subreaper: see Child.tree).
+        return child.group() if child.owns_group and not orphans.is_subreaper() else []
+
+    killed = await stop_processes(
+        known,
+        stop_signal,
+        grace_s,
+        resume=was_frozen,
+        leader_exit=child.wait,
+        leader_pid=child.pid,
+        send=lambda idents, sig: child.signal_tree(sig, list(idents)),
+        also_kill=stragglers,
+    )
     if killed:
-        # killpg reaches the whole group; the scan finds members that left it (not needed where
-        # the supervisor is a subreaper: see Child.tree).
-        stragglers = child.group() if child.owns_group and not orphans.is_subreaper() else []
-        pids = child.signal_tree(signal.SIGKILL, known + stragglers)
         log.warning(
-            "killed_after_grace", component=component, pids=pids, grace_s=grace_s, signal=procs.signal_name(stop_signal)
+            "killed_after_grace",
+            component=component,
+            pids=killed,
+            grace_s=grace_s,
+            signal=procs.signal_name(stop_signal),
         )
     code = await child.wait()
-    info = exit_info(code)
     if killed and code == -signal.SIGKILL:
         return ExitInfo(code=None, signal=signal.SIGKILL, reason=f"killed by SIGKILL after {grace_s:g} s grace")
-    return info
+    return exit_info(code)

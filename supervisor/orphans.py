@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 import sys
 from collections.abc import Collection
-
-import anyio
 
 from . import procs
 from .model import ProcessIdentity
@@ -91,22 +88,6 @@ def reap(leaders: Collection[int]) -> list[int]:
             except ChildProcessError:
                 pass
     return reaped
-
-
-async def stop_processes(idents: list[ProcessIdentity], grace_s: float) -> list[int]:
-    """Stop processes that are nobody's tree any more (leftovers of a killed supervisor,
-    orphans at shutdown): SIGCONT, SIGTERM, `grace_s`, then SIGKILL to what is left, each by
-    identity. Returns the PIDs that needed SIGKILL."""
-    procs.signal_all(idents, signal.SIGCONT)
-    procs.signal_all(idents, signal.SIGTERM)
-    with anyio.move_on_after(grace_s):
-        while any(procs.is_alive(i) for i in idents):
-            await anyio.sleep(0.05)
-    stubborn = procs.signal_all([i for i in idents if procs.is_alive(i)], signal.SIGKILL)
-    with anyio.move_on_after(2.0):
-        while any(procs.is_alive(i) for i in idents):
-            await anyio.sleep(0.02)
-    return stubborn
 
 
 def with_descendants(pids: Collection[int]) -> list[ProcessIdentity]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import structlog
 from . import procs
 from .errors import AlreadyRunning, IroncliwError
 from .model import ProcessIdentity
-from .orphans import stop_processes
+from .stopping import stop_processes
 
 log = structlog.get_logger("ironcliw.runtime")
 
@@ -168,7 +169,7 @@ async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]
         processes=[{"component": name, "pid": i.pid} for name, i in leftovers],
         reason="a previous supervisor on this runtime dir ended without stopping them",
     )
-    stubborn = await stop_processes(idents, grace_s)
+    stubborn = await stop_processes(idents, signal.SIGTERM, grace_s)
     if stubborn:
         log.warning("killed_leftovers_after_grace", pids=stubborn, grace_s=grace_s)
     runtime.write_children([])

@@ -25,6 +25,7 @@ LAYERS = {
     "echo": 3,
     "pump": 3.2,
     "orphans": 3.3,
+    "stopping": 3.3,
     "launcher": 3.5,
     "runtime": 3.5,
     "pressure": 2,
