@@ -35,18 +35,28 @@ from .errors import IroncliwError, ProtocolError
 from .protocol import (
     HEADER,
     MAX_FRAME_BYTES,
+    Command,
+    Components,
+    EmergencyCleanup,
     ErrorCode,
-    LoadArgs,
-    LogsArgs,
-    NameArgs,
+    Explain,
+    Load,
+    Logs,
+    Memory,
+    Optimize,
+    Ping,
     Reply,
-    Request,
-    SubscribeArgs,
+    Report,
+    Restart,
+    Shutdown,
+    Status,
+    Subscribe,
+    Touch,
+    Unload,
     decode_request,
     encode_frame,
     error_reply,
     frame_length,
-    parse_args,
     request_id,
 )
 
@@ -244,15 +254,14 @@ class ControlServer:
                 payload = bytes(buffer[HEADER.size : end])
                 del buffer[:end]
                 try:
-                    request = decode_request(payload)
-                    args = parse_args(request)
+                    command = decode_request(payload)
                 except ProtocolError as exc:
                     await self._send(stream, scope, error_reply(request_id(payload), exc.code, exc.message))
                     continue
-                if isinstance(args, SubscribeArgs) or (isinstance(args, LogsArgs) and args.follow):
-                    await self._stream_events(stream, scope, request, args)
+                if isinstance(command, Subscribe) or (isinstance(command, Logs) and command.args.follow):
+                    await self._stream_events(stream, scope, command)
                     return
-                await self._send(stream, scope, await self._dispatch(request, args))
+                await self._send(stream, scope, await self._dispatch(command))
             # A partial frame must be finished within FRAME_TIMEOUT_S; between frames a client
             # may idle for IDLE_TIMEOUT_S (and is the first to go when the connections run out).
             if buffer:
@@ -271,72 +280,69 @@ class ControlServer:
                 self._idle(scope, None)
             buffer += chunk
 
-    async def _dispatch(self, request: Request, args: Any) -> Reply:
+    async def _dispatch(self, command: Command) -> Reply:
         sup = self.supervisor
+        result: Any
         try:
-            match request.op:
-                case "ping":
-                    result: Any = {"pong": True, "pid": os.getpid()}
-                case "status":
+            match command:
+                case Ping():
+                    result = {"pong": True, "pid": os.getpid()}
+                case Status():
                     result = sup.status()
-                case "components":
+                case Components():
                     result = sup.components()
-                case "load":
-                    assert isinstance(args, LoadArgs)
+                case Load(args=args):
                     result = await sup.load(args.name, make_room=args.make_room)
-                case "unload":
-                    assert isinstance(args, NameArgs)
+                case Unload(args=args):
                     result = await sup.unload(args.name)
-                case "restart":
-                    assert isinstance(args, NameArgs)
+                case Restart(args=args):
                     result = await sup.restart(args.name)
-                case "logs":
-                    assert isinstance(args, LogsArgs)
+                case Touch(args=args):
+                    result = sup.touch(args.name)
+                case Logs(args=args):
                     result = {"lines": await sup.logs(args.name, args.lines)}
-                case "shutdown":
+                case Shutdown():
                     sup.shutdown()
                     result = {"stopping": True}
-                case "memory":
+                case Memory():
                     result = sup.memory_status()
-                case "report":
+                case Report():
                     result = sup.report()
-                case "explain":
+                case Explain():
                     result = sup.explain()
-                case "optimize":
+                case Optimize():
                     result = await sup.optimize()
-                case "emergency-cleanup":
+                case EmergencyCleanup():
                     result = await sup.emergency_cleanup()
-                case "touch":
-                    assert isinstance(args, NameArgs)
-                    result = sup.touch(args.name)
-                case _:
-                    raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+                case Subscribe():  # streams: answered by _stream_events, never dispatched
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "subscribe is a stream")
         except IroncliwError as exc:
-            return error_reply(request.id, exc.code, exc.message)
+            return error_reply(command.id, exc.code, exc.message)
         except Exception as exc:  # a bug must not take the supervisor down with it
-            log.exception("request_failed", op=request.op)
-            return error_reply(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        return Reply(id=request.id, ok=True, result=result)
+            log.exception("request_failed", op=type(command).__struct_config__.tag)
+            return error_reply(command.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return Reply(id=command.id, ok=True, result=result)
 
     async def _stream_events(
         self,
         stream: anyio.abc.SocketStream,
         scope: anyio.CancelScope,
-        request: Request,
-        args: Any,
+        request: Subscribe | Logs,
     ) -> None:
         """Reply once, then forward events until the client hangs up or falls behind."""
-        if isinstance(args, LogsArgs):
+        if isinstance(request, Logs):
+            name = request.args.name
             try:
-                self.supervisor.runner(args.name)
+                self.supervisor.runner(name)
             except IroncliwError as exc:
                 await self._send(stream, scope, error_reply(request.id, exc.code, exc.message))
                 return
-            sub = self.supervisor.bus.subscribe(["log"], components=[args.name])
-            first: Any = {"lines": await self.supervisor.logs(args.name, args.lines)}
+            sub = self.supervisor.bus.subscribe(["log"], components=[name])
+            first: Any = {"lines": await self.supervisor.logs(name, request.args.lines)}
         else:
-            sub = self.supervisor.bus.subscribe(args.topics)
-            first = {"subscribed": args.topics}
+            topics: list[str] = list(request.args.topics)
+            sub = self.supervisor.bus.subscribe(topics)
+            first = {"subscribed": topics}
         with sub:
             await self._send(stream, scope, Reply(id=request.id, ok=True, result=first))
             async with anyio.create_task_group() as tg:

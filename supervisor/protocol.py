@@ -1,7 +1,8 @@
 """The control socket's wire protocol.
 
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack. A request is
-`{id, op, args}`; the reply carries the same `id` and is either `{id, ok: true, result}` or
+`{id, op, args}`, decoded into one Struct per op (a union tagged by `op`, so the server
+dispatches with `match` on the type); the reply carries the same `id` and is either `{id, ok: true, result}` or
 `{id, ok: false, error: {code, message}}`. After a `subscribe` (or `logs` with `follow`)
 the server keeps sending `{id, ok: true, event}` frames with the subscription's id.
 
@@ -11,7 +12,7 @@ Error codes are stable: scripts match on them, so never rename one.
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -37,6 +38,8 @@ class ErrorCode:
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=True):
+    """A request as the client sends it: `{id, op, args}`."""
+
     id: int
     op: str
     args: dict[str, Any] = {}
@@ -55,58 +58,124 @@ class Reply(msgspec.Struct, omit_defaults=True):
     event: Any = None
 
 
-# --- arguments of each op -------------------------------------------------------------
+# --- the requests the server understands: one Struct per op, tagged by `op` ----------------
 
 
 class _Args(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
 
 
-class NoArgs(_Args):
+class NoArgs(_Args, frozen=True):
     pass
 
 
-class NameArgs(_Args):
+class NameArgs(_Args, frozen=True):
     name: str
 
 
-class LoadArgs(_Args):
+class LoadArgs(_Args, frozen=True):
     name: str
     make_room: bool = False
 
 
-class LogsArgs(_Args):
+class LogsArgs(_Args, frozen=True):
     name: str
     lines: Annotated[int, Meta(ge=0, le=10_000)] = 100
     follow: bool = False
 
 
-TOPICS = ("state", "memory", "log", "action", "warning")
+Topic = Literal["state", "memory", "log", "action", "warning"]
+TOPICS: tuple[Topic, ...] = ("state", "memory", "log", "action", "warning")
 
 
-class SubscribeArgs(_Args):
-    topics: list[str] = msgspec.field(default_factory=lambda: ["state", "memory", "action", "warning"])
+class SubscribeArgs(_Args, frozen=True):
+    topics: list[Topic] = msgspec.field(default_factory=lambda: ["state", "memory", "action", "warning"])
 
 
-OP_ARGS: dict[str, type[_Args]] = {
-    "ping": NoArgs,
-    "status": NoArgs,
-    "components": NoArgs,
-    "load": LoadArgs,
-    "unload": NameArgs,
-    "restart": NameArgs,
-    "logs": LogsArgs,
-    "shutdown": NoArgs,
-    "subscribe": SubscribeArgs,
-    "memory": NoArgs,
-    "report": NoArgs,
-    "optimize": NoArgs,
-    "emergency-cleanup": NoArgs,
-    "explain": NoArgs,
-    "touch": NameArgs,
-}
+class _Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, frozen=True):
+    id: int
 
-_decoder = msgspec.msgpack.Decoder(Request)
+
+class Ping(_Op, tag="ping", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Status(_Op, tag="status", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Components(_Op, tag="components", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Load(_Op, tag="load", frozen=True):
+    args: LoadArgs
+
+
+class Unload(_Op, tag="unload", frozen=True):
+    args: NameArgs
+
+
+class Restart(_Op, tag="restart", frozen=True):
+    args: NameArgs
+
+
+class Touch(_Op, tag="touch", frozen=True):
+    args: NameArgs
+
+
+class Logs(_Op, tag="logs", frozen=True):
+    args: LogsArgs
+
+
+class Shutdown(_Op, tag="shutdown", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Subscribe(_Op, tag="subscribe", frozen=True):
+    args: SubscribeArgs = SubscribeArgs()
+
+
+class Memory(_Op, tag="memory", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Report(_Op, tag="report", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Explain(_Op, tag="explain", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class Optimize(_Op, tag="optimize", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+class EmergencyCleanup(_Op, tag="emergency-cleanup", frozen=True):
+    args: NoArgs = NoArgs()
+
+
+Command = (
+    Ping
+    | Status
+    | Components
+    | Load
+    | Unload
+    | Restart
+    | Touch
+    | Logs
+    | Shutdown
+    | Subscribe
+    | Memory
+    | Report
+    | Explain
+    | Optimize
+    | EmergencyCleanup
+)
+OPS = tuple(sorted(str(t.__struct_config__.tag) for t in Command.__args__))
+
+_decoder = msgspec.msgpack.Decoder(Command)
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -120,11 +189,13 @@ def frame_length(header: bytes) -> int:
     return length
 
 
-def decode_request(payload: bytes) -> Request:
+def decode_request(payload: bytes) -> Command:
+    """The typed request in a frame's payload, or a ProtocolError with the stable code:
+    BAD_FRAME (not msgpack), BAD_REQUEST (not `{id, op, args}`), UNKNOWN_OP, BAD_ARGS."""
     try:
         return _decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a request is {{id, op, args}}: {exc}") from None
+        raise _invalid(str(exc), payload) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"not a msgpack message: {exc}") from None
     except RecursionError:
@@ -133,30 +204,42 @@ def decode_request(payload: bytes) -> Request:
         raise ProtocolError(ErrorCode.BAD_FRAME, "a msgpack message nested too deeply") from None
 
 
+def _invalid(problem: str, payload: bytes) -> ProtocolError:
+    """Which part of `{id, op, args}` msgspec found wrong (its message ends with the path).
+    A message nested too deeply is BAD_FRAME wherever the typed decoder stopped (it stops at
+    the first field it does not expect, before the depth): the generic decoder tells."""
+    try:
+        msgspec.msgpack.decode(payload)
+    except RecursionError:
+        return ProtocolError(ErrorCode.BAD_FRAME, "a msgpack message nested too deeply")
+    if problem.startswith("Invalid value") and problem.endswith("- at `$.op`"):
+        return ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {_op_of(payload)!r}; known: {', '.join(OPS)}")
+    if "`$.args" in problem or problem == "Object missing required field `args`":
+        return ProtocolError(ErrorCode.BAD_ARGS, f"bad arguments for {_op_of(payload)!r}: {problem}")
+    return ProtocolError(ErrorCode.BAD_REQUEST, f"a request is {{id, op, args}}: {problem}")
+
+
+class _Envelope(msgspec.Struct):
+    op: Any = None
+    id: Any = None
+
+
+def _envelope(payload: bytes) -> _Envelope:
+    """Best effort: `op` and `id` of a request that failed to decode (`args` is skipped)."""
+    try:
+        return msgspec.msgpack.decode(payload, type=_Envelope)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _Envelope()
+
+
+def _op_of(payload: bytes) -> Any:
+    return _envelope(payload).op
+
+
 def request_id(payload: bytes) -> int:
     """Best effort: the `id` of a request that failed to decode, so the error reply can name it."""
-    try:
-        value = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, RecursionError):
-        return 0
-    if isinstance(value, dict) and isinstance(value.get("id"), int) and not isinstance(value.get("id"), bool):
-        return value["id"]
-    return 0
-
-
-def parse_args(request: Request) -> _Args:
-    args_type = OP_ARGS.get(request.op)
-    if args_type is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}; known: {', '.join(sorted(OP_ARGS))}")
-    try:
-        args = msgspec.convert(request.args, args_type)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_ARGS, f"bad arguments for {request.op!r}: {exc}") from None
-    if isinstance(args, SubscribeArgs):
-        unknown = sorted(set(args.topics) - set(TOPICS))
-        if unknown:
-            raise ProtocolError(ErrorCode.BAD_ARGS, f"unknown topics {unknown}; known: {', '.join(TOPICS)}")
-    return args
+    value = _envelope(payload).id
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def encode_frame(message: Any) -> bytes:

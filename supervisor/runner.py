@@ -3,10 +3,7 @@
 Each component has one `Runner` whose `run()` task lives as long as the supervisor and is
 the only code that touches the component's process. Commands (`start`, `stop`) set what
 is wanted and wake it; it carries them out and reports state changes as events.
-
-    STOPPED -> STARTING -> READY -> (exits) -> BACKOFF -> STARTING ...
-                                            -> EXITED | FATAL      (restart.on_exit decides)
-    STARTING | READY | FROZEN -> STOPPING -> STOPPED               (stop requested)
+The states and the edges between them are the table in states.py.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from . import launcher, procs, restart
+from . import launcher, procs, restart, states
 from .accounting import ComponentMemory
 from .config import ComponentSpec
 from .errors import SpawnError
@@ -462,6 +459,8 @@ class Runner:
             return
         previous, self.state = self.state, state
         pid = self.child.pid if self.child else None
+        if not states.allowed(previous, state):  # a bug: say so loudly, but keep supervising
+            log.error("illegal_transition", component=self.name, old=previous.value, new=state.value, reason=reason)
         log.info("state_changed", component=self.name, old=previous.value, new=state.value, pid=pid, reason=reason)
         self._bus.publish("state", component=self.name, old=previous.value, state=state.value, pid=pid, reason=reason)
         self._on_change()

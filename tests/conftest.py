@@ -25,6 +25,10 @@ def make_stack(reaper: ProcessReaper) -> Iterator[Callable[[str], Stack]]:
         return stack
 
     yield make
+    illegal = []
     for stack in stacks:
         stack.close()
+        illegal += [line for line in stack.output().splitlines() if "illegal_transition" in line]
         shutil.rmtree(stack.root, ignore_errors=True)
+    # Every supervisor a test ran checked each state change against states.EDGES.
+    assert not illegal, "state changes outside the table in supervisor/states.py:\n" + "\n".join(illegal)

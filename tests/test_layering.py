@@ -30,6 +30,7 @@ LAYERS = {
     "runtime": 3.5,
     "pressure": 2,
     "accounting": 2,
+    "states": 2,
     "policy": 2.5,
     "attention": 2.6,
     "sampler": 3.4,
@@ -60,6 +61,7 @@ PURE = {
     "policy",
     "accounting",
     "attention",
+    "states",
 }
 FORBIDDEN_IN_PURE = {"anyio", "psutil", "os", "signal", "time"}
 

@@ -9,13 +9,18 @@ from supervisor.errors import ProtocolError
 from supervisor.protocol import (
     HEADER,
     MAX_FRAME_BYTES,
+    OPS,
     ErrorCode,
+    Load,
     LoadArgs,
+    Logs,
+    LogsArgs,
     Request,
+    Status,
+    Subscribe,
     decode_request,
     encode_frame,
     frame_length,
-    parse_args,
     request_id,
 )
 
@@ -24,7 +29,7 @@ def test_frame_roundtrip() -> None:
     frame = encode_frame(Request(id=7, op="status"))
     length = frame_length(frame[:4])
     assert length == len(frame) - 4
-    assert decode_request(frame[4:]) == Request(id=7, op="status", args={})
+    assert decode_request(frame[4:]) == Status(id=7)
 
 
 def test_oversized_frame_is_refused_from_its_header() -> None:
@@ -63,18 +68,34 @@ def test_bad_payloads(payload: bytes, code: str) -> None:
         ("load", {"name": "a", "extra": 1}, ErrorCode.BAD_ARGS),
         ("logs", {"name": "a", "lines": -1}, ErrorCode.BAD_ARGS),
         ("subscribe", {"topics": ["gossip"]}, ErrorCode.BAD_ARGS),
+        ("status", {"verbose": True}, ErrorCode.BAD_ARGS),
     ],
 )
 def test_bad_arguments(op: str, args: dict, code: str) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_args(Request(id=1, op=op, args=args))
+        decode_request(encode_frame(Request(id=1, op=op, args=args))[4:])
     assert info.value.code == code
+    assert repr(op) in info.value.message  # the message names the op
 
 
-def test_good_arguments_are_typed() -> None:
-    assert parse_args(Request(id=1, op="load", args={"name": "nlp", "make_room": True})) == LoadArgs(
-        name="nlp", make_room=True
-    )
+def test_a_load_without_its_arguments_is_bad_arguments_not_a_bad_request() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgspec.msgpack.encode({"id": 1, "op": "load"}))
+    assert info.value.code == ErrorCode.BAD_ARGS
+
+
+def test_requests_decode_to_one_type_per_op() -> None:
+    def decoded(op: str, **args: object) -> object:
+        return decode_request(encode_frame(Request(id=3, op=op, args=args))[4:])
+
+    assert decoded("load", name="nlp", make_room=True) == Load(id=3, args=LoadArgs(name="nlp", make_room=True))
+    assert decoded("logs", name="a") == Logs(id=3, args=LogsArgs(name="a", lines=100, follow=False))
+    assert decoded("subscribe").args.topics == ["state", "memory", "action", "warning"]  # type: ignore[attr-defined]
+    assert isinstance(decoded("subscribe", topics=["log"]), Subscribe)
+    assert set(OPS) == {
+        "ping", "status", "components", "load", "unload", "restart", "touch", "logs", "shutdown",
+        "subscribe", "memory", "report", "explain", "optimize", "emergency-cleanup",
+    }  # fmt: skip
 
 
 def test_request_id_is_recovered_when_possible() -> None:
