@@ -54,6 +54,10 @@ EDGES: dict[tuple[ComponentState, ComponentState], str] = {
     (STARTING, FATAL): "too many restarts within the window",
     (READY, FATAL): "too many restarts within the window",
     (FROZEN, FATAL): "too many restarts within the window",
+    # not ready in time: stopped by the supervisor, then restart.on_exit decides as for an exit
+    (STOPPING, BACKOFF): "readiness timed out; restarting after a delay",
+    (STOPPING, EXITED): "readiness timed out and its restart policy says stay down",
+    (STOPPING, FATAL): "readiness timed out once too often within the window",
 }
 
 
