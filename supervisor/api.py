@@ -145,9 +145,10 @@ class M1MemoryManager:
         )
         runner = self.supervisor.register(spec)
         if adopt_pid is not None:
-            ident = procs.identity(adopt_pid)
-            if ident is None:
-                raise Refused(f"cannot adopt pid {adopt_pid}: no such process")
+            try:
+                ident = procs.identity(adopt_pid)
+            except (procs.NoSuchProcess, procs.AccessDenied) as exc:
+                raise Refused(f"cannot adopt pid {adopt_pid}: {exc.message}") from None
             runner.adopt(launcher.Adopted(ident, process))
 
     # --- running ---------------------------------------------------------------------------
@@ -227,7 +228,8 @@ class M1MemoryManager:
         return status.state in (ComponentState.STOPPED, ComponentState.EXITED)
 
     def components(self) -> list[dict[str, Any]]:
-        return msgspec.to_builtins(self.supervisor.components()["components"])
+        rows: list[dict[str, Any]] = msgspec.to_builtins(self.supervisor.components()["components"])
+        return rows
 
     @staticmethod
     def _snapshot_from(summary: dict[str, Any]) -> MemorySnapshot:

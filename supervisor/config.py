@@ -50,7 +50,7 @@ class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     pass
 
 
-class Readiness(_Table):
+class Readiness(_Table, frozen=True):
     """When a started component counts as READY: at most one of the three ways may be set."""
 
     alive_s: NonNegSeconds | None = None  # still running after this many seconds
@@ -67,7 +67,7 @@ class Readiness(_Table):
         return self.alive_s or 0.0
 
 
-class ComponentSpec(_Table):
+class ComponentSpec(_Table, frozen=True):
     command: Annotated[list[str], Meta(min_length=1)]
     name: str | None = None  # the table's key; if given it must match
     cwd: str | None = None  # relative to the config file's directory; default: that directory
@@ -94,7 +94,7 @@ class ComponentSpec(_Table):
     output_overflow: Literal["block", "drop"] = "block"
 
 
-class SupervisorSection(_Table):
+class SupervisorSection(_Table, frozen=True):
     runtime_dir: str | None = None
     state_dir: str | None = None
     log_dir: str | None = None
@@ -103,7 +103,7 @@ class SupervisorSection(_Table):
     log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
 
 
-class MemorySection(_Table):
+class MemorySection(_Table, frozen=True):
     warning_percent: Percent = 70.0
     critical_percent: Percent = 85.0
     emergency_percent: Percent = 95.0
@@ -129,13 +129,13 @@ class MemorySection(_Table):
     early_freeze_s: NonNegSeconds = 3.0  # WARNING freezes a LOW component set to reach CRITICAL sooner than this
 
 
-class HttpSection(_Table):
+class HttpSection(_Table, frozen=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
 
 
-class ConfigFile(_Table):
+class ConfigFile(_Table, frozen=True):
     supervisor: SupervisorSection = SupervisorSection()
     memory: MemorySection = MemorySection()
     http: HttpSection = HttpSection()

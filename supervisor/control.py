@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
-import sys
 import time
 from typing import Any
 
@@ -30,6 +28,7 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import SocketAttribute
 
+from . import procs
 from .core import Supervisor
 from .errors import IroncliwError, ProtocolError
 from .protocol import (
@@ -69,20 +68,6 @@ IDLE_TIMEOUT_S = 600.0
 WATCHDOG_SLACK_S = 0.05
 YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The connecting process's uid from the kernel (not from anything the peer says)."""
-    if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid
-    if sys.platform == "darwin":
-        sol_local, local_peercred = 0, 0x001
-        creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I"))
-        _version, uid = struct.unpack_from("II", creds)
-        return uid
-    return None
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -217,7 +202,7 @@ class ControlServer:
                         error_reply(0, ErrorCode.TOO_MANY_CLIENTS, f"over {MAX_CLIENTS} connections, none idle"),
                     )
                     return
-                uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
+                uid = procs.peer_uid(stream.extra(SocketAttribute.raw_socket))
                 if uid is not None and uid != os.getuid():
                     log.warning("peer_refused", peer_uid=uid, reason="another user")
                     await self._send(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ RECORD_EVERY_S = 0.05  # the runtime dir's record is rewritten at most this ofte
 
 
 class Service(Protocol):
-    def __call__(self, supervisor: Supervisor, *, task_status: Any = ...) -> Awaitable[None]: ...
+    def __call__(self, supervisor: Supervisor, *, task_status: Any = ...) -> Coroutine[Any, Any, None]: ...
 
 
 class Supervisor:
@@ -112,7 +112,7 @@ class Supervisor:
     ) -> None:
         """Run until `shutdown()`; every component is stopped before this returns."""
         self.runtime.acquire()
-        if self.subreaper and not orphans.become_subreaper():
+        if self.subreaper and not procs.become_subreaper():
             log.info(
                 "no_subreaper",
                 reason="this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen",
@@ -233,11 +233,11 @@ class Supervisor:
                 continue
             records.append(ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time))
             for pid in members.get(r.child.pid, ()):
-                if pid != r.child.pid and (ident := known.get(pid) or procs.identity(pid)) is not None:
+                if pid != r.child.pid and (ident := known.get(pid) or procs.find_identity(pid)) is not None:
                     known[pid] = ident
                     records.append(ChildRecord(name=name, pid=pid, create_time=ident.create_time))
         for pid in self.memory.orphans.get("", ()):
-            if (ident := known.get(pid) or procs.identity(pid)) is not None:
+            if (ident := known.get(pid) or procs.find_identity(pid)) is not None:
                 known[pid] = ident
                 records.append(ChildRecord(name="", pid=pid, create_time=ident.create_time))
         for pid in set(known) - {rec.pid for rec in records}:

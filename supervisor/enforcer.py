@@ -99,7 +99,6 @@ class Enforcer:
                 self.busy.add(runner.name)
                 tg.start_soon(self._reload, runner)
                 return "reloading"
-        return None
 
     async def _unload(self, runner: Runner, action: Action) -> None:
         try:

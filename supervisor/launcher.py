@@ -15,7 +15,6 @@ signalled only while it is unreaped (an unreaped PID cannot be recycled).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -35,10 +34,6 @@ from .stopping import stop_processes
 
 log = structlog.get_logger("ironcliw.launcher")
 
-_IS_LINUX = sys.platform.startswith("linux")
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
-
 
 def resolve_command(command: list[str]) -> list[str]:
     """`"python"` means the interpreter running the supervisor, so components share its venv."""
@@ -49,9 +44,6 @@ def resolve_command(command: list[str]) -> list[str]:
 
 def signal_number(name: str) -> int:
     return int(signal.Signals[name])
-
-
-_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
 
 
 class Child:
@@ -67,9 +59,7 @@ class Child:
         self.owns_group = True  # the whole group is ours to signal
         # The runner's: this component's orphans (reparented to the supervisor), part of its tree.
         self.find_orphans: Callable[[], list[int]] | None = None
-        self.pidfd: int | None = None
-        if _IS_LINUX and hasattr(os, "pidfd_open"):
-            self.pidfd = os.pidfd_open(self.pid)
+        self.pidfd = procs.pidfd_open(self.pid)
         self.output_fd = popen.stdout.fileno() if popen.stdout else -1
         if self.output_fd >= 0:
             os.set_blocking(self.output_fd, False)
@@ -100,7 +90,7 @@ class Child:
             self.popen.poll()
             return
         if pid == self.pid:
-            self.exit_peak_bytes = usage.ru_maxrss * _MAXRSS_UNIT
+            self.exit_peak_bytes = usage.ru_maxrss * procs.MAXRSS_UNIT
             self.popen.returncode = os.waitstatus_to_exitcode(status)
 
     def send(self, sig: int) -> bool:
@@ -123,7 +113,7 @@ class Child:
         is a subreaper: there every member of the group is below the leader or reparented to
         us (an orphan), so the scan, which made a `stop all` of N components O(N x system),
         is not needed."""
-        group = self.group() if self.owns_group and not orphans.is_subreaper() else []
+        group = self.group() if self.owns_group and not procs.is_subreaper() else []
         seen = {ident.pid: ident for ident in group}
         for ident in procs.descendants(self.pid) if self.returncode is None else ():
             seen.setdefault(ident.pid, ident)
@@ -172,7 +162,7 @@ class Adopted(Child):
     child is watched through its pidfd (Linux) or by polling its identity, not reaped."""
 
     def __init__(self, ident: ProcessIdentity, popen: subprocess.Popen[bytes] | None = None) -> None:
-        self.popen = popen  # type: ignore[assignment]
+        self.caller_popen = popen  # the caller's Popen, if it gave one: then it is our child after all
         self.identity = ident
         self.pid = ident.pid
         try:
@@ -181,26 +171,26 @@ class Adopted(Child):
             self.pgid = -1
         self.owns_group = self.pgid == ident.pid and self.pgid != os.getpgid(0)
         self.find_orphans = None
-        self.pidfd = os.pidfd_open(self.pid) if _IS_LINUX and hasattr(os, "pidfd_open") else None
+        self.pidfd = procs.pidfd_open(self.pid)
         self.output_fd = -1
         self._gone: int | None = None
 
     @property
     def returncode(self) -> int | None:
-        if self.popen is not None:
-            return self.popen.poll()
+        if self.caller_popen is not None:
+            return self.caller_popen.poll()
         if self._gone is None and not procs.is_alive(self.identity):
             self._gone = 0  # not our child: its exit status is its parent's to read
         return self._gone
 
     async def wait(self) -> int:
-        if self.popen is not None:
-            while self.popen.poll() is None:
+        if self.caller_popen is not None:
+            while self.caller_popen.poll() is None:
                 if self.pidfd is not None:
                     await anyio.wait_readable(self.pidfd)
                 else:
                     await anyio.sleep(0.02)
-            return self.popen.returncode
+            return self.caller_popen.returncode
         if self.pidfd is not None and self.returncode is None:
             await anyio.wait_readable(self.pidfd)
         while self.returncode is None:
@@ -229,43 +219,28 @@ def oom_score_adj(priority: Priority) -> int | None:
 
     An unprivileged process may raise its score but not lower it below what it inherited,
     so CRITICAL keeps the supervisor's own value and the others go up from there."""
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            base = int(f.read())
-    except OSError:
+    base = procs.oom_score_base()
+    if base is None:
         return None
     step = {Priority.CRITICAL: 0, Priority.HIGH: 300, Priority.MEDIUM: 600, Priority.LOW: 1000}[priority]
     return min(1000, base + step)
-
-
-# util-linux's setpriv sets the parent-death signal and then execs the command. Spawning
-# through it lets CPython use vfork (no preexec_fn): a Python function run between fork and
-# exec costs a fork of the whole supervisor plus its copy-on-write faults at every spawn
-# (bench/bench_scale.py: `up` with 1,000 components took 19.6 s before, 6.4 s after).
-_SETPRIV = shutil.which("setpriv") if _IS_LINUX else None
 
 
 def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
     assert spec.name is not None and spec.cwd is not None
     argv = resolve_command(spec.command)
     env = {**os.environ, **extra_env, **spec.env}
-    oom_adj = oom_score_adj(spec.priority) if _IS_LINUX else None
-    preexec: Callable[[], None] | None = None
-    if _SETPRIV is not None:
-        # Found here, as Popen would, so that a missing program is a spawn failure, not setpriv's exit 127.
+    oom_adj = oom_score_adj(spec.priority)
+    # The child dies with the supervisor: exec'd through a launcher (setpriv) or set up
+    # between fork and exec (prctl), whatever this OS offers (procs.death_signal_launcher).
+    prefix, preexec = procs.death_signal_launcher()
+    launch = argv
+    if prefix:
+        # Found here, as Popen would, so that a missing program is a spawn failure, not the launcher's exit 127.
         program = _find_program(argv[0], spec.cwd, env)
         if program is None:
             raise SpawnError(spec.name, argv, "No such file or directory, or not executable")
-        launch = [_SETPRIV, "--pdeathsig", "TERM", "--", program, *argv[1:]]
-    else:
-        launch = argv
-        if _libc is not None:
-            parent = os.getpid()
-
-            def preexec() -> None:  # between fork and exec: no allocation-heavy work here
-                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-                if os.getppid() != parent:  # the supervisor died before prctl took effect
-                    os._exit(1)
+        launch = [*prefix, program, *argv[1:]]
 
     try:
         popen = subprocess.Popen(
@@ -287,7 +262,7 @@ def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
                 f.write(str(oom_adj))
         except OSError:
             pass
-    ident = procs.identity(popen.pid) or ProcessIdentity(popen.pid, 0.0)
+    ident = procs.find_identity(popen.pid) or ProcessIdentity(popen.pid, 0.0)  # exited already
     return Child(popen, ident)
 
 
@@ -317,7 +292,7 @@ async def stop_tree(child: Child, stop_signal: int, grace_s: float, component: s
     def stragglers() -> list[ProcessIdentity]:
         # killpg reaches the whole group; the scan finds members that left it (not needed
         # where the supervisor is a subreaper: see Child.tree).
-        return child.group() if child.owns_group and not orphans.is_subreaper() else []
+        return child.group() if child.owns_group and not procs.is_subreaper() else []
 
     killed = await stop_processes(
         known,

@@ -108,7 +108,8 @@ class RotatingLog:
                     self._pending_bytes -= len(item) - len(failed.rest)
                     self._pending[0] = failed.rest
                     raise failed.error from None
-                self._pending_bytes -= len(self._pending.popleft())
+                self._pending.popleft()
+                self._pending_bytes -= len(item)
         except _WriteFailed as failed:
             self._fail(failed.error)
             return False

@@ -23,65 +23,35 @@ orphans must stay theirs.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from collections.abc import Collection
 
 from . import procs
 from .model import ProcessIdentity
-
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
-_COMPONENT_VAR = b"IRONCLIW_COMPONENT="
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
-    return _libc is not None and _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-
-def is_subreaper() -> bool:
-    if _libc is None:
-        return False
-    flag = ctypes.c_int(0)
-    return _libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
-
-
-def component_of(pid: int) -> str | None:
-    """The component a process was started under (from its environment), if it says."""
-    environ = procs.read_small(f"/proc/{pid}/environ", 1 << 20)
-    if not environ:
-        return None
-    for entry in environ.split(b"\0"):
-        if entry.startswith(_COMPONENT_VAR):
-            return entry[len(_COMPONENT_VAR) :].decode("utf-8", "replace")
-    return None
 
 
 def find(leaders: Collection[int]) -> dict[str, list[int]]:
     """Our own live children other than the components' leaders, by component ("" when it
     does not say). Empty unless this process is a subreaper: then every such child is an
     orphan of the stack (`up` starts nothing else)."""
-    if not is_subreaper():
+    if not procs.is_subreaper():
         return {}
     found: dict[str, list[int]] = {}
     for pid in procs.children_of(os.getpid()):
-        if pid in leaders or procs.process_state(pid) in (None, "Z"):
+        if pid in leaders or procs.find_state(pid) in (None, "Z"):
             continue
-        found.setdefault(component_of(pid) or "", []).append(pid)
+        found.setdefault(procs.component_of(pid) or "", []).append(pid)
     return found
 
 
 def reap(leaders: Collection[int]) -> list[int]:
     """Reap the orphans that have exited. `leaders` must hold every leader that may still be
     unreaped (their exit status is their runner's): call it where no spawn can interleave."""
-    if not is_subreaper():
+    if not procs.is_subreaper():
         return []
     reaped = []
     for pid in procs.children_of(os.getpid()):
-        if pid not in leaders and procs.process_state(pid) == "Z":
+        if pid not in leaders and procs.find_state(pid) == "Z":
             try:
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     reaped.append(pid)
@@ -94,7 +64,7 @@ def with_descendants(pids: Collection[int]) -> list[ProcessIdentity]:
     """Each process and everything below it, by identity."""
     seen: dict[int, ProcessIdentity] = {}
     for pid in pids:
-        ident = procs.identity(pid)
+        ident = procs.find_identity(pid)
         if ident is not None:
             seen[pid] = ident
         for below in procs.descendants(pid):

@@ -90,7 +90,7 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
     peak = base * (1.0 + margin)
     last = runs[-1]
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
-    if basis == "inputs":
+    if basis == "inputs" and inputs_bytes is not None:
         detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
     if last.predicted_mb is not None and last.peak_mb > last.predicted_mb:
         bumped = max(last.peak_mb + OOM_BUMP_MB, last.peak_mb * OOM_BUMP_FACTOR)

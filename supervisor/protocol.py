@@ -181,7 +181,7 @@ _encoder = msgspec.msgpack.Encoder()
 
 def frame_length(header: bytes) -> int:
     """The payload length from a 4-byte header; refuses frames over the cap before reading them."""
-    (length,) = HEADER.unpack(header)
+    length: int = HEADER.unpack(header)[0]
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(
             ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte cap"

@@ -156,9 +156,9 @@ class Runner:
             self.memory.fold_hwm(procs.tree_hwm_bytes(child.pid))
 
     def _end_run(self, exit_reason: str) -> None:
-        if self._on_run_end is None or self.current_run.started_unix is None:
-            return
         run, memory, child = self.current_run, self.memory, self.child
+        if self._on_run_end is None or run.started_unix is None:
+            return
         # the leader's own lifetime peak (wait4) counts too
         peak, source = memory.run_peak(child.exit_peak_bytes if child is not None else None)
         ready_peak, steady = memory.run.ready_peak_bytes, memory.steady_bytes()
@@ -185,9 +185,9 @@ class Runner:
         pids = child.signal_fast(signal.SIGSTOP)
         self.sigstop_unix = time.time()
         with anyio.move_on_after(FREEZE_VERIFY_S):
-            while any(procs.process_state(pid) not in ("T", "t", None) for pid in pids):
+            while any(procs.find_state(pid) not in ("T", "t", None) for pid in pids):
                 await anyio.sleep(0.001)
-        stopped = [pid for pid in pids if procs.process_state(pid) in ("T", "t")]
+        stopped = [pid for pid in pids if procs.find_state(pid) in ("T", "t")]
         if not stopped:
             log.warning("freeze_not_verified", component=self.name, pids=pids)
             return False

@@ -140,7 +140,7 @@ def leftover_processes(records: list[ChildRecord]) -> list[tuple[str, ProcessIde
     found: dict[int, tuple[str, ProcessIdentity]] = {}
     groups: dict[int, tuple[str, float]] = {}  # pgid -> (component, not before)
     for rec in records:
-        now = procs.identity(rec.pid)
+        now = procs.find_identity(rec.pid)
         same = now is not None and abs(now.create_time - rec.create_time) <= 0.01
         if now is not None and not same:
             continue

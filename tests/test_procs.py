@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from supervisor import procs
+from supervisor.errors import NoSuchProcess
 from tests.helpers import wait_until
 
 pytestmark = [
@@ -121,7 +122,12 @@ def test_process_state_sees_a_stop_take_effect() -> None:
     finally:
         child.kill()
         child.wait()
-    assert procs.process_state(child.pid) is None
+    with pytest.raises(NoSuchProcess) as gone:
+        procs.process_state(child.pid)
+    assert gone.value.pid == child.pid
+    with pytest.raises(NoSuchProcess):
+        procs.identity(child.pid)
+    assert procs.find_state(child.pid) is None and procs.find_identity(child.pid) is None
 
 
 def test_a_new_process_moves_the_pid_counter_and_is_walked_into_the_tree() -> None:
@@ -168,7 +174,7 @@ def test_while_the_pid_counter_stands_still_members_are_reread_until_one_exits(
         assert sampler.usage({"family": parent.pid})["family"].processes == 2 and sampler.walks == 2
         # The main thread's child is reaped at once: its statm fails.
         os.kill(kids[0], 9)
-        wait_until(lambda: procs.process_state(kids[0]) is None, 10, what="the reaping")
+        wait_until(lambda: procs.find_state(kids[0]) is None, 10, what="the reaping")
         assert sampler.usage({"family": parent.pid})["family"].processes == 1
         assert sampler.walks == 3
         # Another set of roots is walked, whatever the counter says.

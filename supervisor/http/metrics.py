@@ -83,5 +83,5 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
 
 def make_registry(supervisor: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(supervisor))  # type: ignore[arg-type]
+    registry.register(SupervisorCollector(supervisor))
     return registry

@@ -1,35 +1,48 @@
-"""The process table: identity, trees, groups and signals.
-
-Identity is (pid, create_time): a PID alone may have been recycled by the time we signal
-it, so every signal to a process we did not spawn ourselves (grandchildren, a previous
-run's leftovers) first checks that the create time still matches. Direct children are
-signalled through their pidfd instead (see `launcher.Child`).
+"""The process seam on Linux: /proc for identity, trees and memory, prctl for the parent-death
+signal and the subreaper, pidfds for our children's exits (see _contract.py for the contract).
 
 Tree memory is measured by walking down from our own children, not by scanning the whole
-system: on Linux each process lists its children in /proc/PID/task/TID/children and its
-resident size in /proc/PID/statm, which costs microseconds per process (see MEASURING in
-the design notes), and the monitor's `TreeSampler` keeps those files open between samples.
-Linux needs nothing but /proc here; elsewhere psutil does the work (imported only there:
-on Linux it would be 1 MB of the supervisor's RSS for nothing).
+system: each process lists its children in /proc/PID/task/TID/children and its resident size
+in /proc/PID/statm, which costs microseconds per process (see MEASURING in the design notes),
+and `TreeSampler` keeps those files open between samples. Nothing here imports psutil (it
+would be 1 MB of the supervisor's RSS for nothing).
+
+Needs CONFIG_PROC_CHILDREN (the children files, Linux 3.5+); the facade falls back to the
+portable backend on a kernel without them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
+import shutil
 import signal
-import sys
+import socket
+import struct
 from collections.abc import Callable, Collection, Iterable, Mapping
 from itertools import repeat
 
-from .model import ProcessIdentity, TreeUsage
+from ..errors import AccessDenied, NoSuchProcess
+from ..model import ProcessIdentity, TreeUsage
+from ._contract import ExtraRoots
+
+MAXRSS_UNIT = 1024  # ru_maxrss is in KiB
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-ExtraRoots = Callable[[Collection[int]], dict[str, list[int]]]
-_HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(
-    f"/proc/{os.getpid()}/task/{os.getpid()}/children"
-)
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _HAS_PROC_CHILDREN else 100
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+_libc = ctypes.CDLL(None, use_errno=True)
+_COMPONENT_VAR = b"IRONCLIW_COMPONENT="
+
+
+def usable() -> bool:
+    """Whether this kernel lists children in /proc (CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
 _boot_time: float | None = None
 
 
@@ -60,64 +73,23 @@ def _linux_identity(pid: int) -> tuple[ProcessIdentity, bytes] | None:
     return ProcessIdentity(pid, int(fields[19]) / _CLOCK_TICKS + _btime()), fields[0]
 
 
-def identity(pid: int) -> ProcessIdentity | None:
-    if _HAS_PROC_CHILDREN:
-        found = _linux_identity(pid)
-        return found[0] if found else None
-    import psutil
-
-    try:
-        return ProcessIdentity(pid, psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
+def identity(pid: int) -> ProcessIdentity:
+    found = _linux_identity(pid)
+    if found is None:
+        if os.path.exists(f"/proc/{pid}"):  # there, but its stat unreadable: hidepid
+            raise AccessDenied(pid)
+        raise NoSuchProcess(pid)
+    return found[0]
 
 
 def is_alive(ident: ProcessIdentity) -> bool:
-    """True while that very process exists and has not yet been reaped or become a zombie."""
-    if _HAS_PROC_CHILDREN:
-        found = _linux_identity(ident.pid)
-        return found is not None and found[0] == ident and found[1] != b"Z"
-    import psutil
-
-    try:
-        proc = psutil.Process(ident.pid)
-        return proc.create_time() == ident.create_time and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def signal_identity(ident: ProcessIdentity, sig: int) -> bool:
-    """Send `sig` to that very process; False if it is gone or the PID now names another one."""
-    if identity(ident.pid) != ident:
-        return False
-    try:
-        os.kill(ident.pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False if it has no members left."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-
-
-def group_members(pgid: int, not_before: float) -> list[ProcessIdentity]:
-    """Live processes in group `pgid` created no earlier than `not_before` (its leader's start).
-
-    The create-time bound keeps a recycled group number from matching older processes.
-    """
-    return groups_members({pgid: not_before}).get(pgid, [])
+    found = _linux_identity(ident.pid)
+    return found is not None and found[0] == ident and found[1] != b"Z"
 
 
 def groups_members(groups: Mapping[int, float]) -> dict[int, list[ProcessIdentity]]:
-    """`group_members` for many groups ({pgid: not_before}) in one pass over the process table."""
+    """Live processes of each group {pgid: not_before}, created no earlier than `not_before`,
+    in one pass over the process table."""
     found: dict[int, list[ProcessIdentity]] = {}
     for pid, pgid, created, state in _all_processes_in_groups(groups):
         if state != "Z" and created >= groups[pgid] - 0.01:
@@ -127,54 +99,26 @@ def groups_members(groups: Mapping[int, float]) -> dict[int, list[ProcessIdentit
 
 def _all_processes_in_groups(pgids: Collection[int]) -> Iterable[tuple[int, int, float, str]]:
     """(pid, pgid, create time, state letter) of every process in one of `pgids`: one pass."""
-    if _HAS_PROC_CHILDREN:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            fields = _stat_fields(int(entry))
-            if fields is not None and int(fields[2]) in pgids:
-                yield int(entry), int(fields[2]), int(fields[19]) / _CLOCK_TICKS + _btime(), fields[0].decode()
-        return
-    import psutil
-
-    for proc in psutil.process_iter(["create_time", "status"]):
-        try:
-            pgid = os.getpgid(proc.pid)
-        except (ProcessLookupError, PermissionError):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        if pgid in pgids and proc.info["create_time"] is not None:
-            yield proc.pid, pgid, proc.info["create_time"], "Z" if proc.info["status"] == psutil.STATUS_ZOMBIE else "S"
+        fields = _stat_fields(int(entry))
+        if fields is not None and int(fields[2]) in pgids:
+            yield int(entry), int(fields[2]), int(fields[19]) / _CLOCK_TICKS + _btime(), fields[0].decode()
 
 
-def descendants(pid: int) -> list[ProcessIdentity]:
-    """Every live process below `pid`, each with its identity."""
-    out = []
-    for child_pid in _walk(pid):
-        ident = identity(child_pid)
-        if ident is not None:
-            out.append(ident)
-    return out
+def descendant_pids(pid: int) -> list[int]:
+    """PIDs of the descendants of `pid` (not `pid` itself)."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children_of(stack.pop()):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
-def _walk(root: int) -> list[int]:
-    """PIDs of the descendants of `root` (not root itself)."""
-    if _HAS_PROC_CHILDREN:
-        found: list[int] = []
-        stack = [root]
-        while stack:
-            for child in _proc_children(stack.pop()):
-                found.append(child)
-                stack.append(child)
-        return found
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(root).children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _proc_children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     # Each thread lists the children it forked, so a process forked from a worker thread
     # appears only under that thread's file: read every task's.
     try:
@@ -189,11 +133,6 @@ def _proc_children(pid: int) -> list[int]:
     return children
 
 
-def children_of(pid: int) -> list[int]:
-    """The direct children of `pid` (Linux; empty elsewhere)."""
-    return _proc_children(pid) if _HAS_PROC_CHILDREN else []
-
-
 def _read_small(path: str, size: int = 1024) -> bytes | None:
     """One read of a small /proc file with raw os calls (a third of open()'s cost); None if gone."""
     try:
@@ -206,16 +145,6 @@ def _read_small(path: str, size: int = 1024) -> bytes | None:
         return None
     finally:
         os.close(fd)
-
-
-def tree_usage(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
-    """RSS (and its anonymous part) summed over each root's whole tree, in one pass; for a
-    one-off reading (the monitor samples through its own `TreeSampler`)."""
-    sampler = TreeSampler(max_kept=0)
-    try:
-        return sampler.usage(roots)
-    finally:
-        sampler.close()
 
 
 THREAD_REFRESH_SAMPLES = 30  # a minute at the default 2 s
@@ -244,7 +173,7 @@ class TreeSampler:
     read first, and its failure reopens all three files once, on the current process.
     Descriptors of processes that left the trees are closed after each sample, and at most
     `max_kept` processes (a ninth of the soft RLIMIT_NOFILE: three files each) keep theirs.
-    Not thread-safe: the monitor reads through it under a lock.
+    Not thread-safe: one thread (the sampler's) owns it.
     """
 
     def __init__(self, max_kept: int | None = None, extra_roots: ExtraRoots | None = None) -> None:
@@ -354,8 +283,6 @@ class TreeSampler:
         return result
 
     def usage(self, roots: Mapping[str, int]) -> dict[str, TreeUsage]:
-        if not _HAS_PROC_CHILDREN:
-            return _tree_usage_psutil(roots)
         self._samples += 1
         counter = self._pid_counter() if self.max_kept else None  # nothing kept: nothing to re-read
         walked = self._walked
@@ -472,69 +399,16 @@ class TreeSampler:
         self._statm_fds, self._statm = [], []
 
 
-def _tree_usage_psutil(roots: Mapping[str, int]) -> dict[str, TreeUsage]:
-    import psutil
-
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for proc in psutil.process_iter(["ppid", "memory_info"]):
-        info = proc.info
-        if info["memory_info"] is None:
-            continue
-        children.setdefault(info["ppid"], []).append(proc.pid)
-        rss[proc.pid] = info["memory_info"].rss
-    result = {}
-    for name, root in roots.items():
-        total = count = 0
-        stack = [root]
-        while stack:
-            pid = stack.pop()
-            if pid in rss:
-                total += rss[pid]
-                count += 1
-            stack.extend(children.get(pid, ()))
-        result[name] = TreeUsage(rss_bytes=total, processes=count)
-    return result
-
-
 def own_rss_bytes() -> int:
-    if _HAS_PROC_CHILDREN:
-        statm = _read_small(f"/proc/{os.getpid()}/statm", 256)
-        if statm:
-            return int(statm.split()[1]) * _PAGE_SIZE
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
+    statm = _read_small(f"/proc/{os.getpid()}/statm", 256)
+    return int(statm.split()[1]) * _PAGE_SIZE if statm else 0
 
 
-def tree_pids(root: int) -> list[int]:
-    return [root, *_walk(root)]
-
-
-def process_state(pid: int) -> str | None:
-    """The kernel's one-letter state ('T' once SIGSTOP took, 'S', 'R', 'Z', ...)."""
-    if _HAS_PROC_CHILDREN:
-        fields = _stat_fields(pid)
-        return fields[0].decode() if fields else None
-    import psutil
-
-    try:
-        status = psutil.Process(pid).status()
-    except psutil.Error:
-        return None
-    return "T" if status == psutil.STATUS_STOPPED else status[:1].upper()
-
-
-def signal_all(idents: Iterable[ProcessIdentity], sig: int) -> list[int]:
-    """Signal each identity that is still the same process; returns the PIDs signalled."""
-    return [ident.pid for ident in idents if signal_identity(ident, sig)]
-
-
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
+def process_state(pid: int) -> str:
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise NoSuchProcess(pid)
+    return fields[0].decode()
 
 
 def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
@@ -542,15 +416,77 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     spikes between samples. The sum of each process's own peak bounds the tree's peak from
     above (they need not have peaked at once). `pids`: the tree's members if already known
     (the sampler's last walk). None where the OS does not keep it."""
-    if not _HAS_PROC_CHILDREN:
-        return None
     total = 0
-    for pid in tree_pids(root) if pids is None else pids:
+    for pid in [root, *descendant_pids(root)] if pids is None else pids:
         status = _read_small(f"/proc/{pid}/status", 4096)
-        at = status.find(b"VmHWM:") if status else -1
+        if not status:
+            continue
+        at = status.find(b"VmHWM:")
         if at >= 0:  # absent for kernel threads and zombies
-            total += int(status[at + 6 : status.find(b"kB", at)]) * 1024  # type: ignore[index]
+            total += int(status[at + 6 : status.find(b"kB", at)]) * 1024
     return total
 
 
-read_small = _read_small
+def component_of(pid: int) -> str | None:
+    environ = _read_small(f"/proc/{pid}/environ", 1 << 20)
+    if not environ:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_COMPONENT_VAR):
+            return entry[len(_COMPONENT_VAR) :].decode("utf-8", "replace")
+    return None
+
+
+# --- process control -----------------------------------------------------------------------
+
+
+def become_subreaper() -> bool:
+    return bool(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def is_subreaper() -> bool:
+    flag = ctypes.c_int(0)
+    return bool(_libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0)
+
+
+def pidfd_open(pid: int) -> int | None:
+    if not hasattr(os, "pidfd_open"):  # Python built without it (it needs Linux 5.3)
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+# util-linux's setpriv sets the parent-death signal and then execs the command. Spawning
+# through it lets CPython use vfork (no preexec_fn): a Python function run between fork and
+# exec costs a fork of the whole supervisor plus its copy-on-write faults at every spawn
+# (bench/bench_scale.py: `up` with 1,000 components took 19.6 s before, 6.4 s after).
+_SETPRIV = shutil.which("setpriv")
+
+
+def death_signal_launcher() -> tuple[list[str], Callable[[], None] | None]:
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "TERM", "--"], None
+    parent = os.getpid()
+
+    def preexec() -> None:  # between fork and exec: no allocation-heavy work here
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(1)
+
+    return [], preexec
+
+
+def oom_score_base() -> int | None:
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
