@@ -24,10 +24,16 @@ orphans must stay theirs.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Collection
+
+import structlog
 
 from . import procs
 from .model import ProcessIdentity
+from .stopping import stop_processes
+
+log = structlog.get_logger("ironcliw.supervisor")
 
 
 def find(leaders: Collection[int]) -> dict[str, list[int]]:
@@ -70,3 +76,14 @@ def with_descendants(pids: Collection[int]) -> list[ProcessIdentity]:
         for below in procs.descendants(pid):
             seen.setdefault(below.pid, below)
     return list(seen.values())
+
+
+async def stop_unclaimed(grace_s: float) -> None:
+    """At shutdown, after every component: whatever is still our child is an orphan that no
+    component claimed (it cleared its environment, or outlived its component)."""
+    left = find(set())
+    idents = with_descendants([pid for pids in left.values() for pid in pids])
+    if idents:
+        log.info("stopping_orphans", pids=[i.pid for i in idents], components=sorted(left))
+        await stop_processes(idents, signal.SIGTERM, grace_s)
+        reap(set())

@@ -11,7 +11,8 @@ from typing import Any
 
 from . import platform, procs
 from .config import MemorySection
-from .model import MIB, MemoryState, Snapshot
+from .launcher import resolve_command
+from .model import MIB, ComponentStatus, MemoryState, Snapshot
 from .policy import ComponentView, bytes_until, explain
 from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
 from .runner import Runner
@@ -101,9 +102,9 @@ def _component_row(
         "estimated_mb": r.spec.estimated_mb,
         "trim_freed_mb": list(memory.trim_freed_mb),
         "output": {
-            "mb": round(r.output.bytes / MIB, 1),
-            "dropped_mb": round(r.output.dropped_bytes / MIB, 1),
-            "throttled_s": round(r.output.throttled_s, 1),
+            "mb": round(r.run_output.stats.bytes / MIB, 1),
+            "dropped_mb": round(r.run_output.stats.dropped_bytes / MIB, 1),
+            "throttled_s": round(r.run_output.stats.throttled_s, 1),
             "log_problem": r.log_sink.problem if r.log_sink else None,
         },
         "unloaded_by_policy": r.unloaded_by_policy,
@@ -148,3 +149,38 @@ def explanation(
 
 def _mb(value: int | None) -> float | None:
     return round(value / MIB, 1) if value is not None else None
+
+
+def status(
+    supervisor: dict[str, Any], components: list[ComponentStatus], memory: dict[str, Any], warnings: list[str]
+) -> dict[str, Any]:
+    """The `status` reply: the supervisor, the memory summary, the warnings, a row per component."""
+    return {
+        "supervisor": supervisor,
+        "stack_rss_mb": round(sum(c.rss_mb for c in components), 1),
+        **memory,
+        "warnings": warnings,
+        "components": components,
+    }
+
+
+def component_rows(statuses: list[ComponentStatus], runners: Mapping[str, Runner]) -> list[dict[str, Any]]:
+    """The `components` reply's rows: each status with how the component is configured."""
+    rows = []
+    for row in statuses:
+        runner = runners[row.name]
+        spec = runner.spec
+        rows.append(
+            {
+                **{f: getattr(row, f) for f in row.__struct_fields__},
+                "command": resolve_command(spec.command),
+                "cwd": spec.cwd,
+                "after": spec.after,
+                "restart": spec.restart.value,
+                "stop_signal": spec.stop_signal,
+                "stop_grace_s": spec.stop_grace_s,
+                "trim_signal": spec.trim_signal,
+                "log_file": str(runner.log_path),
+            }
+        )
+    return rows

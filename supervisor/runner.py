@@ -9,7 +9,6 @@ The states and the edges between them are the table in states.py.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from .events import EventBus
 from .logfiles import ProblemCallback, RotatingLog
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo
 from .predictor import RunRecord
-from .pump import OutputStats, TokenBucket, pump_output, split_lines
+from .runoutput import RunOutput
 
 log = structlog.get_logger("ironcliw.runner")
 
@@ -85,7 +84,6 @@ class Runner:
         self._orphans_of = orphans_of  # name -> PIDs of its orphans (core: the one who knows every leader)
         self._on_run_end = on_run_end
         self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
-        self._ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
 
         self.state = ComponentState.STOPPED
         self.child: launcher.Child | None = None
@@ -99,7 +97,7 @@ class Runner:
         self.unloaded_by_policy = False
         self._state_before_freeze = ComponentState.READY
         self.current_run = RunStats()
-        self.output = OutputStats()  # the current run's output and what its rate limit did
+        self.run_output = RunOutput(spec, bus, echo, ready_already=False)  # the current run's
         self.log_sink: RotatingLog | None = None  # the current run's log file
         self.sigstop_unix: float | None = None  # when the last SIGSTOP was sent (wall clock, for benchmarks)
         self.adopted = False  # managed but not started by us: it cannot be started again
@@ -110,7 +108,6 @@ class Runner:
         self._wake = anyio.Event()
         self._changed = anyio.Event()
         self._stop_requested = anyio.Event()
-        self._ready_seen = anyio.Event()
 
     # --- commands ----------------------------------------------------------------------
 
@@ -264,11 +261,10 @@ class Runner:
 
     async def _run_once(self) -> tuple[ExitInfo, bool]:
         """One run, from spawn to the end of its whole tree. Returns (how it ended, stop requested)."""
-        self._ready_seen = anyio.Event()
         self._set_state(ComponentState.STARTING)
+        adopting = self._to_adopt is not None
         if self._to_adopt is not None:
             child, self._to_adopt = self._to_adopt, None
-            self._ready_seen.set()
         else:
             try:
                 child = launcher.spawn(self.spec, self._extra_env)
@@ -289,10 +285,10 @@ class Runner:
             "adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command
         )
         sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._on_log_problem)
-        self.output = OutputStats()
+        output = self.run_output = RunOutput(self.spec, self._bus, self._echo, ready_already=adopting)
         ended = "supervisor stopped"
         try:
-            info, requested = await self._supervise(child, sink)
+            info, requested = await self._supervise(child, sink, output)
             ended = info.reason
             return info, requested
         finally:
@@ -309,7 +305,7 @@ class Runner:
                 self._on_change()
                 self._set_changed()
 
-    async def _supervise(self, child: launcher.Child, sink: RotatingLog) -> tuple[ExitInfo, bool]:
+    async def _supervise(self, child: launcher.Child, sink: RotatingLog, output: RunOutput) -> tuple[ExitInfo, bool]:
         pump_done = anyio.Event()
         abort_reason: list[str] = []
         abort = anyio.Event()
@@ -317,27 +313,13 @@ class Runner:
         async def pump() -> None:
             try:
                 if child.output_fd >= 0:
-                    spec = self.spec
-                    bucket = (
-                        TokenBucket(spec.output_limit_mb_s * MIB, spec.output_burst_mb * MIB, time.monotonic())
-                        if spec.output_limit_mb_s
-                        else None
-                    )
-                    await pump_output(
-                        child.output_fd,
-                        sink,
-                        self._on_block,
-                        bucket=bucket,
-                        drop=spec.output_overflow == "drop",
-                        stats=self.output,
-                        on_throttle=self._on_throttle,
-                    )
+                    await output.pump(child.output_fd, sink)
             finally:
                 pump_done.set()
 
         async def readiness() -> None:
             with anyio.move_on_after(self.spec.ready.timeout_s):
-                await self._wait_ready(child)
+                await output.wait_ready()
                 if self.state is ComponentState.STARTING:
                     self._read_hwm(child)
                     self.memory.mark_ready()
@@ -392,57 +374,6 @@ class Runner:
             tg.start_soon(wait_event, self._stop_requested)
             tg.start_soon(wait_event, abort)
         return exited
-
-    async def _wait_ready(self, child: launcher.Child) -> None:
-        ready = self.spec.ready
-        if self._ready_seen.is_set():  # adopted: it is already running
-            return
-        if self._ready_pattern is not None:
-            await self._ready_seen.wait()
-        elif ready.port is not None:
-            while True:
-                try:
-                    with anyio.fail_after(1.0):
-                        stream = await anyio.connect_tcp(ready.host, ready.port)
-                    await stream.aclose()
-                    return
-                except (OSError, TimeoutError):
-                    await anyio.sleep(0.1)
-        else:
-            await anyio.sleep(ready.effective_alive_s)
-
-    def _on_block(self, block: bytes) -> None:
-        """A block of whole lines of output: echoed whole; split into lines only while
-        someone needs lines (the ready pattern before READY, subscribers to `log`)."""
-        if self._echo is not None:
-            self._echo(self.name, block)
-        wants_ready = self._ready_pattern is not None and not self._ready_seen.is_set()
-        if not wants_ready and not self._bus.wants("log"):
-            return
-        for line in split_lines(block):
-            if wants_ready and self._ready_pattern is not None and self._ready_pattern.search(line):
-                self._ready_seen.set()
-                wants_ready = False
-            self._bus.publish("log", component=self.name, line=line)
-
-    def _on_throttle(self, on: bool) -> None:
-        spec = self.spec
-        if on:
-            log.warning(
-                "output_throttled",
-                component=self.name,
-                limit_mb_s=spec.output_limit_mb_s,
-                burst_mb=spec.output_burst_mb,
-                overflow=spec.output_overflow,
-                dropped_bytes=self.output.dropped_bytes,
-            )
-        else:
-            log.info(
-                "output_unthrottled",
-                component=self.name,
-                dropped_bytes=self.output.dropped_bytes,
-                throttled_s=round(self.output.throttled_s, 1),
-            )
 
     # --- helpers -----------------------------------------------------------------------
 
