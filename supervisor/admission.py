@@ -16,7 +16,7 @@ from .history import History
 from .model import MIB, Snapshot
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
-from .predictor import Prediction, predict
+from .predictor import Prediction, RunRecord, predict
 from .runner import Runner
 
 log = structlog.get_logger("ironcliw.admission")
@@ -60,8 +60,18 @@ class Admission:
         self._predictions[name] = (now, pred)
         return pred
 
-    def forget(self, name: str) -> None:
+    def run_ended(self, name: str, record: RunRecord) -> None:
+        """A run's record joins the history; the next prediction is made afresh."""
+        self.history.append(name, record)
         self._predictions.pop(name, None)
+        log.info(
+            "run_recorded",
+            component=name,
+            peak_mb=record.peak_mb,
+            peak_source=record.peak_source,
+            predicted_mb=record.predicted_mb,
+            time_to_ready_s=record.time_to_ready_s,
+        )
 
     def time_to_ready(self, name: str) -> float:
         """The median time to READY of the recorded runs (1 s without any)."""

@@ -212,7 +212,7 @@ class M1MemoryManager:
 
     async def can_load_component(self, name: str) -> tuple[bool, str]:
         """(ok, reason): the predicted peak (history, inputs, margin) against the room before WARNING."""
-        ok, reason, _prediction, _room = self.supervisor.can_load(name)
+        ok, reason, _prediction, _room = self.supervisor.admission.can_load(name)
         return ok, reason
 
     async def load_component(self, name: str, make_room: bool = False) -> bool:

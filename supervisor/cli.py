@@ -185,21 +185,25 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
             tg.cancel_scope.cancel()
 
     try:
-        try:
-            anyio.run(run)
-        finally:
-            out.close()
-            err.close()
+        anyio.run(run)
     except BaseException as exc:
-        error = _single_error(exc)
-        if isinstance(error, AlreadyRunning):
-            print(f"ironcliw: {error}; stop it with `bin/ironcliw down`", file=sys.stderr)
-            return EXIT_REFUSED
-        if isinstance(error, IroncliwError):
-            print(f"ironcliw: {error}", file=sys.stderr)
-            return EXIT_REFUSED
-        raise
+        return _exit_status(exc)
+    finally:
+        out.close()
+        err.close()
     return EXIT_OK
+
+
+def _exit_status(exc: BaseException) -> int:
+    """`up` ended by an error: a refused start is one line and EXIT_REFUSED; anything else is a bug."""
+    error = _single_error(exc)
+    if isinstance(error, AlreadyRunning):
+        print(f"ironcliw: {error}; stop it with `bin/ironcliw down`", file=sys.stderr)
+        return EXIT_REFUSED
+    if isinstance(error, IroncliwError):
+        print(f"ironcliw: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    raise exc
 
 
 def _single_error(exc: BaseException) -> BaseException:
@@ -294,45 +298,33 @@ def _format_memory(m: dict[str, Any]) -> str:
     )
 
 
+REPORT_COLUMNS = (
+    "NAME PRIORITY STATE RSS_MB PEAK_MB ANON_MB FILE_MB USS_MB PRED_MB RUNS TREND_MB_MIN TRIM_FREED LAST_EXIT".split()
+)
+
+
+def _report_row(c: dict[str, Any]) -> list[str]:
+    trend = c["trend_mb_per_min"]
+    return [
+        c["name"],
+        c["priority"],
+        c["state"],
+        f"{c['rss_mb']:.1f}",
+        f"{c['peak_mb']:.1f}",
+        f"{c['anon_mb']:.1f}",
+        f"{c['file_mb']:.1f}",
+        "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
+        "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
+        str(c["prediction"]["runs"]) if c["prediction"] else "-",
+        "-" if trend is None else f"{trend:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
+        ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-",
+        c["last_exit"] or "-",
+    ]
+
+
 def _format_report(r: dict[str, Any]) -> str:
     lines = [_format_memory(r), ""]
-    head = [
-        "NAME",
-        "PRIORITY",
-        "STATE",
-        "RSS_MB",
-        "PEAK_MB",
-        "ANON_MB",
-        "FILE_MB",
-        "USS_MB",
-        "PRED_MB",
-        "RUNS",
-        "TREND_MB_MIN",
-        "TRIM_FREED",
-        "LAST_EXIT",
-    ]
-    rows = [head]
-    for c in r["components"]:
-        rows.append(
-            [
-                c["name"],
-                c["priority"],
-                c["state"],
-                f"{c['rss_mb']:.1f}",
-                f"{c['peak_mb']:.1f}",
-                f"{c['anon_mb']:.1f}",
-                f"{c['file_mb']:.1f}",
-                "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
-                "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
-                str(c["prediction"]["runs"]) if c["prediction"] else "-",
-                "-"
-                if c["trend_mb_per_min"] is None
-                else f"{c['trend_mb_per_min']:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
-                ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-",
-                c["last_exit"] or "-",
-            ]
-        )
-    lines += _columns(rows)
+    lines += _columns([list(REPORT_COLUMNS), *(_report_row(c) for c in r["components"])])
     s = r["system"]
     lines += [
         "",

@@ -158,6 +158,10 @@ class Config(msgspec.Struct, frozen=True):
     def component(self, name: str) -> ComponentSpec:
         return self.components[name]
 
+    def longest_stop_grace_s(self) -> float:
+        """The grace to give processes whose component is unknown (leftovers, orphans)."""
+        return max((spec.stop_grace_s for spec in self.components.values()), default=5.0)
+
 
 class Paths(msgspec.Struct, frozen=True):
     runtime_dir: str

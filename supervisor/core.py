@@ -28,10 +28,10 @@ from .logfiles import tail_lines
 from .model import MIB, ComponentState, ComponentStatus, MemoryState, Snapshot
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
-from .predictor import Prediction, RunRecord
+from .predictor import RunRecord
 from .record import ProcessRecord
 from .report import component_rows, status
-from .runner import Runner
+from .runner import Runner, RunnerHooks, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
 
 log = structlog.get_logger("ironcliw.supervisor")
@@ -56,16 +56,16 @@ class Supervisor:
         self._shutdown = anyio.Event()
         self._stopping = False
         self._tg: anyio.abc.TaskGroup | None = None
-        env = {
+        self._env = {
             "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
             "IRONCLIW_STATE_DIR": paths.state_dir,
             "IRONCLIW_SOCKET": paths.socket,
         }
-        self._env = env
         self._echo = echo
         self.runners: dict[str, Runner] = {}
         self.history = History(paths.state_dir)
-        self.memory = MemoryMonitor(config.memory, self.runners, self.bus, predict=self.prediction)
+        # The monitor asks for predictions made by the admission (which needs the monitor).
+        self.memory = MemoryMonitor(config.memory, self.runners, self.bus, lambda name: self.admission.prediction(name))
         self.disk = DiskState(
             self.bus,
             self.history,
@@ -83,16 +83,20 @@ class Supervisor:
         return Runner(
             spec,
             log_path=Path(self.paths.log_dir) / f"{spec.name}.log",
-            log_max_bytes=self.config.supervisor.log_max_bytes,
-            log_backups=self.config.supervisor.log_backups,
+            log_limits=(self.config.supervisor.log_max_bytes, self.config.supervisor.log_backups),
             bus=self.bus,
             extra_env=self._env,
-            on_change=self._component_changed,
-            echo=self._echo,
-            on_run_end=self._record_run,
-            on_log_problem=lambda path, problem: self.disk.problem("log_dir", path, problem),
-            orphans_of=self._orphans_of,
-            run_context=lambda name: (self.prediction(name).peak_mb, inputs_bytes(self.config.components[name])),
+            hooks=RunnerHooks(
+                on_change=self._component_changed,
+                echo=self._echo,
+                on_run_end=self._record_run,
+                on_log_problem=lambda path, problem: self.disk.problem("log_dir", path, problem),
+                orphans_of=self._orphans_of,
+                run_context=lambda name: (
+                    self.admission.prediction(name).peak_mb,
+                    inputs_bytes(self.config.components[name]),
+                ),
+            ),
         )
 
     def register(self, spec: ComponentSpec) -> Runner:
@@ -117,16 +121,13 @@ class Supervisor:
         """Run until `shutdown()`; every component is stopped before this returns."""
         self.runtime.acquire()
         if self.subreaper and not procs.become_subreaper():
-            log.info(
-                "no_subreaper",
-                reason="this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen",
-            )
+            why = "this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen"
+            log.info("no_subreaper", reason=why)
         try:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
             self.history.load()
-            grace = max((spec.stop_grace_s for spec in self.config.components.values()), default=5.0)
-            await stop_leftovers(self.runtime, grace)
+            await stop_leftovers(self.runtime, self.config.longest_stop_grace_s())
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for runner in self.runners.values():
@@ -142,7 +143,7 @@ class Supervisor:
                 await self._shutdown.wait()
                 with anyio.CancelScope(shield=True):
                     await self.stop_many(list(self.runners), "supervisor shutdown")
-                    await orphans.stop_unclaimed(self._longest_grace_s())
+                    await orphans.stop_unclaimed(self.config.longest_stop_grace_s())
                     self.record.update()  # empty now: nothing for the next `up` to clean up
                 tg.cancel_scope.cancel()
         finally:
@@ -184,9 +185,6 @@ class Supervisor:
         the leaders (whose exits their runners reap)."""
         return orphans.find({r.child.pid for r in self.runners.values() if r.child is not None}).get(name, [])
 
-    def _longest_grace_s(self) -> float:
-        return max((s.stop_grace_s for s in self.config.components.values()), default=5.0)
-
     def warnings(self) -> list[str]:
         """One line per kind of disk trouble, e.g. `log_dir: no space left` (status, report)."""
         return self.disk.warnings()
@@ -204,7 +202,7 @@ class Supervisor:
         # status many times a second must not multiply the sampling work.
         self._fresh_sample()
         now = time.monotonic()
-        return [r.status(now) for r in self.runners.values()]
+        return [component_status(r, now) for r in self.runners.values()]
 
     def status(self) -> dict[str, Any]:
         components = self.component_statuses()
@@ -221,70 +219,52 @@ class Supervisor:
     def components(self) -> dict[str, Any]:
         return {"components": component_rows(self.component_statuses(), self.runners)}
 
-    # --- prediction and admission (admission.py) ---------------------------------------------
-
-    def prediction(self, name: str) -> Prediction:
-        return self.admission.prediction(name)
-
-    def can_load(self, name: str) -> tuple[bool, str, Prediction, int]:
-        return self.admission.can_load(name)
-
     def _record_run(self, name: str, record: RunRecord) -> None:
-        self.history.append(name, record)
+        self.admission.run_ended(name, record)
         self.disk.history_changed()  # written by the keeper, off the loop
-        self.admission.forget(name)
-        log.info(
-            "run_recorded",
-            component=name,
-            peak_mb=record.peak_mb,
-            peak_source=record.peak_source,
-            predicted_mb=record.predicted_mb,
-            time_to_ready_s=record.time_to_ready_s,
-        )
 
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
-        ok, reason, pred, room = self.can_load(name)
+        ok, reason, pred, room = self.admission.can_load(name)
         if not ok:
             if not make_room:
                 raise Refused(reason + " (--make-room unloads lower priorities)")
             await self.admission.make_room(name, pred, room)
-        state = await runner.start()
-        if state is not ComponentState.READY:
-            raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
-        return runner.status(time.monotonic())
+        return await self._start_ready(runner)
 
     async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
         runner = self.runner(name)
         await runner.stop(reason)
-        return runner.status(time.monotonic())
+        return component_status(runner, time.monotonic())
 
     async def restart(self, name: str) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
         await runner.stop("restarting")
-        state = await runner.start()  # it was running: admission already let it in
+        return await self._start_ready(runner)  # it was running: admission already let it in
+
+    async def _start_ready(self, runner: Runner) -> ComponentStatus:
+        state = await runner.start()
         if state is not ComponentState.READY:
-            raise Refused(f"{name} did not become ready: {state.value}, {runner.last_exit or 'no exit recorded'}")
-        return runner.status(time.monotonic())
+            why = runner.last_exit or "no exit recorded"
+            raise Refused(f"{runner.name} did not become ready: {state.value}, {why}")
+        return component_status(runner, time.monotonic())
 
     def touch(self, name: str) -> ComponentStatus:
         runner = self.runner(name)
         runner.touch(time.monotonic())
-        return runner.status(time.monotonic())
+        return component_status(runner, time.monotonic())
 
+    # Each reads the newest sample while it is fresh (a poller must not multiply the sampling).
     def memory_status(self) -> dict[str, Any]:
-        self._fresh_sample()
-        return self.memory.summary()
+        return self.memory.summary(self._fresh_sample())
 
     def report(self) -> dict[str, Any]:
-        self._fresh_sample()
-        return {**self.memory.report(), "warnings": self.warnings()}
+        return {**self.memory.report(self._fresh_sample()), "warnings": self.warnings()}
 
     def explain(self) -> dict[str, Any]:
-        self._fresh_sample()
-        return self.memory.explain()
+        return self.memory.explain(self._fresh_sample())
 
     async def optimize(self) -> dict[str, Any]:
         """The WARNING actions now: trim requests, and idle LOW components unloaded."""

@@ -74,7 +74,7 @@ class Enforcer:
                 continue
             outcome = await self._carry_out(action, runner, tg)
             if outcome == "frozen":
-                done.append(self._record(action, outcome, sigstop_unix=runner.sigstop_unix))
+                done.append(self._record(action, outcome, sigstop_unix=runner.levers.sigstop_unix))
             elif outcome is not None:
                 done.append(self._record(action, outcome))
         return done
@@ -82,12 +82,12 @@ class Enforcer:
     async def _carry_out(self, action: Action, runner: Runner, tg: anyio.abc.TaskGroup) -> str | None:
         match action.kind:
             case ActionKind.FREEZE:
-                return "frozen" if await runner.freeze(self._short(action)) else None
+                return "frozen" if await runner.levers.freeze(self._short(action)) else None
             case ActionKind.THAW:
-                return "thawed" if runner.thaw(self._short(action)) else None
+                return "thawed" if runner.levers.thaw(self._short(action)) else None
             case ActionKind.TRIM:
                 before = runner.memory.usage.rss_bytes
-                if not runner.request_trim():
+                if not runner.levers.trim():
                     return None
                 tg.start_soon(self._measure_trim, runner, before)
                 return "trim_requested"

@@ -147,6 +147,19 @@ class Child:
             hit.extend(procs.signal_all(procs.descendants(self.pid), sig))
         return hit
 
+    def tree_hwm_bytes(self) -> int | None:
+        """The kernel's high-water mark of the tree while the leader runs (None once it has exited)."""
+        return procs.tree_hwm_bytes(self.pid) if self.returncode is None else None
+
+    async def freeze(self, verify_s: float) -> tuple[list[int], list[int]]:
+        """SIGSTOP the tree and wait up to `verify_s` for the kernel to show each process
+        stopped; returns (PIDs signalled, PIDs seen stopped)."""
+        pids = self.signal_fast(signal.SIGSTOP)
+        with anyio.move_on_after(verify_s):
+            while any(procs.find_state(pid) not in ("T", "t", None) for pid in pids):
+                await anyio.sleep(0.001)
+        return pids, [pid for pid in pids if procs.find_state(pid) in ("T", "t")]
+
     def close(self) -> None:
         if self.pidfd is not None:
             os.close(self.pidfd)

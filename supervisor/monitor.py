@@ -14,7 +14,7 @@ After the machine wakes from sleep (the suspend clock jumped), actions are held 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -129,7 +129,12 @@ class MemoryMonitor:
             percent_used=newest.percent,
             state=self.tracker.state,
         )
-        changed = self.tracker.state is not previous
+        self._announce(snap, previous, newest)
+        return snap
+
+    def _announce(self, snap: Snapshot, previous: MemoryState, newest: Reading) -> None:
+        """Log a change of state; publish `memory` events (at most every PUBLISH_EVERY_S) to subscribers."""
+        changed = snap.state is not previous
         if changed:
             log.info(
                 "memory_state_changed",
@@ -139,15 +144,14 @@ class MemoryMonitor:
                 stack_mb=round(newest.stack / MIB, 1),
                 available_mb=round(snap.available_mb, 1),
             )
-        if self.bus.wants("memory") and (changed or now - self._published_at >= PUBLISH_EVERY_S):
-            self._published_at = now
+        if self.bus.wants("memory") and (changed or snap.time - self._published_at >= PUBLISH_EVERY_S):
+            self._published_at = snap.time
             self.bus.publish(
                 "memory",
                 **summary(snap, self.cfg, self.runners),
                 components_mb={name: round(tree.rss_bytes / MIB, 1) for name, tree in newest.usage.items()},
                 changed=changed,
             )
-        return snap
 
     def _record(self, readings: list[Reading]) -> None:
         """Each component's share of the readings, a component at a time. Readings from before
@@ -222,27 +226,7 @@ class MemoryMonitor:
     # --- deciding ------------------------------------------------------------------------
 
     def views(self, now: float) -> list[ComponentView]:
-        busy = self.enforcer.busy
-        return [
-            ComponentView(
-                name=name,
-                priority=r.spec.priority,
-                state=r.state,
-                rss_bytes=r.memory.usage.rss_bytes if r.child is not None else 0,
-                growing=r.memory.growing,
-                has_trim=r.spec.trim_signal is not None,
-                last_used=r.last_used,
-                frozen_since=r.frozen_since,
-                last_trim_at=r.last_trim_at,
-                autostart=r.spec.autostart,
-                unloaded_by_policy=r.unloaded_by_policy,
-                estimated_bytes=int(self.predict(name).peak_mb * MIB) if self.predict else r.spec.estimated_mb * MIB,
-                growth_bytes_s=r.memory.growth_bytes_s,
-                after=tuple(r.spec.after),
-                busy=name in busy or r.state is ComponentState.STOPPING,
-            )
-            for name, r in self.runners.items()
-        ]
+        return component_views(self.runners, self.enforcer.busy, self.predict)
 
     def _may_act(self, snap: Snapshot) -> bool:
         held = any(r.state is ComponentState.FROZEN or r.unloaded_by_policy for r in self.runners.values())
@@ -292,18 +276,44 @@ class MemoryMonitor:
 
     # --- what the APIs show (built in report.py) -------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        return summary(self.current(), self.cfg, self.runners)
+    def summary(self, snap: Snapshot | None = None) -> dict[str, Any]:
+        return summary(snap or self.current(), self.cfg, self.runners)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, snap: Snapshot | None = None) -> dict[str, Any]:
         return {
-            **report(self.current(), self.cfg, self.runners, self.predict),
+            **report(snap or self.current(), self.cfg, self.runners, self.predict),
             "sample_ms": round(self.sampler.last_read_s * 1000, 3),
             "scheduled_samples": self.sampler.readings_taken - self.sampler.readings_asked,
             "recent_actions": list(self.enforcer.recent)[-20:],
         }
 
-    def explain(self) -> dict[str, Any]:
-        snap = self.current()
+    def explain(self, snap: Snapshot | None = None) -> dict[str, Any]:
+        snap = snap or self.current()
         views = self.views(time.monotonic())
         return explanation(snap, self.cfg, self.runners, views, self.predict, self.tracker.healthy_since)
+
+
+def component_views(
+    runners: Mapping[str, Runner], busy: set[str], predict: Callable[[str], Prediction] | None
+) -> list[ComponentView]:
+    """What the policy sees of each component (plain data)."""
+    return [
+        ComponentView(
+            name=name,
+            priority=r.spec.priority,
+            state=r.state,
+            rss_bytes=r.memory.usage.rss_bytes if r.child is not None else 0,
+            growing=r.memory.growing,
+            has_trim=r.spec.trim_signal is not None,
+            last_used=r.last_used,
+            frozen_since=r.levers.frozen_since,
+            last_trim_at=r.levers.last_trim_at,
+            autostart=r.spec.autostart,
+            unloaded_by_policy=r.unloaded_by_policy,
+            estimated_bytes=int(predict(name).peak_mb * MIB) if predict else r.spec.estimated_mb * MIB,
+            growth_bytes_s=r.memory.growth_bytes_s,
+            after=tuple(r.spec.after),
+            busy=name in busy or r.state is ComponentState.STOPPING,
+        )
+        for name, r in runners.items()
+    ]

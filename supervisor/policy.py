@@ -84,74 +84,100 @@ def projected_percent(snapshot: Snapshot, delta_bytes: int) -> float:
 def decide(
     snapshot: Snapshot, components: Iterable[ComponentView], cfg: MemorySection, now: float, healthy_since: float | None
 ) -> list[Action]:
+    """Every rule of the table above, in this order; each adds the actions it calls for."""
     views = list(components)
     state = snapshot.state
-    actions: list[Action] = []
     act = _Maker(snapshot, cfg)
-
     # Destructive rules need the memory itself over the line, not just the state that
     # hysteresis holds on the way down.
-    over = snapshot.percent_used >= threshold(state, cfg) if state is not HEALTHY else False
-    early = _about_to_cross(snapshot, views, cfg) if state is WARNING and over else []
-    actions += [
-        act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early
-    ]
-    freezing = {v.name for v, _ in early}
-    trims = (
-        [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing]
-        if state_rank(state) >= state_rank(WARNING)
-        else []
-    )
-    actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
-    if state is WARNING and over and not trims and _trims_settled(views, cfg, now):
-        idle = [
-            v
-            for v in views
-            if v.priority is Priority.LOW
-            and v.active
-            and v.state is ComponentState.READY
-            and now - v.last_used >= cfg.idle_unload_s
-        ]
-        actions += [
-            act(ActionKind.UNLOAD, v, "warning.idle_unload", f"LOW and idle {now - v.last_used:.0f} s")
-            for v in _respect_dependants(idle, views)
-        ]
-        # A LOW component frozen on its way up (early freeze) frees nothing while frozen.
-        stuck = [v for v in views if v.priority is Priority.LOW and v.frozen]
-        actions += [
-            act(ActionKind.UNLOAD, v, "warning.unload_frozen", "LOW, frozen, and memory still short")
-            for v in _respect_dependants(stuck, views)
-        ]
+    over = state is not HEALTHY and snapshot.percent_used >= threshold(state, cfg)
+    actions = _early_freeze_and_trims(snapshot, views, cfg, now, act, over)
+    if state is WARNING and over and not any(a.kind is ActionKind.TRIM for a in actions):
+        actions += _warning_unloads(views, cfg, now, act)
     if state is CRITICAL and over:
-        growing = [v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing]
-        actions += [
-            act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL")
-            for v in _respect_dependants(growing, views)
-        ]
-        actions += _unload_until_under(snapshot, views, cfg, (Priority.LOW, Priority.MEDIUM), act)
+        actions += _critical(snapshot, views, cfg, act)
     if state is EMERGENCY and over:
-        others = [v for v in views if v.priority is not Priority.CRITICAL and v.active]
-        actions += [act(ActionKind.FREEZE, v, "emergency.freeze", "EMERGENCY: freeze all but CRITICAL") for v in others]
-        everyone = [v for v in views if v.priority is not Priority.CRITICAL and (v.active or v.frozen)]
-        actions += [act(ActionKind.UNLOAD, v, "emergency.unload", "EMERGENCY: keep only CRITICAL") for v in everyone]
-
-    unloading = {a.component for a in actions if a.kind is ActionKind.UNLOAD}
-    for v in views:
-        if (
-            v.frozen
-            and v.frozen_since is not None
-            and now - v.frozen_since >= cfg.max_frozen_s
-            and v.name not in unloading
-        ):
-            held = f"frozen {now - v.frozen_since:.0f} s (max_frozen_s {cfg.max_frozen_s:g})"
-            if state is not HEALTHY:
-                actions.append(act(ActionKind.UNLOAD, v, "frozen.max_time", f"{held}, memory still {state.value}"))
-            else:
-                actions.append(act(ActionKind.THAW, v, "frozen.max_time", f"{held}, memory {state.value}"))
-
+        actions += _emergency(views, act)
+    actions += _frozen_too_long(
+        views, cfg, now, act, state, {a.component for a in actions if a.kind is ActionKind.UNLOAD}
+    )
     if state is HEALTHY and healthy_since is not None and now - healthy_since >= cfg.recovery_hold_s:
         thawing = {a.component for a in actions if a.kind is ActionKind.THAW}
         actions += [a for a in _recover(snapshot, views, cfg, act, now - healthy_since) if a.component not in thawing]
+    return actions
+
+
+def _early_freeze_and_trims(
+    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, now: float, act: _Maker, over: bool
+) -> list[Action]:
+    """`warning.early_freeze` (a LOW component about to take memory to CRITICAL), then `*.trim`."""
+    state = snapshot.state
+    early = _about_to_cross(snapshot, views, cfg) if state is WARNING and over else []
+    actions = [
+        act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early
+    ]
+    if state_rank(state) >= state_rank(WARNING):
+        freezing = {v.name for v, _ in early}
+        trims = [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing]
+        actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
+    return actions
+
+
+def _warning_unloads(views: list[ComponentView], cfg: MemorySection, now: float, act: _Maker) -> list[Action]:
+    """Once trims have settled: `warning.idle_unload` and `warning.unload_frozen`."""
+    if not _trims_settled(views, cfg, now):
+        return []
+    idle = [
+        v
+        for v in views
+        if v.priority is Priority.LOW
+        and v.active
+        and v.state is ComponentState.READY
+        and now - v.last_used >= cfg.idle_unload_s
+    ]
+    actions = [
+        act(ActionKind.UNLOAD, v, "warning.idle_unload", f"LOW and idle {now - v.last_used:.0f} s")
+        for v in _respect_dependants(idle, views)
+    ]
+    # A LOW component frozen on its way up (early freeze) frees nothing while frozen.
+    stuck = [v for v in views if v.priority is Priority.LOW and v.frozen]
+    actions += [
+        act(ActionKind.UNLOAD, v, "warning.unload_frozen", "LOW, frozen, and memory still short")
+        for v in _respect_dependants(stuck, views)
+    ]
+    return actions
+
+
+def _critical(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, act: _Maker) -> list[Action]:
+    """`critical.freeze` the growing LOW and MEDIUM, then `critical.unload` until under CRITICAL."""
+    growing = [v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing]
+    actions = [
+        act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL") for v in _respect_dependants(growing, views)
+    ]
+    return actions + _unload_until_under(snapshot, views, cfg, (Priority.LOW, Priority.MEDIUM), act)
+
+
+def _emergency(views: list[ComponentView], act: _Maker) -> list[Action]:
+    """`emergency.freeze` and `emergency.unload`: everything but CRITICAL."""
+    others = [v for v in views if v.priority is not Priority.CRITICAL and v.active]
+    actions = [act(ActionKind.FREEZE, v, "emergency.freeze", "EMERGENCY: freeze all but CRITICAL") for v in others]
+    everyone = [v for v in views if v.priority is not Priority.CRITICAL and (v.active or v.frozen)]
+    return actions + [act(ActionKind.UNLOAD, v, "emergency.unload", "EMERGENCY: keep only CRITICAL") for v in everyone]
+
+
+def _frozen_too_long(
+    views: list[ComponentView], cfg: MemorySection, now: float, act: _Maker, state: MemoryState, unloading: set[str]
+) -> list[Action]:
+    """`frozen.max_time`: unloaded while memory is still short, thawed once it is not."""
+    actions = []
+    for v in views:
+        if not v.frozen or v.frozen_since is None or now - v.frozen_since < cfg.max_frozen_s or v.name in unloading:
+            continue
+        held = f"frozen {now - v.frozen_since:.0f} s (max_frozen_s {cfg.max_frozen_s:g})"
+        if state is not HEALTHY:
+            actions.append(act(ActionKind.UNLOAD, v, "frozen.max_time", f"{held}, memory still {state.value}"))
+        else:
+            actions.append(act(ActionKind.THAW, v, "frozen.max_time", f"{held}, memory {state.value}"))
     return actions
 
 

@@ -90,28 +90,10 @@ async def pump_output(
     """Copy `fd` to `sink` until EOF; `on_block` gets each block of whole lines."""
     pending = b""
     dense = False  # the last block was mostly line ends (`yes`): read less at a time
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            # A dense block costs a pass per line downstream: a smaller one pauses the loop less.
-            data = os.read(fd, SHORT_READ_BYTES if dense else PIPE_BYTES)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.EBADF, errno.EIO):
-                break
-            raise
-        if not data:
-            break
+    while data := await _read(fd, SHORT_READ_BYTES if dense else PIPE_BYTES):
         wait = 0.0
         if bucket is not None:
-            now = time.monotonic()
-            if drop and stats.throttling and bucket.level(now) < bucket.burst / 2:
-                wait = DROP_PACE_S  # still dropping: resume only with room for a burst, not per read
-            else:
-                cost = max(len(data), data.count(b"\n") * LINE_COST_BYTES)
-                dense = cost > 2 * len(data)
-                wait = bucket.take(cost, now)
+            wait, dense = _charge(bucket, data, drop and stats.throttling)
         if wait and drop:
             if pending:  # the line in progress ends here, in the log too; what follows is dropped
                 sink.write(b"\n")
@@ -126,13 +108,7 @@ async def pump_output(
             _set_throttling(stats, False, on_throttle)
         stats.bytes += len(data)
         sink.write(data)
-        pending += data
-        cut = pending.rfind(b"\n") + 1
-        if cut == 0 and len(pending) >= MAX_LINE_BYTES:
-            cut = len(pending)  # a runaway line: hand it on in pieces
-        if cut:
-            block, pending = pending[:cut], pending[cut:]
-            on_block(block if block.endswith(b"\n") else block + b"\n")
+        pending = _hand_on(pending + data, on_block)
         if wait:  # over the limit: stop reading, so the writer blocks on its full pipe
             _set_throttling(stats, True, on_throttle)
             stats.throttled_s += wait
@@ -143,6 +119,42 @@ async def pump_output(
         on_block(pending + b"\n")
     if stats.throttling and drop:  # it ended while dropping: say so all the same
         _note_dropped(sink, on_block, stats)
+
+
+async def _read(fd: int, size: int) -> bytes:
+    """The next chunk of output, b"" at the end (EOF, or the descriptor closed under us)."""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO):
+                return b""
+            raise
+
+
+def _charge(bucket: TokenBucket, data: bytes, dropping: bool) -> tuple[float, bool]:
+    """(seconds to wait before reading on, whether the block was dense in lines)."""
+    now = time.monotonic()
+    if dropping and bucket.level(now) < bucket.burst / 2:
+        return DROP_PACE_S, False  # still dropping: resume only with room for a burst, not per read
+    cost = max(len(data), data.count(b"\n") * LINE_COST_BYTES)
+    # A dense block costs a pass per line downstream: the next read is smaller, to pause the loop less.
+    return bucket.take(cost, now), cost > 2 * len(data)
+
+
+def _hand_on(pending: bytes, on_block: Callable[[bytes], None]) -> bytes:
+    """Give `on_block` the whole lines of `pending` (a runaway line in pieces); return the rest."""
+    cut = pending.rfind(b"\n") + 1
+    if cut == 0 and len(pending) >= MAX_LINE_BYTES:
+        cut = len(pending)
+    if not cut:
+        return pending
+    block = pending[:cut]
+    on_block(block if block.endswith(b"\n") else block + b"\n")
+    return pending[cut:]
 
 
 def _note_dropped(sink: RotatingLog, on_block: Callable[[bytes], None], stats: OutputStats) -> None:

@@ -12,16 +12,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import structlog
 
-from . import launcher, procs, restart, states
+from . import launcher, restart, states
 from .accounting import ComponentMemory
 from .config import ComponentSpec
 from .errors import SpawnError
 from .events import EventBus
+from .levers import Levers
 from .logfiles import ProblemCallback, RotatingLog
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo
 from .predictor import RunRecord
@@ -49,7 +51,17 @@ def _unit_random() -> float:
     return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
-FREEZE_VERIFY_S = 0.1
+@dataclass(frozen=True)
+class RunnerHooks:
+    """What a runner tells the rest of the supervisor, and asks of it (all optional but on_change)."""
+
+    on_change: Callable[[], None]  # state or process changed (the sampler's roots, the record)
+    echo: Callable[[str, bytes], None] | None = None  # `up`'s terminal: (name, block of lines)
+    on_run_end: Callable[[str, RunRecord], None] | None = None  # into the history
+    on_log_problem: ProblemCallback | None = None  # the disk refused a log write
+    orphans_of: Callable[[str], list[int]] | None = None  # name -> PIDs of its orphans (the core knows every leader)
+    run_context: Callable[[str], tuple[float | None, int | None]] | None = None  # name -> (predicted MB, input bytes)
+
 
 _SETTLED = frozenset({ComponentState.READY, ComponentState.STOPPED, ComponentState.EXITED, ComponentState.FATAL})
 
@@ -60,30 +72,19 @@ class Runner:
         spec: ComponentSpec,
         *,
         log_path: Path,
-        log_max_bytes: int,
-        log_backups: int,
+        log_limits: tuple[int, int],
         bus: EventBus,
         extra_env: dict[str, str],
-        on_change: Callable[[], None],
-        echo: Callable[[str, bytes], None] | None = None,
-        on_run_end: Callable[[str, RunRecord], None] | None = None,
-        on_log_problem: ProblemCallback | None = None,
-        orphans_of: Callable[[str], list[int]] | None = None,
-        run_context: Callable[[str], tuple[float | None, int | None]] | None = None,
+        hooks: RunnerHooks,
     ) -> None:
         assert spec.name is not None
         self.name = spec.name
         self.spec = spec
         self.log_path = log_path
-        self._log_limits = (log_max_bytes, log_backups)
+        self._log_limits = log_limits  # (max bytes, backups)
         self._bus = bus
         self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
-        self._on_change = on_change
-        self._echo = echo
-        self._on_log_problem = on_log_problem
-        self._orphans_of = orphans_of  # name -> PIDs of its orphans (core: the one who knows every leader)
-        self._on_run_end = on_run_end
-        self._run_context = run_context  # name -> (predicted peak MB, input bytes) at spawn
+        self._hooks = hooks
 
         self.state = ComponentState.STOPPED
         self.child: launcher.Child | None = None
@@ -92,14 +93,11 @@ class Runner:
         self.started_at: float | None = None
         self.memory = ComponentMemory()  # what the monitor measured of its tree
         self.last_used = 0.0  # monotonic: last start or touch
-        self.frozen_since: float | None = None
-        self.last_trim_at: float | None = None
+        self.levers = Levers(spec, lambda: (self.child, self.state), self._set_state)  # freeze, thaw, trim
         self.unloaded_by_policy = False
-        self._state_before_freeze = ComponentState.READY
         self.current_run = RunStats()
-        self.run_output = RunOutput(spec, bus, echo, ready_already=False)  # the current run's
+        self.run_output = RunOutput(spec, bus, hooks.echo, ready_already=False)  # the current run's
         self.log_sink: RotatingLog | None = None  # the current run's log file
-        self.sigstop_unix: float | None = None  # when the last SIGSTOP was sent (wall clock, for benchmarks)
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
@@ -146,83 +144,11 @@ class Runner:
         """Mark the component used (idle unloading goes by the time since the last touch)."""
         self.last_used = now
 
-    def _read_hwm(self, child: launcher.Child) -> None:
-        """Fold the kernel's high-water mark of the tree into this run's peak (before READY is
-        declared, and before a stop: the counters go with the processes)."""
-        if child.returncode is None:
-            self.memory.fold_hwm(procs.tree_hwm_bytes(child.pid))
-
     def _end_run(self, exit_reason: str) -> None:
-        run, memory, child = self.current_run, self.memory, self.child
-        if self._on_run_end is None or run.started_unix is None:
-            return
-        # the leader's own lifetime peak (wait4) counts too
-        peak, source = memory.run_peak(child.exit_peak_bytes if child is not None else None)
-        ready_peak, steady = memory.run.ready_peak_bytes, memory.steady_bytes()
-        record = RunRecord(
-            started_unix=run.started_unix,
-            peak_mb=round(peak / MIB, 1),
-            peak_source=source,
-            ready_peak_mb=round(ready_peak / MIB, 1) if ready_peak is not None else None,
-            steady_mb=round(steady / MIB, 1) if steady is not None else None,
-            time_to_ready_s=round(run.time_to_ready_s, 3) if run.time_to_ready_s is not None else None,
-            trim_freed_mb=list(memory.run.trim_freed_mb),
-            exit_reason=exit_reason,
-            inputs_bytes=run.inputs_bytes,
-            predicted_mb=run.predicted_mb,
-        )
-        self._on_run_end(self.name, record)
-
-    async def freeze(self, reason: str) -> bool:
-        """SIGSTOP the whole tree and verify the kernel stopped it. Stops growth; frees nothing."""
-        child = self.child
-        if child is None or self.state not in (ComponentState.READY, ComponentState.STARTING):
-            return False
-        self._state_before_freeze = self.state
-        pids = child.signal_fast(signal.SIGSTOP)
-        self.sigstop_unix = time.time()
-        with anyio.move_on_after(FREEZE_VERIFY_S):
-            while any(procs.find_state(pid) not in ("T", "t", None) for pid in pids):
-                await anyio.sleep(0.001)
-        stopped = [pid for pid in pids if procs.find_state(pid) in ("T", "t")]
-        if not stopped:
-            log.warning("freeze_not_verified", component=self.name, pids=pids)
-            return False
-        self.frozen_since = time.monotonic()
-        self._set_state(ComponentState.FROZEN, reason)
-        return True
-
-    def thaw(self, reason: str) -> bool:
-        child = self.child
-        if child is None or self.state is not ComponentState.FROZEN:
-            return False
-        child.signal_fast(signal.SIGCONT)
-        self.frozen_since = None
-        self._set_state(self._state_before_freeze, reason)
-        return True
-
-    def request_trim(self) -> bool:
-        """Send the trim signal to the leader (its children may not handle it)."""
-        if self.child is None or self.spec.trim_signal is None:
-            return False
-        self.last_trim_at = time.monotonic()
-        return self.child.send(launcher.signal_number(self.spec.trim_signal))
-
-    def status(self, now: float) -> ComponentStatus:
-        running = self.child is not None
-        return ComponentStatus(
-            name=self.name,
-            state=self.state,
-            priority=self.spec.priority,
-            pid=self.child.pid if self.child else None,
-            rss_mb=round(self.memory.usage.rss_mb, 1) if running else 0.0,
-            processes=self.memory.usage.processes if running else 0,
-            uptime_s=round(now - self.started_at, 1) if running and self.started_at is not None else None,
-            restarts=self.restarts,
-            estimated_mb=self.spec.estimated_mb,
-            autostart=self.spec.autostart,
-            last_exit=self.last_exit,
-        )
+        child, on_run_end = self.child, self._hooks.on_run_end
+        if on_run_end is not None and self.current_run.started_unix is not None:
+            exit_peak = child.exit_peak_bytes if child is not None else None
+            on_run_end(self.name, run_record(self.current_run, self.memory, exit_peak, exit_reason))
 
     # --- the lifecycle task ------------------------------------------------------------
 
@@ -272,20 +198,21 @@ class Runner:
                 log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self.child = child
-        if self._orphans_of is not None and not self.adopted:
-            orphans_of, name = self._orphans_of, self.name
+        if self._hooks.orphans_of is not None and not self.adopted:
+            orphans_of, name = self._hooks.orphans_of, self.name
             child.find_orphans = lambda: orphans_of(name)
         self.started_at = self.last_used = time.monotonic()
-        predicted, inputs = self._run_context(self.name) if self._run_context else (None, None)
+        context = self._hooks.run_context
+        predicted, inputs = context(self.name) if context else (None, None)
         self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)
         self.memory.begin_run(child.pid)
-        self.frozen_since = None
-        self._on_change()
+        self.levers.run_ended()
+        self._hooks.on_change()
         log.info(
             "adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command
         )
-        sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._on_log_problem)
-        output = self.run_output = RunOutput(self.spec, self._bus, self._echo, ready_already=adopting)
+        sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._hooks.on_log_problem)
+        output = self.run_output = RunOutput(self.spec, self._bus, self._hooks.echo, ready_already=adopting)
         ended = "supervisor stopped"
         try:
             info, requested = await self._supervise(child, sink, output)
@@ -295,14 +222,14 @@ class Runner:
             self._end_run(ended)
             with anyio.CancelScope(shield=True):
                 if child.returncode is None or child.tree():
-                    await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, self._frozen)
+                    await self._stop_tree(child, self.state is ComponentState.FROZEN)
                 child.close()
                 sink.close()
                 self.log_sink = None
                 self.child = None
                 self.memory.end_run()
-                self.frozen_since = None
-                self._on_change()
+                self.levers.run_ended()
+                self._hooks.on_change()
                 self._set_changed()
 
     async def _supervise(self, child: launcher.Child, sink: RotatingLog, output: RunOutput) -> tuple[ExitInfo, bool]:
@@ -321,7 +248,7 @@ class Runner:
             with anyio.move_on_after(self.spec.ready.timeout_s):
                 await output.wait_ready()
                 if self.state is ComponentState.STARTING:
-                    self._read_hwm(child)
+                    self.memory.fold_hwm(child.tree_hwm_bytes())  # the peak while loading
                     self.memory.mark_ready()
                     self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
                     self._set_state(ComponentState.READY)
@@ -332,21 +259,21 @@ class Runner:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             tg.start_soon(readiness)
-            exited = await self._first_of(child, abort)
+            exited = await first_of(child, self._stop_requested, abort)
             if exited:
                 info = launcher.exit_info(child.returncode or 0)
                 leftover = child.tree()
                 if leftover:  # the leader is gone but grandchildren are not: end them too
                     log.info("stopping_orphans", component=self.name, pids=[i.pid for i in leftover])
-                    await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, False)
+                    await self._stop_tree(child, False)
                 requested = False
             else:
                 requested = not abort.is_set()
                 why = self._stop_reason if requested else abort_reason[0]
-                self._read_hwm(child)  # the last chance: the counters go with the process
-                was_frozen = self._frozen
+                self.memory.fold_hwm(child.tree_hwm_bytes())  # the last chance: the counters go with the processes
+                was_frozen = self.state is ComponentState.FROZEN
                 self._set_state(ComponentState.STOPPING, why)
-                info = await launcher.stop_tree(child, self._stop_signal, self.spec.stop_grace_s, self.name, was_frozen)
+                info = await self._stop_tree(child, was_frozen)
                 escalated = info.signal == signal.SIGKILL
                 info = ExitInfo(info.code, info.signal, f"{why}; {info.reason}" if escalated or not requested else why)
             with anyio.move_on_after(0.5):
@@ -355,35 +282,13 @@ class Runner:
         log.info("exited", component=self.name, pid=child.pid, reason=info.reason)
         return info, requested
 
-    async def _first_of(self, child: launcher.Child, abort: anyio.Event) -> bool:
-        """Wait for the leader to exit (True) or for a stop request or abort (False)."""
-        exited = False
-        async with anyio.create_task_group() as tg:
-
-            async def leader() -> None:
-                nonlocal exited
-                await child.wait()
-                exited = True
-                tg.cancel_scope.cancel()
-
-            async def wait_event(event: anyio.Event) -> None:
-                await event.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(leader)
-            tg.start_soon(wait_event, self._stop_requested)
-            tg.start_soon(wait_event, abort)
-        return exited
-
     # --- helpers -----------------------------------------------------------------------
 
-    @property
-    def _stop_signal(self) -> int:
-        return launcher.signal_number(self.spec.stop_signal)
-
-    @property
-    def _frozen(self) -> bool:
-        return self.state is ComponentState.FROZEN
+    async def _stop_tree(self, child: launcher.Child, was_frozen: bool) -> ExitInfo:
+        spec = self.spec
+        return await launcher.stop_tree(
+            child, launcher.signal_number(spec.stop_signal), spec.stop_grace_s, self.name, was_frozen
+        )
 
     def _set_state(self, state: ComponentState, reason: str | None = None) -> None:
         if state is self.state and reason is None:
@@ -394,7 +299,7 @@ class Runner:
             log.error("illegal_transition", component=self.name, old=previous.value, new=state.value, reason=reason)
         log.info("state_changed", component=self.name, old=previous.value, new=state.value, pid=pid, reason=reason)
         self._bus.publish("state", component=self.name, old=previous.value, state=state.value, pid=pid, reason=reason)
-        self._on_change()
+        self._hooks.on_change()
         self._set_changed()
 
     def _set_changed(self) -> None:
@@ -407,3 +312,61 @@ class Runner:
     async def _wait_for(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
+
+
+async def first_of(child: launcher.Child, *events: anyio.Event) -> bool:
+    """Wait for the leader to exit (True) or for one of `events` (False)."""
+    exited = False
+    async with anyio.create_task_group() as tg:
+
+        async def leader() -> None:
+            nonlocal exited
+            await child.wait()
+            exited = True
+            tg.cancel_scope.cancel()
+
+        async def wait_event(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(leader)
+        for event in events:
+            tg.start_soon(wait_event, event)
+    return exited
+
+
+def run_record(run: RunStats, memory: ComponentMemory, exit_peak: int | None, exit_reason: str) -> RunRecord:
+    """A finished run as the history keeps it: its peak (sampled, the kernel's marks, and the
+    leader's own lifetime peak from wait4), its size when ready and steady, what trims freed."""
+    peak, source = memory.run_peak(exit_peak)
+    ready_peak, steady = memory.run.ready_peak_bytes, memory.steady_bytes()
+    return RunRecord(
+        started_unix=run.started_unix or 0.0,
+        peak_mb=round(peak / MIB, 1),
+        peak_source=source,
+        ready_peak_mb=round(ready_peak / MIB, 1) if ready_peak is not None else None,
+        steady_mb=round(steady / MIB, 1) if steady is not None else None,
+        time_to_ready_s=round(run.time_to_ready_s, 3) if run.time_to_ready_s is not None else None,
+        trim_freed_mb=list(memory.run.trim_freed_mb),
+        exit_reason=exit_reason,
+        inputs_bytes=run.inputs_bytes,
+        predicted_mb=run.predicted_mb,
+    )
+
+
+def component_status(runner: Runner, now: float) -> ComponentStatus:
+    """One row of `status`."""
+    child, usage = runner.child, runner.memory.usage
+    return ComponentStatus(
+        name=runner.name,
+        state=runner.state,
+        priority=runner.spec.priority,
+        pid=child.pid if child else None,
+        rss_mb=round(usage.rss_mb, 1) if child else 0.0,
+        processes=usage.processes if child else 0,
+        uptime_s=round(now - runner.started_at, 1) if child and runner.started_at is not None else None,
+        restarts=runner.restarts,
+        estimated_mb=runner.spec.estimated_mb,
+        autostart=runner.spec.autostart,
+        last_exit=runner.last_exit,
+    )

@@ -35,6 +35,7 @@ LAYERS = {
     "attention": 2.6,
     "sampler": 3.4,
     "runoutput": 3.6,
+    "levers": 3.6,
     "runner": 4,
     "enforcer": 4.2,
     "report": 4.3,

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from ..config import check_component, decode_component
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
+from ..runner import component_status
 from .responses import error_response, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -49,134 +50,136 @@ async def _event_stream(sup: Supervisor, request: Request) -> AsyncIterator[byte
             yield b"event: " + event["topic"].encode() + b"\ndata: " + msgspec.json.encode(event) + b"\n\n"
 
 
-def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
-    sup = supervisor
+def guarded(fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Handler:
+    """A JSON endpoint: the result as JSON, our errors as JSON errors with their HTTP status."""
 
-    def guarded(fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            try:
-                return json_response(await fn(request), status)
-            except IroncliwError as exc:
-                code = next((s for cls, s in _STATUS_FOR.items() if isinstance(exc, cls)), 400)
-                return error_response(code, exc.code, exc.message)
-
-        return endpoint
-
-    async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw:
-            return {}
+    async def endpoint(request: Request) -> Response:
         try:
-            value = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"the body is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ConfigError("<request>", "$", "a JSON object")
-        return value
+            return json_response(await fn(request), status)
+        except IroncliwError as exc:
+            code = next((s for cls, s in _STATUS_FOR.items() if isinstance(exc, cls)), 400)
+            return error_response(code, exc.code, exc.message)
 
-    async def health(request: Request) -> dict[str, Any]:
-        m = sup.memory_status()
-        status = {"HEALTHY": "healthy", "WARNING": "warning", "CRITICAL": "critical", "EMERGENCY": "emergency"}[
-            m["state"]
-        ]
-        return {
-            "status": status,
-            "memory": {k: m[k] for k in ("state", "percent_used", "available_mb", "components_loaded")},
-        }
+    return endpoint
 
-    async def status(request: Request) -> dict[str, Any]:
-        return sup.memory_status()
 
-    async def report(request: Request) -> dict[str, Any]:
-        return sup.report()
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("<request>", "$", "a JSON object")
+    return value
 
-    async def components(request: Request) -> dict[str, Any]:
-        return sup.components()
 
-    async def register(request: Request) -> Any:
-        table = await body(request)
+_HEALTH = {"HEALTHY": "healthy", "WARNING": "warning", "CRITICAL": "critical", "EMERGENCY": "emergency"}
+_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+
+
+class Endpoints:
+    """Each endpoint a thin door onto the supervisor's command methods."""
+
+    def __init__(self, supervisor: Supervisor, token: str) -> None:
+        self.sup = supervisor
+        self.token = token
+        self._registry: Any = None  # prometheus_client's, made on the first scrape
+
+    async def health(self, request: Request) -> dict[str, Any]:
+        m = self.sup.memory_status()
+        keys = ("state", "percent_used", "available_mb", "components_loaded")
+        return {"status": _HEALTH[m["state"]], "memory": {k: m[k] for k in keys}}
+
+    async def status(self, request: Request) -> dict[str, Any]:
+        return self.sup.memory_status()
+
+    async def report(self, request: Request) -> dict[str, Any]:
+        return self.sup.report()
+
+    async def components(self, request: Request) -> dict[str, Any]:
+        return self.sup.components()
+
+    async def register(self, request: Request) -> Any:
+        table = await json_body(request)
         name = table.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError("<request>", "$.name", "a component name (string)")
-        spec = check_component("<request>", Path(sup.config.base_dir), name, decode_component("<request>", name, table))
-        sup.register(spec)
-        return sup.runner(name).status(0.0)
+        base = Path(self.sup.config.base_dir)
+        spec = check_component("<request>", base, name, decode_component("<request>", name, table))
+        self.sup.register(spec)
+        return component_status(self.sup.runner(name), 0.0)
 
-    async def load(request: Request) -> Any:
-        args = await body(request)
-        make_room = args.get("make_room", False)
+    async def load(self, request: Request) -> Any:
+        make_room = (await json_body(request)).get("make_room", False)
         if not isinstance(make_room, bool):
             raise ConfigError("<request>", "$.make_room", "true or false")
-        return await sup.load(request.path_params["name"], make_room=make_room)
+        return await self.sup.load(request.path_params["name"], make_room=make_room)
 
-    async def unload(request: Request) -> Any:
-        return await sup.unload(request.path_params["name"])
+    async def unload(self, request: Request) -> Any:
+        return await self.sup.unload(request.path_params["name"])
 
-    async def optimize(request: Request) -> Any:
-        return await sup.optimize()
+    async def optimize(self, request: Request) -> Any:
+        return await self.sup.optimize()
 
-    async def emergency(request: Request) -> Any:
-        return await sup.emergency_cleanup()
+    async def emergency(self, request: Request) -> Any:
+        return await self.sup.emergency_cleanup()
 
-    async def openapi(request: Request) -> dict[str, Any]:
+    async def openapi(self, request: Request) -> dict[str, Any]:
         return OPENAPI
 
-    registry: Any = None
-
-    async def metrics(request: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
         # prometheus_client loads on the first scrape, not at start: a stack that nobody
         # scrapes does not carry it (see bench/bench_imports.py).
-        nonlocal registry
         from .metrics import make_registry, metrics_text
 
-        if registry is None:
-            registry = make_registry(sup)
-        return Response(metrics_text(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+        if self._registry is None:
+            self._registry = make_registry(self.sup)
+        return Response(metrics_text(self._registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def events(request: Request) -> Response:
-        return StreamingResponse(
-            _event_stream(sup, request), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-        )
+    async def events(self, request: Request) -> Response:
+        stream = _event_stream(self.sup, request)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    async def dashboard(request: Request) -> Response:
-        page = DASHBOARD.read_text().replace("__IRONCLIW_TOKEN__", token)
-        return HTMLResponse(
-            page,
-            headers={
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": (
-                    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline';"
-                    " script-src 'self' 'unsafe-inline'"
-                ),
-            },
-        )
+    async def dashboard(self, request: Request) -> Response:
+        page = DASHBOARD.read_text().replace("__IRONCLIW_TOKEN__", self.token)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Content-Security-Policy": _CSP})
 
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "NOT_FOUND", f"no endpoint {request.method} {request.url.path}")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.url.path}")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    return error_response(500, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
+    e = Endpoints(supervisor, token)
+    post = ["POST"]
     routes = [
-        Route("/health", guarded(health)),
-        Route("/memory/status", guarded(status)),
-        Route("/memory/report", guarded(report)),
-        Route("/memory/components", guarded(components)),
-        Route("/memory/components/register", guarded(register, 201), methods=["POST"]),
-        Route("/memory/components/{name}/load", guarded(load), methods=["POST"]),
-        Route("/memory/components/{name}/unload", guarded(unload), methods=["POST"]),
-        Route("/memory/optimize", guarded(optimize), methods=["POST"]),
-        Route("/memory/emergency-cleanup", guarded(emergency), methods=["POST"]),
-        Route("/openapi.json", guarded(openapi)),
-        Route("/metrics", metrics),
-        Route("/memory/events", events),
-        Route("/memory_dashboard.html", dashboard),
+        Route("/health", guarded(e.health)),
+        Route("/memory/status", guarded(e.status)),
+        Route("/memory/report", guarded(e.report)),
+        Route("/memory/components", guarded(e.components)),
+        Route("/memory/components/register", guarded(e.register, 201), methods=post),
+        Route("/memory/components/{name}/load", guarded(e.load), methods=post),
+        Route("/memory/components/{name}/unload", guarded(e.unload), methods=post),
+        Route("/memory/optimize", guarded(e.optimize), methods=post),
+        Route("/memory/emergency-cleanup", guarded(e.emergency), methods=post),
+        Route("/openapi.json", guarded(e.openapi)),
+        Route("/metrics", e.metrics),
+        Route("/memory/events", e.events),
+        Route("/memory_dashboard.html", e.dashboard),
     ]
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(404, "NOT_FOUND", f"no endpoint {request.method} {request.url.path}")
-
-    async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.url.path}")
-
-    async def internal(request: Request, exc: Exception) -> Response:
-        return error_response(500, "INTERNAL", f"{type(exc).__name__}: {exc}")
-
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed, Exception: internal})
+    handlers = {404: _not_found, 405: _not_allowed, Exception: _internal}
+    return Starlette(routes=routes, exception_handlers=handlers)
 
 
 def _op(summary: str, method: str = "get", body: bool = False) -> dict[str, Any]:

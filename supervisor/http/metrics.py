@@ -18,9 +18,12 @@ class SupervisorCollector:
         self.sup = supervisor
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._components()
+        yield from self._memory()
+        yield from self._supervisor()
+
+    def _components(self) -> Iterator[Metric]:
         sup = self.sup
-        monitor = sup.memory
-        snap = monitor.current()
         rss = GaugeMetricFamily(
             "ironcliw_component_rss_bytes",
             "Resident memory of the component's whole process tree",
@@ -38,8 +41,11 @@ class SupervisorCollector:
             for component_state in ComponentState:
                 state.add_metric([name, component_state.value], 1.0 if runner.state is component_state else 0.0)
             restarts.add_metric([name], runner.restarts)
-            predicted.add_metric([name], sup.prediction(name).peak_mb * MIB)
+            predicted.add_metric([name], sup.admission.prediction(name).peak_mb * MIB)
         yield from (rss, state, restarts, predicted)
+
+    def _memory(self) -> Iterator[Metric]:
+        snap = self.sup.memory.current()
         mem_state = GaugeMetricFamily("ironcliw_memory_state", "1 for the current memory state", labels=["state"])
         for s in MemoryState:
             mem_state.add_metric([s.value], 1.0 if snap.state is s else 0.0)
@@ -51,23 +57,25 @@ class SupervisorCollector:
         )
         yield GaugeMetricFamily("ironcliw_memory_available_bytes", "Room before 100 %", value=snap.available_mb * MIB)
         yield GaugeMetricFamily("ironcliw_stack_rss_bytes", "Sum over every component tree", value=snap.stack_bytes)
+
+    def _supervisor(self) -> Iterator[Metric]:
+        monitor = self.sup.memory
+        sampler = monitor.sampler
         yield GaugeMetricFamily(
             "ironcliw_supervisor_rss_bytes", "The supervisor's own resident memory", value=own_rss_bytes()
         )
         yield GaugeMetricFamily(
-            "ironcliw_sample_duration_seconds",
-            "How long the last memory sample took",
-            value=monitor.sampler.last_read_s,
+            "ironcliw_sample_duration_seconds", "How long the last memory sample took", value=sampler.last_read_s
         )
         yield CounterMetricFamily(
             "ironcliw_samples",
             "Memory samples taken (the loop's and those requests asked for)",
-            value=monitor.sampler.readings_taken,
+            value=sampler.readings_taken,
         )
         yield CounterMetricFamily(
             "ironcliw_monitor_samples",
             "Memory samples taken on the monitor's own schedule (not asked for by a request)",
-            value=monitor.sampler.readings_taken - monitor.sampler.readings_asked,
+            value=sampler.readings_taken - sampler.readings_asked,
         )
         actions = CounterMetricFamily(
             "ironcliw_actions", "Policy actions by kind and outcome", labels=["kind", "outcome"]

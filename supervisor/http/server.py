@@ -128,69 +128,16 @@ class _Connection:
                 raise _Closed()
 
     async def _run_app(self, request: h11.Request, body: bytes) -> None:
-        raw_path, _, query = request.target.partition(b"?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": request.http_version.decode("ascii"),
-            "method": request.method.decode("ascii"),
-            "scheme": "http",
-            "path": unquote(raw_path.decode("ascii", "replace")),
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": "",
-            "headers": list(request.headers),  # h11 gives lower-case names
-            "client": self.client,
-            "server": self.server,
-        }
-        body_sent = False
-        started = False
-
-        async def receive() -> dict[str, Any]:
-            # The body first; after it, the only message left is the disconnect, which a
-            # streaming app (SSE) waits for: read until the client closes. Bytes that come
-            # meanwhile are a pipelined next request, kept for h11. One receiver at a time,
-            # as ASGI apps do; cancelling it (the stream ended) loses nothing.
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            while True:
-                try:
-                    data = await self.stream.receive(READ_CHUNK)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return {"type": "http.disconnect"}
-                self.h11.receive_data(data)
-
-        head = request.method == b"HEAD"
-
-        pending: list[bytes] = []  # the head waits for the first body part: one write, not two
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = [(k, v) for k, v in message.get("headers", ())]
-                pending.append(self.h11.send(h11.Response(status_code=message["status"], headers=headers)) or b"")
-            elif message["type"] == "http.response.body":
-                data = message.get("body", b"")
-                if data and not head and self.h11.our_state is h11.SEND_BODY:
-                    pending.append(self.h11.send(h11.Data(data=data)) or b"")
-                if not message.get("more_body", False):
-                    pending.append(self.h11.send(h11.EndOfMessage()) or b"")
-                out = b"".join(pending)
-                pending.clear()
-                if out:
-                    await self._write(out)
-
+        scope = asgi_scope(request, self.client, self.server)
+        exchange = _Exchange(self, body, head=request.method == b"HEAD")
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, exchange.receive, exchange.send)
             return
         except Exception as exc:
             failure = exc
         if not isinstance(failure, (_Closed, OSError, anyio.BrokenResourceError)):
             log.error("http_app_failed", path=scope["path"], error=f"{type(failure).__name__}: {failure}")
-            if not started:
+            if not exchange.started:
                 await self._reply_plain(500, b"internal error")
         raise _Closed()
 
@@ -331,3 +278,62 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
     async with anyio.create_task_group() as tg:
         await tg.start(serve_app, _BuiltOnFirstRequest(build), cfg.host, cfg.port)
         task_status.started()
+
+
+def asgi_scope(request: h11.Request, client: tuple[str, int] | None, server: tuple[str, int] | None) -> dict[str, Any]:
+    raw_path, _, query = request.target.partition(b"?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
+        "scheme": "http",
+        "path": unquote(raw_path.decode("ascii", "replace")),
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": "",
+        "headers": list(request.headers),  # h11 gives lower-case names
+        "client": client,
+        "server": server,
+    }
+
+
+class _Exchange:
+    """One request's ASGI receive and send, over the connection's h11 state."""
+
+    def __init__(self, conn: _Connection, body: bytes, head: bool) -> None:
+        self.conn, self.body, self.head = conn, body, head
+        self.body_sent = self.started = False
+        self.pending: list[bytes] = []  # the head waits for the first body part: one write, not two
+
+    async def receive(self) -> dict[str, Any]:
+        # The body first; after it, the only message left is the disconnect, which a
+        # streaming app (SSE) waits for: read until the client closes. Bytes that come
+        # meanwhile are a pipelined next request, kept for h11. One receiver at a time,
+        # as ASGI apps do; cancelling it (the stream ended) loses nothing.
+        if not self.body_sent:
+            self.body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        while True:
+            try:
+                data = await self.conn.stream.receive(READ_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return {"type": "http.disconnect"}
+            self.conn.h11.receive_data(data)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn, pending = self.conn, self.pending
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = [(k, v) for k, v in message.get("headers", ())]
+            pending.append(conn.h11.send(h11.Response(status_code=message["status"], headers=headers)) or b"")
+        elif message["type"] == "http.response.body":
+            data = message.get("body", b"")
+            if data and not self.head and conn.h11.our_state is h11.SEND_BODY:
+                pending.append(conn.h11.send(h11.Data(data=data)) or b"")
+            if not message.get("more_body", False):
+                pending.append(conn.h11.send(h11.EndOfMessage()) or b"")
+            out = b"".join(pending)
+            pending.clear()
+            if out:
+                await conn._write(out)
