@@ -67,7 +67,7 @@ class MemoryMonitor:
         self.snapshot: Snapshot | None = None  # the newest reading taken in
         self.members: dict[int, list[int]] = {}  # root -> PIDs, as the newest walk taken in saw them
         self.orphans: dict[str, list[int]] = {}  # component -> orphans, as that walk found them
-        self.sampler = Sampler(cfg, extra_roots=orphans.find)
+        self.sampler = Sampler(cfg, extra_roots=orphans.OrphanFinder())
         bus.on_subscribe = self.sampler.nudge  # a new subscriber wants memory events from the loop
         self.enforcer = Enforcer(runners, bus, cfg, self.level_now)
         self.on_walk: Callable[[], None] | None = None  # the core: the record of every process

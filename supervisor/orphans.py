@@ -50,6 +50,26 @@ def find(leaders: Collection[int]) -> dict[str, list[int]]:
     return found
 
 
+class OrphanFinder:
+    """`find` for the sampler, which asks at every walk: the process table is asked again
+    only when the supervisor's own children changed (an orphan was reparented to it, one
+    exited, a component started or ended), otherwise the last answer stands."""
+
+    def __init__(self) -> None:
+        self._children: list[int] | None = None
+        self._leaders: set[int] = set()
+        self._found: dict[str, list[int]] = {}
+
+    def __call__(self, leaders: Collection[int]) -> dict[str, list[int]]:
+        if not procs.is_subreaper():
+            return {}
+        children = procs.children_of(os.getpid())
+        if children != self._children or self._leaders != set(leaders):
+            self._children, self._leaders = children, set(leaders)
+            self._found = find(leaders)
+        return self._found
+
+
 def reap(leaders: Collection[int]) -> list[int]:
     """Reap the orphans that have exited. `leaders` must hold every leader that may still be
     unreaped (their exit status is their runner's): call it where no spawn can interleave."""

@@ -4,6 +4,7 @@ the component, at `down`, and by the next `up` after the supervisor was killed (
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import psutil
@@ -131,3 +132,43 @@ def test_sigkill_during_a_stop_all_of_100_leaves_nothing_after_the_next_up(make_
     second = [c["pid"] for c in stack.call("status")["components"]]
     assert stack.cli("down").returncode == 0
     wait_until(lambda: not any(alive(p) for p in second), 10, what="down to stop the second run")
+
+
+# The middle process lives for microseconds and its parent never reaps it: no walk sees it
+# alive, so nothing but the supervisor's own children list says an orphan arrived. (The
+# walk at the start is over before the fork; nothing reads memory until the test asks.)
+BRIEF_MIDDLE = """
+import os, time
+time.sleep(0.5)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.write(w, str(os.getpid()).encode())
+        time.sleep(600)
+    os._exit(0)
+daemon = os.read(r, 32).decode()
+time.sleep(1)
+print("ready", daemon, flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_orphan_whose_parent_no_walk_saw_is_found(make_stack: StackFactory) -> None:
+    stack = make_stack(
+        f"""
+        [memory]
+        sample_interval_s = 30
+        [components.forker]
+        command = {python_command(BRIEF_MIDDLE)}
+        ready = {{ log_pattern = "^ready" }}
+        stop_grace_s = 1
+        """
+    )
+    stack.up()
+    time.sleep(2.5)  # ready by now; a status poll would read memory while the middle is alive
+    (daemon,) = stack.ready_pids("forker")
+    assert stack.component("forker")["processes"] == 2  # the first reading after the fork counts it
+    wait_until(lambda: any(r["pid"] == daemon for r in _record(stack)), 5, what="the daemon in the record")
+    stack.call("unload", name="forker")
+    assert not alive(daemon)

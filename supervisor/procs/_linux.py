@@ -181,8 +181,6 @@ class TreeSampler:
         # (orphans.find: a component's descendants that were reparented to the supervisor).
         self.extra_roots = extra_roots
         self.orphans: dict[str, list[int]] = {}  # what extra_roots said when last asked
-        self._orphan_roots: dict[str, int] | None = None  # the roots when it was last asked
-        self._member_set: set[int] = set()  # every member of the last walk
         if max_kept is None:
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             max_kept = min(soft, 1 << 16) // 9
@@ -304,12 +302,10 @@ class TreeSampler:
         if self._samples % THREAD_REFRESH_SAMPLES == 0:
             for pid in list(self._threads):
                 self._forget_threads(pid)
-        before = self._member_set
         result = self._walk_once(roots, self.orphans)
-        # A process is reparented to the supervisor only when its parent exits, so the
-        # (costlier) look for orphans runs only when a member left or the roots changed.
-        if self.extra_roots is not None and (not before <= self._member_set or roots != self._orphan_roots):
-            self._orphan_roots = dict(roots)
+        # Every walk asks (a walk follows any fork or exit in the trees, and only an exit
+        # reparents a process to us); extra_roots keeps that cheap (orphans.OrphanFinder).
+        if self.extra_roots is not None:
             found = self.extra_roots(set(roots.values()))
             if found != self.orphans:
                 self.orphans = found
@@ -369,7 +365,7 @@ class TreeSampler:
                     pass  # exited between the reads: no children to follow
             result[name] = TreeUsage(rss_bytes=resident * page, processes=count, anon_bytes=(resident - shared) * page)
         self.members = members_by_root  # whole, so another thread never sees it half-built
-        self._member_set = everyone = {pid for m in members_by_root.values() for pid in m}
+        everyone = {pid for m in members_by_root.values() for pid in m}
         walked = len(everyone)
         if len(files) != walked or len(files) > self.max_kept:  # some left the trees (or too many)
             self._close_except(everyone)
