@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO  # noqa: E402
 from supervisor import procs  # noqa: E402
-from supervisor.predictor import RunRecord, predict  # noqa: E402
+from supervisor.model import RunRecord  # noqa: E402
+from supervisor.predictor import predict  # noqa: E402
 
 TRACES = REPO / "bench" / "traces" / "peaks.json"
 MB = 1 << 20

@@ -35,7 +35,7 @@ STEP_MB = 4.0
 
 
 def warm_up(total_mb: int) -> None:
-    """Memory the VM handed out before fills 5x faster than new memory (MEASURING.md); freed
+    """Memory the VM handed out before fills 5x faster than new memory (measured on this VM); freed
     pages drift back to the host, so the fast rate is warmed again before each run."""
     subprocess.run([sys.executable, "-c", f"x = [b'w' * (64 << 20) for _ in range({total_mb // 64})]"], check=True)
 
@@ -131,7 +131,7 @@ def mem_available_kb() -> int:
 
 
 def settle_mem_available(timeout: float = 20.0) -> None:
-    """MemAvailable lags after a big process exits (MEASURING.md): wait until it holds still."""
+    """MemAvailable lags after a big process exits (seen on this VM): wait until it holds still."""
     deadline = time.monotonic() + timeout
     last = mem_available_kb()
     while time.monotonic() < deadline:
@@ -144,8 +144,8 @@ def settle_mem_available(timeout: float = 20.0) -> None:
 
 def earlyoom_run(rate: float, margin_mb: int = 1000) -> dict[str, float] | None:
     """earlyoom 1.7 (Debian) in --dryrun, so it signals nothing: the time from MemAvailable
-    crossing its -M threshold (sampled every millisecond by a side thread, as MEASURING.md
-    says) to its "sending SIGTERM" line. Uses real memory: margin_mb + 300 MB, briefly."""
+    crossing its -M threshold (sampled every millisecond by a side thread, the way earlyoom's
+    own poll would see it) to its "sending SIGTERM" line. Uses real memory: margin_mb + 300 MB, briefly."""
     import shutil
     import threading
 

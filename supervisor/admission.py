@@ -13,10 +13,10 @@ import structlog
 from .config import ComponentSpec
 from .errors import Refused, UnknownComponent
 from .history import History
-from .model import MIB, Snapshot
+from .model import MIB, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
-from .predictor import Prediction, RunRecord, predict
+from .predictor import Prediction, predict
 from .runner import Runner
 
 log = structlog.get_logger("ironcliw.admission")

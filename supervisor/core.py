@@ -21,14 +21,13 @@ from . import orphans, procs
 from .admission import Admission, inputs_bytes
 from .config import ComponentSpec, Config, Paths
 from .diskstate import DiskState
-from .errors import Refused, UnknownComponent
+from .errors import Refused, ShuttingDown, UnknownComponent
 from .events import EventBus
 from .history import History
 from .logfiles import tail_lines
-from .model import MIB, ComponentState, ComponentStatus, MemoryState, Snapshot
+from .model import MIB, ComponentState, ComponentStatus, MemoryState, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
-from .predictor import RunRecord
 from .record import ProcessRecord
 from .report import component_rows, status
 from .runner import Runner, RunnerHooks, component_status
@@ -246,6 +245,8 @@ class Supervisor:
 
     async def _start_ready(self, runner: Runner) -> ComponentStatus:
         state = await runner.start()
+        if state is not ComponentState.READY and runner.spawn_error is not None:
+            raise runner.spawn_error  # the OS refused the command: SPAWN_FAILED, with the reason
         if state is not ComponentState.READY:
             why = runner.last_exit or "no exit recorded"
             raise Refused(f"{runner.name} did not become ready: {state.value}, {why}")
@@ -290,4 +291,4 @@ class Supervisor:
 
     def _refuse_while_stopping(self) -> None:
         if self._stopping:
-            raise Refused("the supervisor is shutting down")
+            raise ShuttingDown("the supervisor is shutting down")

@@ -57,6 +57,12 @@ class Refused(IroncliwError):
     code = "REFUSED"
 
 
+class ShuttingDown(Refused):
+    """A start asked for while the supervisor is stopping everything."""
+
+    code = "SHUTTING_DOWN"
+
+
 class BadRequest(IroncliwError):
     """An HTTP request body that is not what the endpoint takes."""
 

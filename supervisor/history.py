@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from .predictor import RunRecord
+from .model import RunRecord
 
 log = structlog.get_logger("ironcliw.history")
 

@@ -196,3 +196,18 @@ MEMORY_STATE_ORDER = (MemoryState.HEALTHY, MemoryState.WARNING, MemoryState.CRIT
 
 def state_rank(state: MemoryState) -> int:
     return MEMORY_STATE_ORDER.index(state)
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One past run of a component, as the history keeps it."""
+
+    started_unix: float
+    peak_mb: float  # overall peak: kernel high-water marks summed over the tree, or the highest sample
+    peak_source: str = "sampled"  # "vmhwm" (Linux), "footprint" (macOS), "sampled"
+    ready_peak_mb: float | None = None  # start-to-ready peak
+    steady_mb: float | None = None  # median level once ready
+    time_to_ready_s: float | None = None
+    trim_freed_mb: list[float] = []
+    exit_reason: str | None = None
+    inputs_bytes: int | None = None  # total size of the declared inputs at start
+    predicted_mb: float | None = None  # what was predicted for this run

@@ -2,23 +2,25 @@
 
     decide(snapshot, components, config, now, healthy_since) -> [Action, ...]
 
-Rules, in the order they are tried (each action names its rule):
-- any state   `*.trim`            ask components with a trim_signal to drop caches (once per
-                                  trim_cooldown_s), from WARNING up
+The rules, one function each, in the order `decide` applies them (each action names its rule):
+- WARNING     `warning.early_freeze` freeze a LOW component growing fast enough to reach
+                                  CRITICAL within early_freeze_s
+- WARNING up  `trim`              ask components with a trim_signal to drop caches (once per
+                                  trim_cooldown_s)
 - WARNING     `warning.idle_unload` once trims have settled (trim_settle_s) and memory is still
-                                  short: unload LOW components idle for idle_unload_s
+                                  short: unload LOW components idle for idle_unload_s;
+              `warning.unload_frozen` unload frozen LOW components
 - CRITICAL    `critical.freeze`   freeze growing LOW and MEDIUM components at once
               `critical.unload`   unload LOW, then MEDIUM, until the projection is under CRITICAL;
                                   within a priority, the one that frees most, then least recently used
 - EMERGENCY   `emergency.freeze`, `emergency.unload`: every non-CRITICAL component
-- WARNING     `warning.early_freeze` freeze a LOW component growing fast enough to reach
-                                  CRITICAL within early_freeze_s; `warning.unload_frozen` once
-                                  trims have settled, unload frozen LOW components
 - frozen      `frozen.max_time`   after max_frozen_s: unloaded if memory is still short (not
                                   HEALTHY), thawed otherwise
 - HEALTHY     `recovery.thaw`, `recovery.reload`: after recovery_hold_s, thaw the frozen, and
               reload the autostart components pressure unloaded, highest priority first, while
               each fits below WARNING by its estimate
+The freeze, trim and unload rules need the memory itself over the state's threshold, not
+only the state that hysteresis holds on the way down.
 
 CRITICAL-priority components are never frozen or unloaded. A component that a running
 higher-priority component comes `after` is not frozen or unloaded before that dependant.

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from .model import RunRecord
+
 HALF_LIFE_RUNS = 4.0
 MARGIN_FIRST = 0.25
 MARGIN_FLOOR = 0.05
@@ -33,21 +35,6 @@ OOM_BUMP_MB = 100.0
 OOM_BUMP_FACTOR = 1.2
 LEAK_WINDOW_S = 120.0
 LEAK_MIN_MB_PER_MIN = 1.0
-
-
-class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One past run of a component, as the history keeps it."""
-
-    started_unix: float
-    peak_mb: float  # overall peak: kernel high-water marks summed over the tree, or the highest sample
-    peak_source: str = "sampled"  # "vmhwm" (Linux), "footprint" (macOS), "sampled"
-    ready_peak_mb: float | None = None  # start-to-ready peak
-    steady_mb: float | None = None  # median level once ready
-    time_to_ready_s: float | None = None
-    trim_freed_mb: list[float] = []
-    exit_reason: str | None = None
-    inputs_bytes: int | None = None  # total size of the declared inputs at start
-    predicted_mb: float | None = None  # what was predicted for this run
 
 
 class Prediction(msgspec.Struct, frozen=True):

@@ -26,7 +26,6 @@ class PressureTracker(msgspec.Struct, frozen=True):
     state: MemoryState = HEALTHY
     below_since: float | None = None  # since when a step down has been allowed
     healthy_since: float | None = None  # for the recovery hold
-    changed_at: float | None = None
 
 
 def threshold(state: MemoryState, cfg: MemorySection) -> float:
@@ -93,8 +92,7 @@ def classify(
     healthy_since = None
     if new is HEALTHY:
         healthy_since = tracker.healthy_since if current is HEALTHY and tracker.healthy_since is not None else now
-    changed_at = now if new is not current else tracker.changed_at
-    return PressureTracker(state=new, below_since=below_since, healthy_since=healthy_since, changed_at=changed_at)
+    return PressureTracker(state=new, below_since=below_since, healthy_since=healthy_since)
 
 
 def next_interval(state: MemoryState, headroom_bytes: int, cfg: MemorySection) -> float:

@@ -25,8 +25,7 @@ from .errors import SpawnError
 from .events import EventBus
 from .levers import Levers
 from .logfiles import ProblemCallback, RotatingLog
-from .model import MIB, ComponentState, ComponentStatus, ExitInfo
-from .predictor import RunRecord
+from .model import MIB, ComponentState, ComponentStatus, ExitInfo, RunRecord
 from .runoutput import RunOutput
 
 log = structlog.get_logger("ironcliw.runner")
@@ -98,6 +97,7 @@ class Runner:
         self.current_run = RunStats()
         self.run_output = RunOutput(spec, bus, hooks.echo, ready_already=False)  # the current run's
         self.log_sink: RotatingLog | None = None  # the current run's log file
+        self.spawn_error: SpawnError | None = None  # why the newest start could not spawn
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
@@ -195,9 +195,10 @@ class Runner:
             try:
                 child = launcher.spawn(self.spec, self._extra_env)
             except SpawnError as exc:
+                self.spawn_error = exc
                 log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
-        self.child = child
+        self.child, self.spawn_error = child, None
         if self._hooks.orphans_of is not None and not self.adopted:
             orphans_of, name = self._hooks.orphans_of, self.name
             child.find_orphans = lambda: orphans_of(name)

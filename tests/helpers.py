@@ -220,3 +220,19 @@ class Stack:
 def python_command(code: str) -> str:
     """A TOML array for `python -c CODE` (the supervisor's own interpreter)."""
     return json.dumps(["python", "-c", textwrap.dedent(code)])
+
+
+# A component that says it is ready and then sleeps; HOG holds `mb` MB first.
+SLEEPER_CODE = "import time; print('ready', flush=True); time.sleep(600)"
+SLEEPER_ARGV = [sys.executable, "-c", SLEEPER_CODE]
+SLEEPER = python_command(SLEEPER_CODE)  # as a TOML array
+HOG_CODE = "import time; data = b'x' * ({mb} << 20); print('ready', flush=True); time.sleep(600)"
+
+
+async def wait_async(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+    """`wait_until` for async tests: polls without blocking the event loop."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.05)

@@ -11,12 +11,9 @@ import pytest
 
 from supervisor import ComponentPriority, M1MemoryManager, MemoryState
 from supervisor.client import ControlClient
-from tests.helpers import REPO
+from tests.helpers import HOG_CODE, REPO, SLEEPER_ARGV, wait_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-SLEEPER = [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(600)"]
-HOG = "import time; data = b'x' * ({mb} << 20); print('ready', flush=True); time.sleep(600)"
 
 
 @pytest.fixture
@@ -36,7 +33,7 @@ async def test_the_seed_usage_example() -> None:
         ready={"log_pattern": '"event": "ready"'},
     )
     manager.register_component(
-        "nlp_engine", ComponentPriority.HIGH, 180, command=SLEEPER, ready={"log_pattern": "ready"}
+        "nlp_engine", ComponentPriority.HIGH, 180, command=SLEEPER_ARGV, ready={"log_pattern": "ready"}
     )
     changes = []
 
@@ -70,7 +67,7 @@ async def test_the_seed_usage_example() -> None:
 
 async def test_can_load_refuses_with_the_numbers() -> None:
     async with M1MemoryManager(budget_mb=200) as manager:
-        manager.register_component("llm", ComponentPriority.HIGH, 500, command=SLEEPER)
+        manager.register_component("llm", ComponentPriority.HIGH, 500, command=SLEEPER_ARGV)
         ok, reason = await manager.can_load_component("llm")
         assert not ok
         assert (
@@ -80,8 +77,10 @@ async def test_can_load_refuses_with_the_numbers() -> None:
 
 
 async def test_adopting_outside_processes_and_unloading_them_under_pressure() -> None:
-    popen = subprocess.Popen([sys.executable, "-c", HOG.format(mb=145)], stdout=subprocess.PIPE, start_new_session=True)
-    loose = subprocess.Popen([sys.executable, "-c", HOG.format(mb=10)], stdout=subprocess.PIPE)  # same group as us
+    popen = subprocess.Popen(
+        [sys.executable, "-c", HOG_CODE.format(mb=145)], stdout=subprocess.PIPE, start_new_session=True
+    )
+    loose = subprocess.Popen([sys.executable, "-c", HOG_CODE.format(mb=10)], stdout=subprocess.PIPE)  # same group as us
     try:
         assert popen.stdout is not None and popen.stdout.readline() == b"ready\n"
         assert loose.stdout is not None and loose.stdout.readline() == b"ready\n"
@@ -99,7 +98,7 @@ async def test_adopting_outside_processes_and_unloading_them_under_pressure() ->
             await asyncio.sleep(0.3)
             assert rows["adopted_hog"]["pid"] == popen.pid
             # 145 MB + two Pythons of a 200 MB budget: CRITICAL (~88 %); the LOW hog goes, the rest stays.
-            await _wait(lambda: popen.poll() is not None, "the adopted hog to be unloaded")
+            await wait_async(lambda: popen.poll() is not None, "the adopted hog to be unloaded")
             assert MemoryState.CRITICAL in states or MemoryState.EMERGENCY in states
             hog = {c["name"]: c for c in manager.components()}["adopted_hog"]
             assert hog["state"] == "STOPPED" and "unloaded by policy" in hog["last_exit"]
@@ -115,11 +114,3 @@ async def test_adopting_outside_processes_and_unloading_them_under_pressure() ->
             p.wait(10)
             p.stdout.close()  # type: ignore[union-attr]
     assert psutil.Process().is_running()  # the test runner's own group was never signalled
-
-
-async def _wait(predicate, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)

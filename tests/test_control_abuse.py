@@ -17,9 +17,8 @@ import msgspec
 import pytest
 
 from supervisor.protocol import MAX_FRAME_BYTES, ErrorCode, Reply, Request, encode_frame, frame_length
-from tests.helpers import Stack, python_command
+from tests.helpers import SLEEPER, Stack
 
-SLEEPER = python_command("import time; time.sleep(600)")
 StackFactory = Callable[[str], Stack]
 
 

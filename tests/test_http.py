@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Stack, python_command
+from tests.helpers import SLEEPER, Stack
 
 StackFactory = Callable[[str], Stack]
-SLEEPER = python_command("import time; print('ready', flush=True); time.sleep(600)")
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md: a module imports only from lower layers."""
+"""The import direction of the README's architecture section: a module imports only from lower layers."""
 
 from __future__ import annotations
 

@@ -14,9 +14,8 @@ import psutil
 import pytest
 
 from supervisor.logfiles import RotatingLog, tail_lines
-from tests.helpers import REPO, ProcessReaper, Stack, python_command, wait_until
+from tests.helpers import REPO, SLEEPER, ProcessReaper, Stack, python_command, wait_until
 
-SLEEPER = python_command("import time; print('up', flush=True); time.sleep(600)")
 StackFactory = Callable[[str], Stack]
 
 
@@ -198,6 +197,10 @@ def test_client_commands_and_exit_codes(make_stack: StackFactory) -> None:
         command = {SLEEPER}
         autostart = false
         ready = {{ alive_s = 0.1 }}
+        [components.missing]
+        command = ["./no-such-program"]
+        autostart = false
+        restart = "never"
         """
     )
     not_running = stack.cli("status")
@@ -213,6 +216,7 @@ def test_client_commands_and_exit_codes(make_stack: StackFactory) -> None:
         (("restart", "web"), 0, "web: READY"),
         (("unload", "spare"), 0, "spare: STOPPED"),
         (("components", "--json"), 0, '"command"'),
+        (("load", "missing"), 1, "SPAWN_FAILED: cannot start missing: './no-such-program': No such file"),
     ]
     for args, code, text in cases:
         proc = stack.cli(*args)
@@ -338,3 +342,24 @@ def test_children_get_an_oom_score_adj_by_priority(make_stack: StackFactory) -> 
         pid = stack.wait_state(p, "READY")["pid"]
         adj[p] = int(Path(f"/proc/{pid}/oom_score_adj").read_text())
     assert adj == {"critical": base, "high": min(1000, base + 300), "medium": min(1000, base + 600), "low": 1000}
+
+
+def test_a_load_during_shutdown_is_refused_with_its_own_code(make_stack: StackFactory) -> None:
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+    stack = make_stack(
+        f"""
+        [components.slow]
+        command = {python_command(stubborn)}
+        ready = {{ log_pattern = "ready" }}
+        stop_grace_s = 3
+        [components.spare]
+        command = {SLEEPER}
+        autostart = false
+        """
+    )
+    stack.up()
+    stack.wait_state("slow", "READY")
+    assert stack.call("shutdown") == {"stopping": True}
+    proc = stack.cli("load", "spare")  # `slow` holds the shutdown for its 3 s grace
+    assert proc.returncode == 1 and "SHUTTING_DOWN: the supervisor is shutting down" in proc.stderr, proc.stderr
+    assert stack.proc is not None and stack.proc.wait(15) == 0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.history import History
-from supervisor.predictor import RunRecord
-from tests.helpers import Stack, python_command, wait_until
+from supervisor.model import RunRecord
+from tests.helpers import HOG_CODE, SLEEPER, Stack, python_command, wait_until
 
 StackFactory = Callable[[str], Stack]
 pytestmark = pytest.mark.timeout(90)
@@ -144,17 +144,13 @@ def test_a_leader_that_spikes_and_crashes_leaves_its_peak_in_the_history(make_st
     assert run["peak_mb"] >= 150 and run["peak_source"] == "vmhwm"
 
 
-SLEEPER = python_command("import time; print('ready', flush=True); time.sleep(600)")
-HOG = "import time; data = b'x' * ({mb} << 20); print('ready', flush=True); time.sleep(600)"
-
-
 def admission_stack(make_stack: StackFactory) -> Stack:
     parts = [
         "[memory]\nbudget_mb = 400\nrecovery_hold_s = 3600\n",
         f'[components.core]\ncommand = {SLEEPER}\npriority = "CRITICAL"\nestimated_mb = 10\nready = {{ log_pattern = "ready" }}\n',
-        f'[components.peer]\ncommand = {python_command(HOG.format(mb=40))}\npriority = "HIGH"\nestimated_mb = 50\nready = {{ log_pattern = "ready" }}\n',
-        f'[components.voice]\ncommand = {python_command(HOG.format(mb=60))}\npriority = "MEDIUM"\nestimated_mb = 70\nready = {{ log_pattern = "ready" }}\n',
-        f'[components.extra]\ncommand = {python_command(HOG.format(mb=80))}\npriority = "LOW"\nestimated_mb = 90\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.peer]\ncommand = {python_command(HOG_CODE.format(mb=40))}\npriority = "HIGH"\nestimated_mb = 50\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.voice]\ncommand = {python_command(HOG_CODE.format(mb=60))}\npriority = "MEDIUM"\nestimated_mb = 70\nready = {{ log_pattern = "ready" }}\n',
+        f'[components.extra]\ncommand = {python_command(HOG_CODE.format(mb=80))}\npriority = "LOW"\nestimated_mb = 90\nready = {{ log_pattern = "ready" }}\n',
         f'[components.big]\ncommand = {SLEEPER}\npriority = "HIGH"\nestimated_mb = 150\nautostart = false\nready = {{ log_pattern = "ready" }}\n',
         f'[components.huge]\ncommand = {SLEEPER}\npriority = "HIGH"\nestimated_mb = 900\nautostart = false\nready = {{ log_pattern = "ready" }}\n',
     ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from supervisor.predictor import RunRecord, leak_possible, predict, theil_sen, time_to_reach, trend
+from supervisor.model import RunRecord
+from supervisor.predictor import leak_possible, predict, theil_sen, time_to_reach, trend
 
 MB = 1 << 20
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack, python_command
+from tests.helpers import SLEEPER, Stack
 
-SLEEPER = python_command("import time; time.sleep(600)")
 StackFactory = Callable[[str], Stack]
 
 

@@ -1,4 +1,4 @@
-"""The size guidance of DESIGN.md, kept: no class over 250 lines, no function over 50, except
+"""The size guidance of the README's architecture section, kept: no class over 250 lines, no function over 50, except
 where the numbers chose otherwise (each exception says why)."""
 
 from __future__ import annotations

@@ -11,7 +11,8 @@
         target's mmap lock and costs ~10 ms per GB; the footprint on macOS). Only on demand
         (`report`), never on the sampling hot path.
 
-Per-process RSS for the hot path lives in `procs.tree_usage`.
+Per-process and tree memory sit behind the process seam (`procs`); the sampler (sampler.py)
+reads both from its own thread.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ signal and the subreaper, pidfds for our children's exits (see _contract.py for 
 
 Tree memory is measured by walking down from our own children, not by scanning the whole
 system: each process lists its children in /proc/PID/task/TID/children and its resident size
-in /proc/PID/statm, which costs microseconds per process (see MEASURING in the design notes),
+in /proc/PID/statm, which costs microseconds per process (bench/bench_sampling.py measures it),
 and `TreeSampler` keeps those files open between samples. Nothing here imports psutil (it
 would be 1 MB of the supervisor's RSS for nothing).
 
