@@ -174,15 +174,16 @@ class Supervisor:
         async with anyio.create_task_group() as actions_tg:  # unloads and reloads run here
             await self.memory.run(actions_tg, lambda: self._stopping)
 
-    def _component_changed(self) -> None:
+    def _component_changed(self, name: str) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
-        self.memory.roots_changed()
+        child = self.runners[name].child
+        self.memory.roots_changed(name, child.pid if child is not None else None)
         self.record.changed()
 
     def _orphans_of(self, name: str) -> list[int]:
         """A component's orphans, now: our children that say they are `name`'s, other than
         the leaders (whose exits their runners reap)."""
-        return orphans.find({r.child.pid for r in self.runners.values() if r.child is not None}).get(name, [])
+        return orphans.find(self.memory.leaders()).get(name, [])
 
     def warnings(self) -> list[str]:
         """One line per kind of disk trouble, e.g. `log_dir: no space left` (status, report)."""

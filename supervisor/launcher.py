@@ -51,8 +51,12 @@ class Child:
 
     exit_peak_bytes: int | None = None  # the leader's lifetime peak RSS, once reaped (not for adopted ones)
 
-    def __init__(self, popen: subprocess.Popen[bytes], ident: ProcessIdentity) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], ident: ProcessIdentity, inherited_peak: int = 0) -> None:
         self.popen = popen
+        # wait4's ru_maxrss keeps the high-water mark of the address space the child had
+        # before exec, which for a forked or vforked child is the supervisor's own: only a
+        # figure above the supervisor's peak at the spawn can be the component's.
+        self.inherited_peak = inherited_peak
         self.identity = ident
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the leader's PID is the group's id
@@ -90,7 +94,8 @@ class Child:
             self.popen.poll()
             return
         if pid == self.pid:
-            self.exit_peak_bytes = usage.ru_maxrss * procs.MAXRSS_UNIT
+            peak = usage.ru_maxrss * procs.MAXRSS_UNIT
+            self.exit_peak_bytes = peak if peak > self.inherited_peak else None
             self.popen.returncode = os.waitstatus_to_exitcode(status)
 
     def send(self, sig: int) -> bool:
@@ -276,7 +281,12 @@ def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
         except OSError:
             pass
     ident = procs.find_identity(popen.pid) or ProcessIdentity(popen.pid, 0.0)  # exited already
-    return Child(popen, ident)
+    return Child(popen, ident, inherited_peak=_own_peak())
+
+
+def _own_peak() -> int:
+    """The supervisor's own resident high-water mark (its RSS where the OS keeps no mark)."""
+    return procs.tree_hwm_bytes(os.getpid(), [os.getpid()]) or procs.own_rss_bytes()
 
 
 def _find_program(name: str, cwd: str, env: dict[str, str]) -> str | None:

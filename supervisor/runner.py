@@ -54,7 +54,7 @@ def _unit_random() -> float:
 class RunnerHooks:
     """What a runner tells the rest of the supervisor, and asks of it (all optional but on_change)."""
 
-    on_change: Callable[[], None]  # state or process changed (the sampler's roots, the record)
+    on_change: Callable[[str], None]  # its state or process changed (the sampler's roots, the record)
     echo: Callable[[str, bytes], None] | None = None  # `up`'s terminal: (name, block of lines)
     on_run_end: Callable[[str, RunRecord], None] | None = None  # into the history
     on_log_problem: ProblemCallback | None = None  # the disk refused a log write
@@ -208,7 +208,7 @@ class Runner:
         self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)
         self.memory.begin_run(child.pid)
         self.levers.run_ended()
-        self._hooks.on_change()
+        self._hooks.on_change(self.name)
         log.info(
             "adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command
         )
@@ -230,7 +230,7 @@ class Runner:
                 self.child = None
                 self.memory.end_run()
                 self.levers.run_ended()
-                self._hooks.on_change()
+                self._hooks.on_change(self.name)
                 self._set_changed()
 
     async def _supervise(self, child: launcher.Child, sink: RotatingLog, output: RunOutput) -> tuple[ExitInfo, bool]:
@@ -300,7 +300,7 @@ class Runner:
             log.error("illegal_transition", component=self.name, old=previous.value, new=state.value, reason=reason)
         log.info("state_changed", component=self.name, old=previous.value, new=state.value, pid=pid, reason=reason)
         self._bus.publish("state", component=self.name, old=previous.value, state=state.value, pid=pid, reason=reason)
-        self._hooks.on_change()
+        self._hooks.on_change(self.name)
         self._set_changed()
 
     def _set_changed(self) -> None:

@@ -144,6 +144,24 @@ def test_a_leader_that_spikes_and_crashes_leaves_its_peak_in_the_history(make_st
     assert run["peak_mb"] >= 150 and run["peak_source"] == "vmhwm"
 
 
+def test_a_small_leader_is_not_charged_with_the_supervisor_it_was_forked_from(make_stack: StackFactory) -> None:
+    # wait4's ru_maxrss counts the address space before exec: the supervisor's own (~30 MB).
+    stack = make_stack(
+        """
+        [components.tiny]
+        command = ["sh", "-c", "echo ready; sleep 0.3"]
+        restart = "never"
+        ready = { log_pattern = "^ready" }
+        """
+    )
+    stack.up()
+    stack.wait_state("tiny", "EXITED")
+    wait_until(lambda: (stack.state / "history.json").exists(), 10, what="the history")
+    (run,) = json.loads((stack.state / "history.json").read_text())["components"]["tiny"]
+    supervisor_mb = stack.call("status")["supervisor"]["rss_mb"]
+    assert run["peak_mb"] < min(10, supervisor_mb / 2), (run, supervisor_mb)
+
+
 def admission_stack(make_stack: StackFactory) -> Stack:
     parts = [
         "[memory]\nbudget_mb = 400\nrecovery_hold_s = 3600\n",
