@@ -181,8 +181,7 @@ class Supervisor:
         self.record.changed()
 
     def _orphans_of(self, name: str) -> list[int]:
-        """A component's orphans, now: our children that say they are `name`'s, other than
-        the leaders (whose exits their runners reap)."""
+        """A component's orphans now: our children (not leaders) that say they are `name`'s."""
         return orphans.find(self.memory.leaders()).get(name, [])
 
     def warnings(self) -> list[str]:

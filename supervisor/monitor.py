@@ -30,7 +30,7 @@ from .errors import SamplerStuck
 from .events import EventBus
 from .model import MIB, ComponentState, MemoryState, Snapshot, state_rank
 from .policy import ComponentView, decide, decide_through_trims
-from .predictor import LEAK_WINDOW_S, Prediction, leak_possible, trend
+from .predictor import LEAK_WINDOW_S, Prediction, Trend, leak_possible, trend
 from .pressure import PressureTracker, classify, hold_after_wake, kernel_floor, level_for, next_interval, threshold
 from .report import explanation, report, summary
 from .runner import Runner
@@ -190,17 +190,10 @@ class MemoryMonitor:
                 runner.memory.fold_hwm(procs.tree_hwm_bytes(child.pid, self.members.get(child.pid)))
 
     def _check_leaks(self, now: float) -> None:
-        for name, r in self.runners.items():
-            if r.child is None or now - self._leaks_reported.get(name, float("-inf")) < LEAK_REPORT_EVERY_S:
-                continue
-            points, idle = list(r.memory.trend_points), now - r.last_used >= LEAK_WINDOW_S
-            if not leak_possible(points, idle):
-                continue
-            t = trend(points, idle)
-            if t.leak:
-                self._leaks_reported[name] = now
-                log.warning("leak_suspected", component=name, slope_mb_per_min=t.slope_mb_per_min, detail=t.detail)
-                self.bus.publish("action", component=name, kind="LEAK_SUSPECTED", detail=t.detail)
+        for name, t in suspected_leaks(self.runners, self._leaks_reported, now):
+            self._leaks_reported[name] = now
+            log.warning("leak_suspected", component=name, slope_mb_per_min=t.slope_mb_per_min, detail=t.detail)
+            self.bus.publish("action", component=name, kind="LEAK_SUSPECTED", detail=t.detail)
 
     # --- fresh readings on demand ---------------------------------------------------------
 
@@ -331,3 +324,18 @@ def component_views(
         )
         for name, r in runners.items()
     ]
+
+
+def suspected_leaks(
+    runners: Mapping[str, Runner], reported: Mapping[str, float], now: float
+) -> list[tuple[str, Trend]]:
+    """Running components whose trend says leak, other than those reported in the last
+    LEAK_REPORT_EVERY_S (the slopes are computed only where a leak is possible at all)."""
+    found = []
+    for name, r in runners.items():
+        if r.child is None or now - reported.get(name, float("-inf")) < LEAK_REPORT_EVERY_S:
+            continue
+        points, idle = list(r.memory.trend_points), now - r.last_used >= LEAK_WINDOW_S
+        if leak_possible(points, idle) and (t := trend(points, idle)).leak:
+            found.append((name, t))
+    return found
