@@ -8,7 +8,7 @@ a time, measured the same way:
   READY after `alive_s = 1`; supervisord: RUNNING after `startsecs = 1`), polled every 20 ms
   through each one's own status call;
 - status round trip: ironcliw's `status` over the control socket, supervisord's XML-RPC
-  `getAllProcessInfo` (median of 200, 50 at the largest size);
+  `getAllProcessInfo` (median of 200, 50 at the largest size), from 3 s after all are up;
 - stop all: from SIGTERM to the supervisor's exit with every program stopped (both stop all
   their programs on SIGTERM);
 - idle CPU over `--idle-s` at the largest size (on-CPU time of the supervisor's threads).
@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, _cpu_ns, kill_tree, short_tmpdir, supervisord_conf, supervisord_python, wait_until  # noqa: E402
 from supervisor.client import ControlClient  # noqa: E402
 from supervisor.errors import NotRunning  # noqa: E402
+
+SETTLE_S = 3.0  # after all are up, before the status calls: both measured in their steady state
 
 
 def run_ironcliw(n: int, calls: int, idle_s: float) -> dict[str, float]:
@@ -64,6 +66,7 @@ def run_ironcliw(n: int, calls: int, idle_s: float) -> dict[str, float]:
     try:
         wait_until(all_ready, timeout=300, interval=0.02)
         out = {"up_s": time.monotonic() - started}
+        time.sleep(SETTLE_S)
         times = []
         for _ in range(calls):
             t = time.perf_counter()
@@ -108,6 +111,7 @@ def run_supervisord(n: int, calls: int, idle_s: float) -> dict[str, float]:
             except Exception: pass
             time.sleep(0.02)
         up = time.monotonic() - started
+        time.sleep({SETTLE_S})
         times = []
         for _ in range({calls}):
             t = time.perf_counter(); proxy.supervisor.getAllProcessInfo(); times.append(time.perf_counter() - t)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import msgspec
 import structlog
 
 from . import launcher, restart, states
@@ -98,6 +99,7 @@ class Runner:
         self.run_output = RunOutput(spec, bus, hooks.echo, ready_already=False)  # the current run's
         self.log_sink: RotatingLog | None = None  # the current run's log file
         self.spawn_error: SpawnError | None = None  # why the newest start could not spawn
+        self.status_cache: tuple[tuple[object, ...], ComponentStatus] | None = None  # see component_status
         self.adopted = False  # managed but not started by us: it cannot be started again
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
@@ -356,18 +358,28 @@ def run_record(run: RunStats, memory: ComponentMemory, exit_peak: int | None, ex
 
 
 def component_status(runner: Runner, now: float) -> ComponentStatus:
-    """One row of `status`."""
+    """One row of `status`. The row is kept per runner and built again only when what it
+    shows changed (state, process, restarts, last exit, a new reading); a call then costs
+    a new uptime, so `status` of N components stays a short C-level pass per row."""
     child, usage = runner.child, runner.memory.usage
-    return ComponentStatus(
-        name=runner.name,
-        state=runner.state,
-        priority=runner.spec.priority,
-        pid=child.pid if child else None,
-        rss_mb=round(usage.rss_mb, 1) if child else 0.0,
-        processes=usage.processes if child else 0,
-        uptime_s=round(now - runner.started_at, 1) if child and runner.started_at is not None else None,
-        restarts=runner.restarts,
-        estimated_mb=runner.spec.estimated_mb,
-        autostart=runner.spec.autostart,
-        last_exit=runner.last_exit,
-    )
+    key = (runner.state, child, runner.restarts, runner.last_exit, usage)
+    cached = runner.status_cache
+    if cached is None or cached[0] != key:
+        row = ComponentStatus(
+            name=runner.name,
+            state=runner.state,
+            priority=runner.spec.priority,
+            pid=child.pid if child else None,
+            rss_mb=round(usage.rss_mb, 1) if child else 0.0,
+            processes=usage.processes if child else 0,
+            uptime_s=None,
+            restarts=runner.restarts,
+            estimated_mb=runner.spec.estimated_mb,
+            autostart=runner.spec.autostart,
+            last_exit=runner.last_exit,
+        )
+        cached = runner.status_cache = (key, row)
+    started = runner.started_at
+    if child is None or started is None:
+        return cached[1]
+    return msgspec.structs.replace(cached[1], uptime_s=round(now - started, 1))
