@@ -227,17 +227,20 @@ class Sampler:
         return Reading(now, usage, system, stack, percent, roots, trees.members, trees.orphans, trees.walks)
 
     def _run(self) -> None:
-        last_read = nudged_read = float("-inf")
+        # The schedule is the sampler's own: readings asked for (status, re-checks) or nudged
+        # (a component changed) come on top and do not push the next scheduled one back.
+        scheduled_read = nudged_read = float("-inf")
         handoff_at = time.monotonic() + HANDOFF_S
         handed_members: Mapping[int, list[int]] | None = None
         while True:
             if self._asked == self._answered and not self._nudged:
-                self._wake.wait(last_read + self.interval - time.monotonic())
+                self._wake.wait(scheduled_read + self.interval - time.monotonic())
                 self._wake.clear()  # before the flags are read: a later set is not lost
             if self._closed:
                 break
             asked, nudged = self._asked, self._nudged
-            if asked == self._answered and not nudged and time.monotonic() < last_read + self.interval:
+            on_request = asked != self._answered or nudged
+            if not on_request and time.monotonic() < scheduled_read + self.interval:
                 continue  # woken to re-time (a shorter interval)
             if nudged and asked == self._answered:  # a burst of changes: one reading per spacing
                 time.sleep(max(0.0, nudged_read + NUDGE_SPACING_S - time.monotonic()))
@@ -250,7 +253,8 @@ class Sampler:
                 self._answer(asked, exc)
                 self._wake.wait(FAILED_READ_PAUSE_S)
                 continue
-            last_read = reading.time
+            if not on_request:
+                scheduled_read = reading.time
             self._queue.append(reading)
             moved = reading.members is not handed_members and reading.members != handed_members
             if (

@@ -145,3 +145,20 @@ async def test_close_ends_the_thread_and_later_reads_happen_inline(sleeper: int)
     sampler.read_now()  # nobody else reads now: the caller does
     assert sampler.take()[-1].usage["s"].processes == 1
     sampler.close()
+
+
+async def test_requests_do_not_push_the_schedule_back(sleeper: int) -> None:
+    sampler = Sampler(memory_config())
+    sampler.roots = {"s": sleeper}
+    sampler.configure(0.2, every_reading=False)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # a client polling status 20 times a second
+            sampler.read_now()
+            sampler.take()
+            time.sleep(0.05)
+        scheduled = sampler.readings_taken - sampler.readings_asked
+        assert scheduled >= 4, (sampler.readings_taken, sampler.readings_asked)  # one every 0.2 s, as if alone
+    finally:
+        sampler.close()
