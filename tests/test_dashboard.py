@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Stack, python_command
+from tests.helpers import REPO, SLEEPER, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -37,7 +37,7 @@ def test_dashboard_shows_a_growing_balloon_and_unloads_it(make_stack: StackFacto
         [http]
         port = {port}
         [components.chatbot]
-        command = {python_command("import time; print('ready', flush=True); time.sleep(600)")}
+        command = {SLEEPER}
         priority = "CRITICAL"
         ready = {{ log_pattern = "ready" }}
         [components.balloon]

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import REPO, Stack, python_command, wait_until
+from tests.helpers import REPO, SLEEPER, Stack, python_command, wait_until
 
 StackFactory = Callable[[str], Stack]
 pytestmark = pytest.mark.timeout(90)
@@ -145,13 +145,12 @@ while True:
 
 
 def test_the_stack_returns_to_its_configured_set_after_pressure(make_stack: StackFactory) -> None:
-    sleeper = python_command("import time; print('ready', flush=True); time.sleep(600)")
     stack = make_stack(
         memory_header()
         + CHATBOT
         + f"""
         [components.spare]
-        command = {sleeper}
+        command = {SLEEPER}
         priority = "LOW"
         estimated_mb = 10
         ready = {{ log_pattern = "ready" }}
@@ -322,12 +321,11 @@ def test_a_forking_component_is_measured_and_unloaded_as_a_whole(make_stack: Sta
 
 
 def test_emergency_cleanup_keeps_only_critical_and_optimize_trims(make_stack: StackFactory) -> None:
-    sleeper = python_command("import time; print('ready', flush=True); time.sleep(600)")
     stack = make_stack(
         memory_header(budget=4000)
         + CHATBOT
         + "".join(
-            f'[components.{n}]\ncommand = {sleeper}\npriority = "{p}"\nready = {{ log_pattern = "ready" }}\n'
+            f'[components.{n}]\ncommand = {SLEEPER}\npriority = "{p}"\nready = {{ log_pattern = "ready" }}\n'
             for n, p in (("nlp", "HIGH"), ("voice", "MEDIUM"), ("extra", "LOW"))
         )
     )
@@ -387,22 +385,21 @@ def test_a_load_hovering_at_the_warning_threshold_does_not_flap(make_stack: Stac
 
 
 def test_an_idle_stack_is_sampled_on_schedule_and_a_new_subscriber_is_served_at_once(make_stack: StackFactory) -> None:
-    """An idle stack is sampled by the idle watcher's thread, which hands its readings to the
-    loop only every 30 s; the numbers the APIs show still follow every sample, and a new
-    memory subscriber wakes the loop instead of waiting for the hand-over."""
-    sleeper = python_command("import time; print('ready', flush=True); time.sleep(600)")
+    """An idle stack is sampled by the sampler's thread on its own schedule, which hands its
+    readings to the loop only once a minute; a new memory subscriber wakes the loop instead
+    of waiting for the hand-over."""
     stack = make_stack(
         "[memory]\nsample_interval_s = 0.5\n"
         + f"""
         [components.idle]
-        command = {sleeper}
+        command = {SLEEPER}
         priority = "LOW"
         ready = {{ log_pattern = "ready" }}
         """
     )
     stack.up()
     stack.wait_state("idle", "READY")
-    time.sleep(1.5)  # settled: the watcher has the sampling now
+    time.sleep(1.5)  # settled: the start's readings are behind us
     before = stack.call("report")["scheduled_samples"]
     time.sleep(2.0)
     taken = stack.call("report")["scheduled_samples"] - before
