@@ -146,7 +146,7 @@ class Supervisor:
                     self.record.update()  # empty now: nothing for the next `up` to clean up
                 tg.cancel_scope.cancel()
         finally:
-            self.memory.close()
+            self.memory.sampler.close()
             self.disk.save_history_now()
             self.runtime.release()
             log.info("supervisor_stopped", pid=os.getpid())

@@ -116,7 +116,10 @@ class SamplerStuck(IroncliwError):
 
     def __init__(self, waited_s: float) -> None:
         self.waited_s = waited_s
-        super().__init__(f"the memory sampler did not take a reading within {waited_s:g} s")
+        if waited_s:
+            super().__init__(f"the memory sampler did not take a reading within {waited_s:g} s")
+        else:
+            super().__init__("the memory sampler is still stuck in an earlier reading")
 
 
 class NoSuchProcess(IroncliwError):

@@ -79,8 +79,6 @@ class MemoryMonitor:
         self._walks_seen = -1
         self._leaks_reported: dict[str, float] = {}
 
-    # --- what the rest of the supervisor tells it ------------------------------------------
-
     def roots_changed(self, name: str, pid: int | None) -> None:
         """A component changed state, or its process started or ended (`pid`): the sampler
         reads soon, the new set of trees if it changed. O(1) in Python per change (a dict
@@ -104,9 +102,6 @@ class MemoryMonitor:
     def stale(self) -> bool:
         """A component changed since the newest reading taken in was read."""
         return self.snapshot is None or self.snapshot.time < self._changed_at
-
-    def close(self) -> None:
-        self.sampler.close()
 
     # --- taking readings in --------------------------------------------------------------
 
@@ -209,7 +204,12 @@ class MemoryMonitor:
         `max_age_s` and no component changed since; otherwise a reading taken now."""
         snap = self._take_in(self.sampler.take())
         if snap is None or self.stale or time.monotonic() - snap.time > max_age_s:
-            snap = self.sample()
+            try:
+                snap = self.sample()
+            except SamplerStuck as exc:  # answer from the newest reading: a status must not fail
+                if snap is None:
+                    raise
+                log.error("status_from_an_older_reading", problem=exc.message, taken_at=snap.time)
         return snap
 
     def level_now(self) -> tuple[MemoryState, float]:

@@ -40,7 +40,11 @@ log = structlog.get_logger("ironcliw.sampler")
 
 HANDOFF_S = 60.0  # a quiet stack's readings reach the loop at least this often
 NUDGE_SPACING_S = 0.1  # the least time between two readings asked for by nudges (a `stop all` burst)
-READ_NOW_TIMEOUT_S = 10.0  # a reading takes milliseconds; longer means the thread is stuck
+# A reading takes milliseconds; longer means the thread is stuck (a /proc read blocks while
+# its process holds its mmap lock, e.g. in a page fault under pressure). The caller (the
+# event loop) waits this long once, then not at all until the thread answers again.
+READ_NOW_TIMEOUT_S = 1.0
+JOIN_TIMEOUT_S = 10.0
 FAILED_READ_PAUSE_S = 1.0
 
 
@@ -176,6 +180,8 @@ class Sampler:
             self._queue.append(self._read())  # no thread: this caller is the one reader
             return
         with self._answer_cond:
+            if self._asked != self._answered:  # the last request is still unanswered: stuck
+                raise SamplerStuck(0.0)
             self._asked += 1
             asked = self._asked
         self._wake.set()
@@ -191,7 +197,7 @@ class Sampler:
         self._closed = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(READ_NOW_TIMEOUT_S)
+            self._thread.join(JOIN_TIMEOUT_S)
             self._thread = None
         self._trees.close()
         self._system.close()

@@ -162,3 +162,47 @@ async def test_requests_do_not_push_the_schedule_back(sleeper: int) -> None:
         assert scheduled >= 4, (sampler.readings_taken, sampler.readings_asked)  # one every 0.2 s, as if alone
     finally:
         sampler.close()
+
+
+class Blocks:
+    """A system reader stuck in a read (as a /proc read is while its process holds its mmap
+    lock) until released."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.real = SystemReader()
+        self.released = threading.Event()
+
+    def read(self) -> SystemMemory:
+        self.released.wait(30)
+        return self.real.read()
+
+    def close(self) -> None:
+        self.released.set()
+        self.real.close()
+
+
+async def test_a_stuck_reading_costs_the_asker_one_wait_then_none(sleeper: int) -> None:
+    from supervisor.errors import SamplerStuck
+
+    source = Blocks()
+    sampler = Sampler(memory_config(), system=source)
+    sampler.roots = {"s": sleeper}
+    sampler.start()  # its first reading is stuck at once
+    try:
+        began = time.monotonic()
+        with pytest.raises(SamplerStuck, match="within"):
+            sampler.read_now()
+        assert 0.9 <= time.monotonic() - began < 5
+        began = time.monotonic()
+        with pytest.raises(SamplerStuck, match="still stuck"):
+            sampler.read_now()  # no second wait while the first request is unanswered
+        assert time.monotonic() - began < 0.1
+        source.released.set()
+        wait_until(lambda: sampler.readings_taken >= 2, what="the stuck reading and the asked one")
+        sampler.take()
+        sampler.read_now()  # answered again
+        assert sampler.take()[-1].roots == {"s": sleeper}
+    finally:
+        sampler.close()
