@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
-    REPO,
+from bench.common import (
     _cpu_ns,
     kill_tree,
     pct,
     short_tmpdir,
+    start_ironcliw,  # noqa: E402
     stop_gracefully,
     supervisord_conf,
     supervisord_python,
@@ -78,18 +78,7 @@ def run_ironcliw(command: list[str], limit: str, seconds: float) -> tuple[float,
         {limit}
         """)
     )
-    env = {
-        "IRONCLIW_RUNTIME_DIR": str(work / "run"),
-        "IRONCLIW_STATE_DIR": str(work / "state"),
-        "PATH": "/usr/bin:/bin",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "-c", str(work / "ironcliw.toml"), "--log-format", "json", "up"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_ironcliw(work, work / "ironcliw.toml", env={"PATH": "/usr/bin:/bin"})
     try:
         client = ControlClient(str(work / "run" / "control.sock"), timeout=30)
         wait_until(lambda: _ready(client), 30)

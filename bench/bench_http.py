@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, Slowloris, free_port, pct, short_tmpdir, stop_gracefully, wait_until  # noqa: E402
+from bench.common import Slowloris, free_port, pct, short_tmpdir, start_ironcliw, stop_gracefully, wait_until  # noqa: E402
 
 
 def samples_total(port: int) -> float:
@@ -76,14 +74,7 @@ def main() -> None:
         for i in range(args.components)
     )
     (work / "c.toml").write_text(config)
-    env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_ironcliw(work, work / "c.toml")
     try:
         wait_until(lambda: _ready(port, args.components), timeout=60, interval=0.2)
         time.sleep(2)

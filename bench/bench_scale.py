@@ -30,7 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, _cpu_ns, kill_tree, short_tmpdir, supervisord_conf, supervisord_python, wait_until  # noqa: E402
+from bench.common import (  # noqa: E402
+    _cpu_ns,
+    kill_tree,
+    short_tmpdir,
+    start_ironcliw,
+    supervisord_conf,
+    supervisord_python,
+    wait_until,
+)
 from supervisor.client import ControlClient  # noqa: E402
 from supervisor.errors import NotRunning  # noqa: E402
 
@@ -45,15 +53,8 @@ def run_ironcliw(n: int, calls: int, idle_s: float) -> dict[str, float]:
             f'[components.t{i:04d}]\ncommand = ["sleep", "3600"]\nready = {{ alive_s = 1.0 }}\n' for i in range(n)
         )
     )
-    env = {**os.environ, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "-c", str(work / "c.toml"), "--log-format", "json", "up"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_ironcliw(work, work / "c.toml")
     client = ControlClient(str(work / "run" / "control.sock"), timeout=60)
 
     def all_ready() -> bool:

@@ -194,3 +194,16 @@ class Slowloris:
         for sock in socks:
             if sock is not None:
                 sock.close()
+
+
+def start_ironcliw(work: Path, config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`ironcliw up` on `config`, its runtime and state dirs under `work`, output discarded."""
+    base = dict(os.environ) if env is None else env
+    env = {**base, "IRONCLIW_RUNTIME_DIR": str(work / "run"), "IRONCLIW_STATE_DIR": str(work / "state")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "-c", str(config), "--log-format", "json", "up"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

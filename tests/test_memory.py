@@ -73,6 +73,17 @@ def memory_header(budget: int = 300, idle: float = 300.0, dry_run: bool = False,
     return MEMORY.format(budget=budget, idle=idle, dry_run=str(dry_run).lower(), early_freeze=early_freeze)
 
 
+def stop_reason(stack: Stack, name: str, timeout: float, what: str) -> str:
+    """The reason of `name`'s first change to STOPPED in the supervisor's log, once there is one."""
+
+    def found() -> str | None:
+        changes = events(stack, "state_changed")
+        return next((e["reason"] for e in changes if e["component"] == name and e["new"] == "STOPPED"), None)
+
+    reason: str = wait_until(found, timeout, what=what)
+    return reason
+
+
 def events(stack: Stack, name: str) -> list[dict[str, Any]]:
     return [e for e in stack.log_events() if e.get("event") == name]
 
@@ -109,18 +120,7 @@ def test_ballooning_low_component_is_frozen_then_unloaded_while_the_chatbot_answ
     assert "Ironcliw" in chat(stack, "what is your name")  # the CRITICAL chatbot still answers
 
     # The balloon's first run ended by policy, with the reason kept ...
-    exit_reason = wait_until(
-        lambda: next(
-            (
-                e["reason"]
-                for e in events(stack, "state_changed")
-                if e["component"] == "balloon" and e["new"] == "STOPPED"
-            ),
-            None,
-        ),
-        30,
-        what="the balloon to stop",
-    )
+    exit_reason = stop_reason(stack, "balloon", 30, "the balloon to stop")
     assert exit_reason.startswith("unloaded by policy at ")
     # ... and its recorded peak keeps it from being reloaded into a budget it does not fit.
     wait_until(lambda: stack.call("memory")["state"] == "HEALTHY", 10, what="HEALTHY")
@@ -164,18 +164,7 @@ def test_the_stack_returns_to_its_configured_set_after_pressure(make_stack: Stac
     stack.up()
     first = stack.wait_state("spare", "READY")
     # The HIGH spike takes memory to CRITICAL: the LOW component is unloaded to make up ...
-    reason = wait_until(
-        lambda: next(
-            (
-                e["reason"]
-                for e in events(stack, "state_changed")
-                if e["component"] == "spare" and e["new"] == "STOPPED"
-            ),
-            None,
-        ),
-        20,
-        what="the LOW component to be unloaded",
-    )
+    reason = stop_reason(stack, "spare", 20, "the LOW component to be unloaded")
     assert reason.startswith("unloaded by policy at CRITICAL")
     # ... and once the spike is over and memory has been HEALTHY for the hold, it comes back.
     again = stack.wait_state("spare", "READY", timeout=20)
