@@ -33,45 +33,27 @@ else:
     _backend_is_linux = False
 
 if _backend_is_linux:
-    from ._linux import (
-        MAXRSS_UNIT,
-        TreeSampler,
-        become_subreaper,
-        children_of,
-        component_of,
-        death_signal_launcher,
-        descendant_pids,
-        groups_members,
-        identity,
-        is_alive,
-        is_subreaper,
-        oom_score_base,
-        own_rss_bytes,
-        peer_uid,
-        pidfd_open,
-        process_state,
-        tree_hwm_bytes,
-    )
+    from . import _linux as _backend
 else:  # pragma: no cover - exercised by the contract test, and for real on macOS
-    from ._portable import (  # type: ignore[assignment]
-        MAXRSS_UNIT,
-        TreeSampler,
-        become_subreaper,
-        children_of,
-        component_of,
-        death_signal_launcher,
-        descendant_pids,
-        groups_members,
-        identity,
-        is_alive,
-        is_subreaper,
-        oom_score_base,
-        own_rss_bytes,
-        peer_uid,
-        pidfd_open,
-        process_state,
-        tree_hwm_bytes,
-    )
+    from . import _portable as _backend  # type: ignore[no-redef]  # psutil: imported only here
+
+MAXRSS_UNIT = _backend.MAXRSS_UNIT
+TreeSampler = _backend.TreeSampler
+become_subreaper = _backend.become_subreaper
+children_of = _backend.children_of
+component_of = _backend.component_of
+death_signal_launcher = _backend.death_signal_launcher
+descendant_pids = _backend.descendant_pids
+groups_members = _backend.groups_members
+identity = _backend.identity
+is_alive = _backend.is_alive
+is_subreaper = _backend.is_subreaper
+oom_score_base = _backend.oom_score_base
+own_rss_bytes = _backend.own_rss_bytes
+peer_uid = _backend.peer_uid
+pidfd_open = _backend.pidfd_open
+process_state = _backend.process_state
+tree_hwm_bytes = _backend.tree_hwm_bytes
 
 BACKEND = "linux" if _backend_is_linux else "portable"
 
