@@ -32,8 +32,8 @@ class ComponentMemory:
     def __init__(self) -> None:
         self.pid: int | None = None  # the leader whose tree these figures are of
         self.usage = TreeUsage(0, 0)
-        self.peak_rss_bytes = 0  # highest sampled RSS of the current run
-        self.recent_rss: deque[tuple[float, int]] = deque()  # (time, rss) over the last GROWTH_WINDOW_S
+        self.peak_sampled_bytes = 0  # highest sampled memory (RSS, or the footprint on macOS) of this run
+        self.recent_bytes: deque[tuple[float, int]] = deque()  # (time, bytes) over the last GROWTH_WINDOW_S
         self.trend_points: deque[tuple[float, float]] = deque(maxlen=TREND_POINTS_KEPT)  # (time, MB)
         self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.run = RunMemory()
@@ -42,12 +42,12 @@ class ComponentMemory:
 
     def begin_run(self, pid: int) -> None:
         self.pid = pid
-        self.peak_rss_bytes = 0
-        self.recent_rss.clear()
+        self.peak_sampled_bytes = 0
+        self.recent_bytes.clear()
         self.run = RunMemory()
 
     def mark_ready(self) -> None:
-        self.run.ready_peak_bytes = max(self.run.hwm_bytes or 0, self.peak_rss_bytes)
+        self.run.ready_peak_bytes = max(self.run.hwm_bytes or 0, self.peak_sampled_bytes)
 
     def end_run(self) -> None:
         self.pid = None
@@ -60,17 +60,17 @@ class ComponentMemory:
         once (a few C-level passes instead of a call per reading). `ready`: the component is
         READY (its steady size counts only those); `trend_times`: readings that are trend points."""
         self.usage = readings[-1][1]
-        values = [u.rss_bytes for _, u in readings]
-        self.peak_rss_bytes = max(self.peak_rss_bytes, *values)
+        values = [u.memory_bytes for _, u in readings]
+        self.peak_sampled_bytes = max(self.peak_sampled_bytes, *values)
         if ready:
             kept = self.run.ready_samples
             kept.extend(values[: READY_SAMPLES_KEPT - len(kept)])
         last = readings[-1][0]
-        self.recent_rss.extend((t, u.rss_bytes) for t, u in readings if last - t <= GROWTH_WINDOW_S)
-        while self.recent_rss and last - self.recent_rss[0][0] > GROWTH_WINDOW_S:
-            self.recent_rss.popleft()
+        self.recent_bytes.extend((t, u.memory_bytes) for t, u in readings if last - t <= GROWTH_WINDOW_S)
+        while self.recent_bytes and last - self.recent_bytes[0][0] > GROWTH_WINDOW_S:
+            self.recent_bytes.popleft()
         if trend_times:
-            self.trend_points.extend((t, u.rss_bytes / MIB) for t, u in readings if t in trend_times)
+            self.trend_points.extend((t, u.memory_bytes / MIB) for t, u in readings if t in trend_times)
 
     def fold_hwm(self, hwm_bytes: int | None) -> None:
         """The kernel's high-water mark of the tree, read now, into this run's peak."""
@@ -89,7 +89,7 @@ class ComponentMemory:
     def growth_bytes_s(self) -> float:
         """Growth rate right now: over the samples of the last RATE_WINDOW_S, and only while
         the latest sample is still higher than the one before (a burst that ended is not growth)."""
-        recent = self.recent_rss
+        recent = self.recent_bytes
         if len(recent) < 3 or recent[-1][1] <= recent[-2][1]:
             return 0.0
         t1, v1 = recent[-1]
@@ -101,16 +101,16 @@ class ComponentMemory:
     @property
     def growing(self) -> bool:
         """Grew by more than noise over the last GROWTH_WINDOW_S."""
-        if len(self.recent_rss) < 2:
+        if len(self.recent_bytes) < 2:
             return False
-        return self.recent_rss[-1][1] - self.recent_rss[0][1] > GROWTH_NOISE_BYTES
+        return self.recent_bytes[-1][1] - self.recent_bytes[0][1] > GROWTH_NOISE_BYTES
 
     def run_peak(self, exit_peak_bytes: int | None) -> tuple[int, str]:
         """The run's peak in bytes and where it came from ("vmhwm" or "sampled"), with the
         leader's own lifetime peak from wait4 when it has exited."""
         if exit_peak_bytes:
             self.fold_hwm(exit_peak_bytes)
-        hwm, sampled = self.run.hwm_bytes or 0, self.peak_rss_bytes
+        hwm, sampled = self.run.hwm_bytes or 0, self.peak_sampled_bytes
         return max(hwm, sampled), "vmhwm" if hwm and hwm >= sampled else "sampled"
 
     def steady_bytes(self) -> int | None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import structlog
 
+from . import platform
 from .config import ComponentSpec
 from .errors import Refused, UnknownComponent
 from .history import History
-from .model import MIB, RunRecord, Snapshot
+from .model import MIB, GpuLimits, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
 from .predictor import Prediction, predict
@@ -31,8 +32,11 @@ class Admission:
         history: History,
         memory: MemoryMonitor,
         fresh_snapshot: Callable[[], Snapshot],
+        gpu: GpuLimits | None = None,
     ) -> None:
         self.runners = runners
+        # The GPU's ceiling is read once: it changes only with a sysctl the user sets.
+        self.gpu = gpu if gpu is not None else platform.read_gpu_limits()
         self.history = history
         self.memory = memory
         self._fresh_snapshot = fresh_snapshot
@@ -85,18 +89,37 @@ class Admission:
         runner = self._runner(name)
         pred = self.prediction(name)
         room = self.memory.headroom_bytes(self._fresh_snapshot())
-        runs = f"{pred.runs} run{'s' if pred.runs != 1 else ''}"
-        evidence = f"predicted from {runs}" if pred.runs else "its estimate, no history yet"
-        reason = f"{name} needs ~{size(pred.peak_mb * MIB)} ({evidence}), {size(max(room, 0))} free before WARNING"
         if runner.child is not None:
             return True, f"{name} is already loaded ({runner.state.value})", pred, room
+        beyond_gpu = self.gpu_refusal(name)
+        if beyond_gpu is not None:
+            return False, beyond_gpu, pred, room
+        needs = f"{name} needs ~{size(pred.peak_mb * MIB)} ({evidence(pred)})"
+        reason = f"{needs}, {size(max(room, 0))} free before WARNING"
         return pred.peak_mb * MIB <= room, reason, pred, room
+
+    def admit(self, name: str, make_room: bool) -> tuple[Prediction, int] | None:
+        """None when the load fits now; (prediction, room) when it fits once `make_room` has
+        unloaded lower priorities; Refused, with the numbers, otherwise."""
+        ok, reason, pred, room = self.can_load(name)
+        if ok:
+            return None
+        if self.gpu_refusal(name) is not None:
+            raise Refused(reason)  # above the GPU's ceiling: no unloading can help
+        if not make_room:
+            raise Refused(reason + " (--make-room unloads lower priorities)")
+        return pred, room
+
+    def gpu_refusal(self, name: str) -> str | None:
+        """Why a GPU-resident component cannot load at all, whatever is unloaded: its predicted
+        peak is above what the OS lets the GPU hold (None when it fits or nobody says)."""
+        return gpu_refusal(name, self._runner(name).spec.gpu, self.prediction(name), self.gpu)
 
     async def make_room(self, name: str, pred: Prediction, room: int) -> None:
         """Unload lower-priority components (never equal or higher) until the load fits."""
         target = self._runner(name).spec.priority
         candidates = [
-            (r.name, r.spec.priority, r.memory.usage.rss_bytes, self.time_to_ready(r.name))
+            (r.name, r.spec.priority, r.memory.usage.memory_bytes, self.time_to_ready(r.name))
             for r in self.runners.values()
             if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
         ]
@@ -119,6 +142,22 @@ class Admission:
             runner = self.runners[victim]
             await runner.stop(f"unloaded to make room for {name} ({needs})")
             runner.unloaded_by_policy = True  # comes back when it fits again
+
+
+def evidence(pred: Prediction) -> str:
+    runs = f"{pred.runs} run{'s' if pred.runs != 1 else ''}"
+    return f"predicted from {runs}" if pred.runs else "its estimate, no history yet"
+
+
+def gpu_refusal(name: str, gpu: bool, pred: Prediction, limits: GpuLimits) -> str | None:
+    ceiling = limits.ceiling_bytes
+    if not gpu or ceiling is None or pred.peak_mb * MIB <= ceiling:
+        return None
+    source = "iogpu.wired_limit_mb" if limits.wired_limit_bytes else "Metal's recommended working set"
+    return (
+        f"{name} needs ~{size(pred.peak_mb * MIB)} ({evidence(pred)}), more than the GPU may hold:"
+        f" {size(ceiling)} ({source}); unloading others cannot help"
+    )
 
 
 def inputs_bytes(spec: ComponentSpec) -> int | None:

@@ -333,6 +333,17 @@ def _format_report(r: dict[str, Any]) -> str:
         f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
         f"last sample {r['sample_ms']} ms",
     ]
+    if s.get("app_mb") is not None:  # macOS: Activity Monitor's Memory tab
+        lines.append(
+            f"memory used = app {s['app_mb']:.0f} + wired {s['wired_mb']:.0f} + compressed {s['compressed_mb']:.0f} MB;"
+            f" cached files {s['cached_mb']:.0f} MB; kernel level {s['kernel_level']},"
+            f" free {s['kernel_free_percent']} %"
+        )
+    if s.get("swap_out_mb_s") is not None:
+        lines.append(f"swapping out {s['swap_out_mb_s']:.2f} MB/s")
+    gpu = r.get("gpu") or {}
+    if gpu.get("ceiling_mb") is not None:
+        lines.append(f"GPU may hold at most {gpu['ceiling_mb']:.0f} MB ({gpu['source']})")
     lines += ["", "predictions:"]
     lines += [
         f"  {c['name']:<14} {c['prediction']['detail']} ({c['prediction']['basis']})"

@@ -87,6 +87,7 @@ class ComponentSpec(_Table, frozen=True):
     trim_signal: str | None = None
     ready: Readiness = Readiness()
     inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
+    gpu: bool = False  # holds its model in GPU memory: a load predicted above the GPU's ceiling is refused
     # Output beyond this rate (bursts up to output_burst_mb) is held back (`block`: the pipe
     # is not read for a while, so the writer waits) or dropped and counted (`drop`); 0: no limit.
     output_limit_mb_s: Annotated[float, Meta(ge=0, le=MAX_MB)] = 4.0
@@ -119,6 +120,10 @@ class MemorySection(_Table, frozen=True):
     # Linux PSI (some / full avg10, % of time stalled) that raises the state to WARNING / CRITICAL.
     psi_warning_avg10: Percent = 20.0
     psi_critical_avg10: Percent = 50.0
+    # Sustained swap-out (MB/s over the last 10 s) that raises the state to WARNING / CRITICAL;
+    # 0 switches a rule off. Not read at all on a machine without swap.
+    swap_out_warning_mb_s: Annotated[float, Meta(ge=0, le=MAX_MB)] = 2.0
+    swap_out_critical_mb_s: Annotated[float, Meta(ge=0, le=MAX_MB)] = 20.0
     trim_settle_s: NonNegSeconds = 2.0  # after a trim request, wait this long before measuring and escalating
     trim_cooldown_s: NonNegSeconds = 30.0  # at most one trim request per component per this long
     idle_unload_s: NonNegSeconds = 300.0  # WARNING unloads LOW components idle this long
@@ -304,6 +309,11 @@ def _check_memory(file: str, memory: MemorySection) -> None:
             file,
             "$.memory",
             "warning_percent < critical_percent < emergency_percent, got " + " / ".join(map(str, levels)),
+        )
+    warn, crit = memory.swap_out_warning_mb_s, memory.swap_out_critical_mb_s
+    if warn and crit and crit < warn:
+        raise ConfigError(
+            file, "$.memory.swap_out_critical_mb_s", f"a rate at least swap_out_warning_mb_s ({warn:g}), got {crit:g}"
         )
 
 

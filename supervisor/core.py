@@ -29,7 +29,7 @@ from .model import MIB, ComponentState, ComponentStatus, MemoryState, RunRecord,
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
 from .record import ProcessRecord
-from .report import component_rows, status
+from .report import component_rows, status, with_gpu
 from .runner import Runner, RunnerHooks, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
 
@@ -120,8 +120,7 @@ class Supervisor:
         """Run until `shutdown()`; every component is stopped before this returns."""
         self.runtime.acquire()
         if self.subreaper and not procs.become_subreaper():
-            why = "this OS cannot reparent orphans to the supervisor; daemons that escape a tree are not seen"
-            log.info("no_subreaper", reason=why)
+            log.info("no_subreaper", reason="the OS cannot reparent orphans to us: daemons escaping a tree go unseen")
         try:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
@@ -225,11 +224,9 @@ class Supervisor:
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
-        ok, reason, pred, room = self.admission.can_load(name)
-        if not ok:
-            if not make_room:
-                raise Refused(reason + " (--make-room unloads lower priorities)")
-            await self.admission.make_room(name, pred, room)
+        shortfall = self.admission.admit(name, make_room)
+        if shortfall is not None:
+            await self.admission.make_room(name, *shortfall)
         return await self._start_ready(runner)
 
     async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
@@ -262,10 +259,11 @@ class Supervisor:
         return self.memory.summary(self._fresh_sample())
 
     def report(self) -> dict[str, Any]:
-        return {**self.memory.report(self._fresh_sample()), "warnings": self.warnings()}
+        out = with_gpu(self.memory.report(self._fresh_sample()), self.admission.gpu, self.runners)
+        return out | {"warnings": self.warnings()}
 
     def explain(self) -> dict[str, Any]:
-        return self.memory.explain(self._fresh_sample())
+        return with_gpu(self.memory.explain(self._fresh_sample()), self.admission.gpu, self.runners)
 
     async def optimize(self) -> dict[str, Any]:
         """The WARNING actions now: trim requests, and idle LOW components unloaded."""

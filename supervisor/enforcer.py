@@ -86,7 +86,7 @@ class Enforcer:
             case ActionKind.THAW:
                 return "thawed" if runner.levers.thaw(self._short(action)) else None
             case ActionKind.TRIM:
-                before = runner.memory.usage.rss_bytes
+                before = runner.memory.usage.memory_bytes
                 if not runner.levers.trim():
                     return None
                 tg.start_soon(self._measure_trim, runner, before)
@@ -120,7 +120,7 @@ class Enforcer:
     async def _measure_trim(self, runner: Runner, before: int) -> None:
         await anyio.sleep(self.cfg.trim_settle_s)
         usage = runner.memory.usage
-        freed_mb = round(max(0.0, (before - usage.rss_bytes) / MIB), 1)
+        freed_mb = round(max(0.0, (before - usage.memory_bytes) / MIB), 1)
         runner.memory.trim_measured(freed_mb)
         log.info("trim_measured", component=runner.name, freed_mb=freed_mb, rss_mb=round(usage.rss_mb, 1))
         self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=freed_mb)

@@ -74,6 +74,15 @@ class TreeUsage(msgspec.Struct, frozen=True):
     rss_bytes: int
     processes: int
     anon_bytes: int = 0  # resident minus file-backed and shared (statm): what trimming can free
+    # macOS: the physical footprint (resident anonymous + compressed + IOKit/Metal), what
+    # Activity Monitor, jetsam and Ollama judge by; None where the OS has no such figure.
+    footprint_bytes: int | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        """The component's memory for every decision: the footprint where the OS gives one
+        (RSS leaves out compressed pages and GPU buffers), RSS otherwise."""
+        return self.footprint_bytes if self.footprint_bytes is not None else self.rss_bytes
 
     @property
     def rss_mb(self) -> float:
@@ -134,12 +143,33 @@ class SystemMemory(msgspec.Struct, frozen=True):
     psi_full_avg10: float | None = None  # ... all non-idle tasks stalled
     kernel_level: KernelPressure | None = None  # macOS
     compressed_bytes: int | None = None  # macOS compressor
+    # Swap-out rate over the last few seconds (Linux pswpout, macOS swapouts); None without swap.
+    swap_out_mb_s: float | None = None
+    # macOS, as Activity Monitor's Memory tab splits "used": app + wired + compressed;
+    # cached files and purgeable pages count as available.
+    app_bytes: int | None = None
+    wired_bytes: int | None = None
+    cached_bytes: int | None = None
+    kernel_free_percent: int | None = None  # kern.memorystatus_level ("free percentage")
 
     @property
     def used_percent(self) -> float:
         if self.total_bytes <= 0:
             return 0.0
         return 100.0 * (self.total_bytes - self.available_bytes) / self.total_bytes
+
+
+class GpuLimits(msgspec.Struct, frozen=True):
+    """What the OS says a GPU may hold of unified memory (macOS): Metal's recommended working
+    set for the default device, and the `iogpu.wired_limit_mb` override when one is set."""
+
+    metal_working_set_bytes: int | None = None
+    wired_limit_bytes: int | None = None
+
+    @property
+    def ceiling_bytes(self) -> int | None:
+        """The most a GPU-resident model can hold: the override when set, else Metal's figure."""
+        return self.wired_limit_bytes or self.metal_working_set_bytes
 
 
 class MemoryDetail(msgspec.Struct, frozen=True):

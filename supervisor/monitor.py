@@ -158,7 +158,7 @@ class MemoryMonitor:
             self.bus.publish(
                 "memory",
                 **summary(snap, self.cfg, self.runners),
-                components_mb={name: round(tree.rss_bytes / MIB, 1) for name, tree in newest.usage.items()},
+                components_mb={name: round(tree.memory_bytes / MIB, 1) for name, tree in newest.usage.items()},
                 changed=changed,
             )
 
@@ -309,7 +309,7 @@ def component_views(
             name=name,
             priority=r.spec.priority,
             state=r.state,
-            rss_bytes=r.memory.usage.rss_bytes if r.child is not None else 0,
+            memory_bytes=r.memory.usage.memory_bytes if r.child is not None else 0,
             growing=r.memory.growing,
             has_trim=r.spec.trim_signal is not None,
             last_used=r.last_used,

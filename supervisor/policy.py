@@ -51,7 +51,7 @@ class ComponentView(msgspec.Struct, frozen=True):
     name: str
     priority: Priority
     state: ComponentState
-    rss_bytes: int = 0
+    memory_bytes: int = 0  # RSS, or the footprint on macOS (TreeUsage.memory_bytes)
     growing: bool = False  # grew since the previous sample, beyond noise
     has_trim: bool = False
     last_used: float = 0.0  # monotonic: last start or `touch`
@@ -193,7 +193,7 @@ class _Maker:
     def __call__(self, kind: ActionKind, view: ComponentView, rule: str, why: str) -> Action:
         snap = self.snapshot
         limit = threshold(snap.state, self.cfg) if snap.state is not HEALTHY else None
-        rss_mb = view.rss_bytes / MIB
+        rss_mb = view.memory_bytes / MIB
         reason = (
             f"{why}: {view.name} ({view.priority.value}, {rss_mb:.0f} MB)"
             f" at {snap.state.value} {snap.percent_used:.1f} %"
@@ -301,7 +301,7 @@ def _unload_until_under(
 ) -> list[Action]:
     candidates = [v for v in views if v.priority in priorities and (v.active or v.frozen)]
     # LOW before MEDIUM; within a priority the one that frees most, then the least recently used.
-    candidates.sort(key=lambda v: (-v.priority.rank, -v.rss_bytes, v.last_used))
+    candidates.sort(key=lambda v: (-v.priority.rank, -v.memory_bytes, v.last_used))
     allowed = {v.name for v in _respect_dependants(candidates, views)}
     actions = []
     freed = 0
@@ -310,7 +310,7 @@ def _unload_until_under(
             break
         if v.name not in allowed:
             continue
-        freed += v.rss_bytes
+        freed += v.memory_bytes
         after = projected_percent(snapshot, -freed)
         actions.append(
             act(
@@ -383,7 +383,7 @@ def explain(
                 "name": v.name,
                 "priority": v.priority.value,
                 "state": v.state.value,
-                "rss_mb": round(v.rss_bytes / MIB, 1),
+                "rss_mb": round(v.memory_bytes / MIB, 1),
                 "idle_s": round(now - v.last_used, 1),
                 "growing": v.growing,
                 "now": mine_now,

@@ -2,6 +2,7 @@
 soon to sample again. Pure functions; time arrives as `now`.
 
     state = max(level of used %, level the kernel signals)        going up: at once
+    (the kernel's signals: macOS's pressure level, Linux PSI, and sustained swap-out on both)
     going down: only once used % has stayed `hysteresis_percent` below the current state's
     threshold (and the kernel agrees) for `hold_s`, so a load hovering at a threshold does
     not flap.
@@ -59,7 +60,19 @@ def kernel_floor(system: SystemMemory, cfg: MemorySection) -> MemoryState:
         floor = _max(floor, CRITICAL)
     elif system.psi_some_avg10 is not None and system.psi_some_avg10 >= cfg.psi_warning_avg10:
         floor = _max(floor, WARNING)
-    return floor
+    return _max(floor, swap_floor(system.swap_out_mb_s, cfg))
+
+
+def swap_floor(swap_out_mb_s: float | None, cfg: MemorySection) -> MemoryState:
+    """Sustained swapping means memory is short whatever the percentages say (the seed: "swap
+    usage should be minimized"); a rule set to 0 is off."""
+    if swap_out_mb_s is None:
+        return HEALTHY
+    if cfg.swap_out_critical_mb_s and swap_out_mb_s >= cfg.swap_out_critical_mb_s:
+        return CRITICAL
+    if cfg.swap_out_warning_mb_s and swap_out_mb_s >= cfg.swap_out_warning_mb_s:
+        return WARNING
+    return HEALTHY
 
 
 def _max(a: MemoryState, b: MemoryState) -> MemoryState:

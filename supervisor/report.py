@@ -12,7 +12,7 @@ from typing import Any
 from . import platform, procs
 from .config import MemorySection
 from .launcher import resolve_command
-from .model import MIB, ComponentStatus, MemoryState, Snapshot
+from .model import MIB, ComponentStatus, GpuLimits, MemoryDetail, MemoryState, Snapshot, TreeUsage
 from .policy import ComponentView, bytes_until, explain
 from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
 from .runner import Runner
@@ -59,6 +59,12 @@ def report(
             "psi_full_avg10": system.psi_full_avg10,
             "kernel_level": system.kernel_level.value if system.kernel_level else None,
             "compressed_mb": _mb(system.compressed_bytes),
+            "swap_out_mb_s": round(system.swap_out_mb_s, 2) if system.swap_out_mb_s is not None else None,
+            # macOS, as Activity Monitor's Memory tab: used = app + wired + compressed
+            "app_mb": _mb(system.app_bytes),
+            "wired_mb": _mb(system.wired_bytes),
+            "cached_mb": _mb(system.cached_bytes),
+            "kernel_free_percent": system.kernel_free_percent,
         },
         "supervisor_rss_mb": round(procs.own_rss_bytes() / MIB, 1),
         "components": rows,
@@ -72,18 +78,11 @@ def _component_row(
     detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
     t = trend(list(memory.trend_points), idle=now - r.last_used >= LEAK_WINDOW_S)
     pred = predict(name) if predict else None
-    split = snap.components.get(name)  # every reading has the anonymous/file split
     return {
         "name": name,
         "priority": r.spec.priority.value,
         "state": r.state.value,
-        "rss_mb": round(memory.usage.rss_mb, 1) if r.child else 0.0,
-        "peak_mb": round(memory.peak_rss_bytes / MIB, 1),
-        "anon_mb": round(split.anon_bytes / MIB, 1) if split else 0.0,
-        "file_mb": round(split.file_bytes / MIB, 1) if split else 0.0,
-        "pss_mb": _mb(detail.pss_bytes) if detail else None,
-        "uss_mb": _mb(detail.uss_bytes) if detail else None,
-        "footprint_mb": _mb(detail.footprint_bytes) if detail else None,
+        **_memory_figures(r, snap.components.get(name), detail),
         "trend_mb_per_min": t.slope_mb_per_min,
         "trend": t.detail,
         "leak_suspected": t.leak,
@@ -109,6 +108,27 @@ def _component_row(
         },
         "unloaded_by_policy": r.unloaded_by_policy,
         "last_exit": r.last_exit,
+    }
+
+
+def _memory_figures(r: Runner, split: TreeUsage | None, detail: MemoryDetail | None) -> dict[str, Any]:
+    """RSS, the figure decisions use (the footprint on macOS, RSS elsewhere), the costlier
+    per-tree figures; `split` is the newest reading (every reading has the anon/file split)."""
+    usage = r.memory.usage
+    footprint = usage.footprint_bytes if r.child else None
+    if footprint is None and detail is not None:
+        footprint = detail.footprint_bytes
+    return {
+        "rss_mb": round(usage.rss_mb, 1) if r.child else 0.0,
+        "memory_mb": round(usage.memory_bytes / MIB, 1) if r.child else 0.0,
+        "memory_basis": "footprint" if usage.footprint_bytes is not None else "rss",
+        "gpu": r.spec.gpu,
+        "peak_mb": round(r.memory.peak_sampled_bytes / MIB, 1),
+        "anon_mb": round(split.anon_bytes / MIB, 1) if split else 0.0,
+        "file_mb": round(split.file_bytes / MIB, 1) if split else 0.0,
+        "pss_mb": _mb(detail.pss_bytes) if detail else None,
+        "uss_mb": _mb(detail.uss_bytes) if detail else None,
+        "footprint_mb": _mb(footprint),
     }
 
 
@@ -145,6 +165,31 @@ def explanation(
         row["trend_mb_per_min"] = t.slope_mb_per_min
         row["time_to_next_threshold_s"] = time_to_next_threshold(snap, cfg, t.slope_mb_per_min)
     return out
+
+
+def gpu_section(limits: GpuLimits) -> dict[str, Any]:
+    """The GPU's share of unified memory, where the OS gives it: the ceiling a GPU-resident
+    model (a component with `gpu = true`) cannot exceed."""
+    return {
+        "metal_working_set_mb": _mb(limits.metal_working_set_bytes),
+        "wired_limit_mb": _mb(limits.wired_limit_bytes),
+        "ceiling_mb": _mb(limits.ceiling_bytes),
+        "source": "iogpu.wired_limit_mb"
+        if limits.wired_limit_bytes
+        else "Metal recommendedMaxWorkingSetSize"
+        if limits.metal_working_set_bytes
+        else None,
+    }
+
+
+def with_gpu(explained: dict[str, Any], limits: GpuLimits, runners: Mapping[str, Runner]) -> dict[str, Any]:
+    """`explain` or `report` with the GPU's ceiling, and each GPU-resident candidate marked with it."""
+    explained["gpu"] = gpu_section(limits)
+    if limits.ceiling_bytes is not None:
+        for row in explained.get("candidates", ()):
+            if runners[row["name"]].spec.gpu:
+                row["gpu_ceiling_mb"] = explained["gpu"]["ceiling_mb"]
+    return explained
 
 
 def _mb(value: int | None) -> float | None:

@@ -224,7 +224,7 @@ class Sampler:
         usage = self._trees.usage(roots)
         system = self._system.read()
         self.last_read_s = time.monotonic() - now
-        stack = sum(t.rss_bytes for t in usage.values())
+        stack = sum(t.memory_bytes for t in usage.values())
         percent = system.used_percent
         if self.cfg.budget_mb:
             percent = max(percent, 100.0 * stack / (self.cfg.budget_mb * MIB))

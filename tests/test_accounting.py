@@ -19,10 +19,10 @@ def test_a_quiet_minute_taken_in_at_once_leaves_what_one_by_one_leaves() -> None
     for reading in old:
         one_by_one.record([reading], ready=True, trend_times=trend_times)
     batched.record(old, ready=True, trend_times=trend_times)
-    assert one_by_one.peak_rss_bytes == batched.peak_rss_bytes == 56 * MIB
+    assert one_by_one.peak_sampled_bytes == batched.peak_sampled_bytes == 56 * MIB
     assert one_by_one.usage == batched.usage == old[-1][1]
     assert one_by_one.run.ready_samples == batched.run.ready_samples and len(batched.run.ready_samples) == 40
-    assert list(one_by_one.recent_rss) == list(batched.recent_rss)
+    assert list(one_by_one.recent_bytes) == list(batched.recent_bytes)
     assert list(one_by_one.trend_points) == list(batched.trend_points) and len(batched.trend_points) == 10
 
 

@@ -18,7 +18,7 @@ LAYERS = {
     "predictor": 2,
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3,
-    "procs": 3,
+    "procs": 3.1,  # the macOS backend calls the kernel through platform.mach
     "history": 3,
     "events": 3,
     "logfiles": 3,

@@ -1,43 +1,18 @@
-"""Memory backends: the Linux parsers and live reading; macOS against recorded readings."""
+"""Memory backends: the Linux parsers and live reading (macOS: tests/test_darwin.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-from supervisor.model import KernelPressure
-from supervisor.platform import darwin, linux
+from supervisor.config import MemorySection
+from supervisor.model import MemoryState
+from supervisor.platform import linux
+from supervisor.platform.swap import SwapWindow
+from supervisor.pressure import kernel_floor
 
-FIXTURES = Path(__file__).parent / "fixtures" / "macos" / "m1pro-16gb-under-pressure"
 MIB = 1048576
-
-
-def test_macos_readings_under_pressure() -> None:
-    system = darwin.system_from((FIXTURES / "vm_stat.txt").read_text(), (FIXTURES / "sysctl.txt").read_text())
-    assert system.total_bytes == 17179869184
-    # Figures derived in the fixture's README: inactive + free = 195,711 pages -> 81.3 % used.
-    assert system.available_bytes == 195_711 * 16384
-    assert round(system.used_percent, 1) == 81.3
-    assert system.compressed_bytes // MIB == 7101  # 454,496 pages; top says "7090M compressor"
-    assert (system.swap_total_bytes // MIB, round(system.swap_used_bytes / MIB, 2)) == (2048, 1470.06)
-    # The kernel's own rule: 393,672 / 848,168 = 0.464 < 0.5 -> warn.
-    assert system.kernel_level is KernelPressure.WARN
-
-
-def test_macos_level_read_from_the_kernel_wins_over_the_estimate() -> None:
-    vm_stat = (FIXTURES / "vm_stat.txt").read_text()
-    sysctl = (FIXTURES / "sysctl.txt").read_text()
-    assert darwin.system_from(vm_stat, sysctl, level=4).kernel_level is KernelPressure.CRITICAL
-    assert darwin.system_from(vm_stat, sysctl, level=1).kernel_level is KernelPressure.NORMAL
-
-
-def test_macos_memory_pressure_tool_output_parses_as_pages() -> None:
-    page_size, pages = darwin.parse_vm_stat((FIXTURES / "memory_pressure.txt").read_text())
-    assert page_size == 16384
-    assert pages["Pages used by compressor"] == 454_496
-    assert pages["Pages free"] == 4490
 
 
 def test_linux_meminfo_and_psi_parsers() -> None:
@@ -59,3 +34,32 @@ def test_linux_live_reading() -> None:
     assert 0 < system.used_percent < 100
     detail = linux.read_detail([__import__("os").getpid()])
     assert detail.pss_bytes and detail.uss_bytes and detail.uss_bytes <= detail.pss_bytes * 2
+
+
+def test_linux_swap_out_counter_and_rate() -> None:
+    vmstat = b"nr_free_pages 100\npswpin 10\npswpout 123456\npgpgin 7\n"
+    assert linux.swapped_out_pages(vmstat) == 123456
+    assert linux.swapped_out_pages(b"nr_free_pages 100\n") is None  # a kernel without swap accounting
+    meminfo = b"MemTotal: 1000 kB\nMemAvailable: 900 kB\nSwapTotal: 2048 kB\nSwapFree: 2048 kB\n"
+    window = SwapWindow()
+    assert window.rate_mb_s(0.0, 123456 * 4096) == 0.0
+    rate = window.rate_mb_s(4.0, (123456 + 4096) * 4096)  # 16 MiB swapped out in 4 s
+    assert rate == 4.0
+    system = linux.system_from_bytes(meminfo, None, rate)
+    assert system.swap_out_mb_s == 4.0 and kernel_floor(system, MemorySection()) is MemoryState.WARNING
+    assert window.rate_mb_s(4.5, 10) == 0.0  # a counter that went back (a reboot's, a wrap): start over
+    no_swap = b"MemTotal: 1000 kB\nMemAvailable: 900 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n"
+    assert linux.system_from_bytes(no_swap, None, 99.0).swap_out_mb_s is None  # off without swap
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_linux_live_swap_rate_only_with_swap() -> None:
+    reader = linux.SystemReader()
+    try:
+        first = reader.read()
+        if first.swap_total_bytes:
+            assert first.swap_out_mb_s == 0.0  # one reading is no rate yet
+        else:
+            assert first.swap_out_mb_s is None and reader._vmstat is None  # /proc/vmstat never opened
+    finally:
+        reader.close()

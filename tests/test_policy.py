@@ -33,7 +33,7 @@ def snap(percent: float, state: MemoryState, stack_mb: int = 0, budget_mb: int |
 def view(name: str, priority: str, rss_mb: int = 100, **kw: object) -> ComponentView:
     fields = {"state": READY, "last_used": 0.0, "estimated_bytes": rss_mb * MB}
     fields.update(kw)
-    return ComponentView(name=name, priority=Priority[priority], rss_bytes=rss_mb * MB, **fields)  # type: ignore[arg-type]
+    return ComponentView(name=name, priority=Priority[priority], memory_bytes=rss_mb * MB, **fields)  # type: ignore[arg-type]
 
 
 def kinds(actions: list) -> list[tuple[str, str]]:

@@ -20,8 +20,10 @@ from supervisor.errors import NoSuchProcess
 from supervisor.procs import _contract
 
 from .helpers import wait_until
+from .macfakes import ProcBackedMac
 
-BACKENDS = ["supervisor.procs._linux", "supervisor.procs._portable"]
+# _darwin runs here on its kernel-call seam answered from /proc (tests/macfakes.py).
+BACKENDS = ["supervisor.procs._linux", "supervisor.procs._portable", "supervisor.procs._darwin"]
 
 
 def _load(name: str) -> types.ModuleType:
@@ -35,8 +37,13 @@ def _load(name: str) -> types.ModuleType:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> types.ModuleType:
-    return _load(request.param)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = _load(request.param)
+    if module.__name__.endswith("_darwin"):
+        if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+            pytest.skip("the fake libproc answers from /proc's children files")
+        monkeypatch.setattr(module, "CALLS", ProcBackedMac())
+    return module
 
 
 def contract_names() -> list[str]:
@@ -131,7 +138,7 @@ def test_process_control_answers(backend: types.ModuleType) -> None:
 def test_the_facade_chose_one_backend() -> None:
     from supervisor import procs
 
-    assert procs.BACKEND in ("linux", "portable")
+    assert procs.BACKEND in ("linux", "darwin", "portable")
     chosen = _load(f"supervisor.procs._{procs.BACKEND}")
     assert procs.identity is chosen.identity and procs.TreeSampler is chosen.TreeSampler
     if sys.platform.startswith("linux"):

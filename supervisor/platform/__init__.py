@@ -6,6 +6,9 @@
     SystemReader().read() -> SystemMemory, .close()
         The same for a sampling loop: the Linux backend keeps its /proc files open between
         samples; elsewhere it calls read_system().
+    read_gpu_limits() -> GpuLimits
+        What the OS says the GPU may hold of unified memory (macOS); empty elsewhere. Read
+        once at start: it changes only with a sysctl the user sets.
     read_detail(pids) -> MemoryDetail
         Costlier per-tree figures (PSS/USS on Linux from smaps_rollup, which holds the
         target's mmap lock and costs ~10 ms per GB; the footprint on macOS). Only on demand
@@ -19,15 +22,14 @@ from __future__ import annotations
 
 import sys
 
-from ..model import SystemMemory
+from ..model import GpuLimits, SystemMemory
 
 if sys.platform.startswith("linux"):
     from .linux import SystemReader, read_detail, read_system
-else:
-    if sys.platform == "darwin":
-        from .darwin import read_detail, read_system
-    else:  # pragma: no cover - other Unixes: what psutil knows
-        from .generic import read_detail, read_system
+elif sys.platform == "darwin":  # pragma: no cover - tested on recorded readings (tests/test_darwin.py)
+    from .darwin import SystemReader, read_detail, read_system
+else:  # pragma: no cover - other Unixes: what psutil knows
+    from .generic import read_detail, read_system
 
     class SystemReader:  # type: ignore[no-redef]
         """Nothing to keep open: each read is a fresh reading."""
@@ -39,7 +41,18 @@ else:
             pass
 
 
-__all__ = ["SystemReader", "read_detail", "read_system"]
+def read_gpu_limits() -> GpuLimits:
+    if sys.platform == "darwin":  # pragma: no cover - tested on recorded readings
+        from .darwin import gpu_limits
+
+        try:
+            return gpu_limits()
+        except OSError:
+            return GpuLimits()
+    return GpuLimits()
+
+
+__all__ = ["SystemReader", "read_detail", "read_gpu_limits", "read_system"]
 
 
 def suspended_seconds() -> float:

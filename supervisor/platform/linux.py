@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 
 from ..model import MemoryDetail, SystemMemory
+from .swap import SwapWindow
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _read(path: str) -> str | None:
@@ -53,7 +57,16 @@ def _psi_avg10(psi: bytes, line: bytes) -> float | None:
     return float(psi[at : psi.find(b" ", at)])
 
 
-def system_from_bytes(meminfo: bytes, psi: bytes | None) -> SystemMemory:
+def swapped_out_pages(vmstat: bytes) -> int | None:
+    """`pswpout` from /proc/vmstat: pages swapped out since boot."""
+    at = vmstat.find(b"\npswpout ")
+    if at < 0:
+        return None
+    at += 9
+    return int(vmstat[at : vmstat.find(b"\n", at)])
+
+
+def system_from_bytes(meminfo: bytes, psi: bytes | None, swap_out_mb_s: float | None = None) -> SystemMemory:
     """`system_from` for raw reads: a find per field and no decoding (the sampler's hot path:
     a regex or a full parse of meminfo costs more than the kernel takes to produce it).
     MemAvailable exists since 3.14; before it, free + cached is the usual approximation."""
@@ -72,6 +85,7 @@ def system_from_bytes(meminfo: bytes, psi: bytes | None) -> SystemMemory:
         swap_used_bytes=(swap_total - swap_free) * 1024,
         psi_some_avg10=_psi_avg10(psi, b"some ") if psi else None,
         psi_full_avg10=_psi_avg10(psi, b"full ") if psi else None,
+        swap_out_mb_s=swap_out_mb_s if swap_total else None,
     )
 
 
@@ -85,11 +99,14 @@ def read_system() -> SystemMemory:
 
 class SystemReader:
     """/proc/meminfo and PSI for the sampling loop, through descriptors opened on the first
-    read, kept open between samples and re-read with pread (see procs.TreeSampler for why)."""
+    read, kept open between samples and re-read with pread (see procs.TreeSampler for why).
+    /proc/vmstat, for the swap-out rate, is read only while the machine has swap."""
 
     def __init__(self) -> None:
         self._meminfo: int | None = None
         self._psi: int | None = None
+        self._vmstat: int | None = None
+        self._swap = SwapWindow()
 
     def read(self) -> SystemMemory:
         if self._meminfo is None:
@@ -104,13 +121,21 @@ class SystemReader:
                 psi = os.pread(self._psi, 512, 0)
             except OSError:  # the file can exist while PSI is unsupported
                 psi = None
-        return system_from_bytes(os.pread(self._meminfo, 8192, 0), psi)
+        meminfo = os.pread(self._meminfo, 8192, 0)
+        has_swap = bool(_meminfo_kb(meminfo, b"\nSwapTotal:"))
+        return system_from_bytes(meminfo, psi, self._swap_rate() if has_swap else None)
+
+    def _swap_rate(self) -> float | None:
+        if self._vmstat is None:
+            self._vmstat = os.open("/proc/vmstat", os.O_RDONLY | os.O_CLOEXEC)
+        pages = swapped_out_pages(os.pread(self._vmstat, 16384, 0))
+        return None if pages is None else self._swap.rate_mb_s(time.monotonic(), pages * PAGE_SIZE)
 
     def close(self) -> None:
-        for fd in (self._meminfo, self._psi):
+        for fd in (self._meminfo, self._psi, self._vmstat):
             if fd is not None:
                 os.close(fd)
-        self._meminfo = self._psi = None
+        self._meminfo = self._psi = self._vmstat = None
 
 
 def parse_smaps_rollup(text: str) -> tuple[int, int]:

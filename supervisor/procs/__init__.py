@@ -3,7 +3,8 @@ signals, and what the OS offers to tie children to us (subreaper, parent-death s
 pidfd, peer credentials).
 
 The backend is chosen once, at import (like psutil's `_pslinux` / `_psosx`): `_linux` reads
-/proc and calls prctl; `_portable` asks psutil (macOS and other Unixes). Both implement the
+/proc and calls prctl; `_darwin` walks trees and reads footprints through libproc (the rest
+through psutil); `_portable` asks psutil (other Unixes). Both implement the
 contract in `_contract.py`, checked by tests/test_procs_contract.py on every backend that
 imports here. OS errors become typed errors at this edge: `NoSuchProcess(pid)`,
 `AccessDenied(pid)` (errors.py).
@@ -34,7 +35,9 @@ else:
 
 if _backend_is_linux:
     from . import _linux as _backend
-else:  # pragma: no cover - exercised by the contract test, and for real on macOS
+elif sys.platform == "darwin":  # pragma: no cover - libproc; tested with recorded figures (test_darwin.py)
+    from . import _darwin as _backend  # type: ignore[no-redef]
+else:  # pragma: no cover - exercised by the contract test
     from . import _portable as _backend  # type: ignore[no-redef]  # psutil: imported only here
 
 MAXRSS_UNIT = _backend.MAXRSS_UNIT
@@ -55,7 +58,7 @@ pidfd_open = _backend.pidfd_open
 process_state = _backend.process_state
 tree_hwm_bytes = _backend.tree_hwm_bytes
 
-BACKEND = "linux" if _backend_is_linux else "portable"
+BACKEND = _backend.__name__.rsplit("._", 1)[-1]  # "linux", "darwin" or "portable"
 
 __all__ = [
     "BACKEND",
