@@ -231,6 +231,7 @@ class Supervisor:
 
     async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
         runner = self.runner(name)
+        runner.unloaded_by_policy = False  # a person unloaded it: it stays down until loaded
         await runner.stop(reason)
         return component_status(runner, time.monotonic())
 
@@ -267,11 +268,11 @@ class Supervisor:
 
     async def optimize(self) -> dict[str, Any]:
         """The WARNING actions now: trim requests, and idle LOW components unloaded."""
-        return {"actions": await self.memory.act_as(MemoryState.WARNING, self._task_group())}
+        return {"actions": await self.memory.act_as(MemoryState.WARNING, self._task_group(), "optimize")}
 
     async def emergency_cleanup(self) -> dict[str, Any]:
         """The EMERGENCY actions now: freeze and unload everything but CRITICAL."""
-        return {"actions": await self.memory.act_as(MemoryState.EMERGENCY, self._task_group())}
+        return {"actions": await self.memory.act_as(MemoryState.EMERGENCY, self._task_group(), "emergency-cleanup")}
 
     def _task_group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:

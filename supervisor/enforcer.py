@@ -102,9 +102,11 @@ class Enforcer:
 
     async def _unload(self, runner: Runner, action: Action) -> None:
         try:
-            runner.unloaded_by_policy = True
+            # Pressure's unloads come back when memory allows; a person's stay down.
+            runner.unloaded_by_policy = action.requested_by is None
+            why = f"on request ({action.requested_by})" if action.requested_by else "by policy"
             reason = (
-                f"unloaded by policy at {action.state.value} {action.percent_used:.0f} % "
+                f"unloaded {why} at {action.state.value} {action.percent_used:.0f} % "
                 f"with {action.rss_mb:.0f} MB ({action.rule})"
             )
             await runner.stop(reason)  # keeps unloaded_by_policy; only start() clears it

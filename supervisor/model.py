@@ -197,8 +197,19 @@ class Action(msgspec.Struct, frozen=True):
     reason: str  # human words with the evidence
     state: MemoryState
     percent_used: float
-    rss_mb: float
+    rss_mb: float  # the component's memory (RSS; the footprint on macOS)
     threshold_percent: float | None = None
+    # Who asked, when a person did (`optimize`, `emergency-cleanup`); None when memory pressure
+    # decided. What a person unloads stays unloaded; what pressure unloads comes back.
+    requested_by: str | None = None
+
+
+class Requested(msgspec.Struct, frozen=True):
+    """A person's request to act as if memory were at some state, and where memory really is."""
+
+    by: str  # "optimize", "emergency-cleanup"
+    state: MemoryState
+    percent_used: float
 
 
 class Snapshot(msgspec.Struct, frozen=True):

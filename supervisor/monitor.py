@@ -28,7 +28,7 @@ from .config import MemorySection
 from .enforcer import Enforcer
 from .errors import SamplerStuck
 from .events import EventBus
-from .model import MIB, ComponentState, MemoryState, Snapshot, state_rank
+from .model import MIB, ComponentState, MemoryState, Requested, Snapshot, state_rank
 from .policy import ComponentView, decide, decide_through_trims
 from .predictor import LEAK_WINDOW_S, Prediction, Trend, leak_possible, trend
 from .pressure import PressureTracker, classify, hold_after_wake, kernel_floor, level_for, next_interval, threshold
@@ -269,16 +269,18 @@ class MemoryMonitor:
             self._hold_until = hold
         self._suspended = suspended
 
-    async def act_as(self, state: MemoryState, tg: anyio.abc.TaskGroup) -> list[dict[str, object]]:
+    async def act_as(self, state: MemoryState, tg: anyio.abc.TaskGroup, by: str) -> list[dict[str, object]]:
         """Carry out now what the policy does at `state` (optimize: WARNING; emergency-cleanup:
-        EMERGENCY), whatever the current state, without waiting for trims to settle."""
+        EMERGENCY), whatever the current state, without waiting for trims to settle. `by`
+        names the request: its actions say so, and what it unloads stays down."""
         snap = self.sample()
         now = snap.time
         # Asked for explicitly: act as if memory were at that state's threshold.
         forced = msgspec.structs.replace(
             snap, state=state, percent_used=max(snap.percent_used, threshold(state, self.cfg))
         )
-        actions = decide_through_trims(forced, self.views(now), self.cfg, now)
+        requested = Requested(by=by, state=snap.state, percent_used=snap.percent_used)
+        actions = decide_through_trims(forced, self.views(now), self.cfg, now, requested)
         return await self.enforcer.apply(actions, tg, force=True)
 
     # --- what the APIs show (built in report.py) -------------------------------------------

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 import msgspec
 
 from .config import MemorySection
-from .model import MIB, Action, ActionKind, ComponentState, MemoryState, Priority, Snapshot, state_rank
+from .model import MIB, Action, ActionKind, ComponentState, MemoryState, Priority, Requested, Snapshot, state_rank
 from .pressure import level_for, threshold
 
 HEALTHY, WARNING, CRITICAL, EMERGENCY = (
@@ -84,12 +84,17 @@ def projected_percent(snapshot: Snapshot, delta_bytes: int) -> float:
 
 
 def decide(
-    snapshot: Snapshot, components: Iterable[ComponentView], cfg: MemorySection, now: float, healthy_since: float | None
+    snapshot: Snapshot,
+    components: Iterable[ComponentView],
+    cfg: MemorySection,
+    now: float,
+    healthy_since: float | None,
+    requested: Requested | None = None,
 ) -> list[Action]:
     """Every rule of the table above, in this order; each adds the actions it calls for."""
     views = list(components)
     state = snapshot.state
-    act = _Maker(snapshot, cfg)
+    act = _Maker(snapshot, cfg, requested)
     # Destructive rules need the memory itself over the line, not just the state that
     # hysteresis holds on the way down.
     over = state is not HEALTHY and snapshot.percent_used >= threshold(state, cfg)
@@ -186,27 +191,33 @@ def _frozen_too_long(
 class _Maker:
     """Builds actions with the evidence every action carries."""
 
-    def __init__(self, snapshot: Snapshot, cfg: MemorySection) -> None:
+    def __init__(self, snapshot: Snapshot, cfg: MemorySection, requested: Requested | None = None) -> None:
         self.snapshot = snapshot
         self.cfg = cfg
+        self.requested = requested
 
     def __call__(self, kind: ActionKind, view: ComponentView, rule: str, why: str) -> Action:
         snap = self.snapshot
         limit = threshold(snap.state, self.cfg) if snap.state is not HEALTHY else None
         rss_mb = view.memory_bytes / MIB
-        reason = (
-            f"{why}: {view.name} ({view.priority.value}, {rss_mb:.0f} MB)"
-            f" at {snap.state.value} {snap.percent_used:.1f} %"
-        )
+        rule = rule if "." in rule else f"{snap.state.value.lower()}.{rule}"
+        req = self.requested
+        if req is not None:  # the real state and percentage, not the ones the request acts as if
+            when = f"requested ({req.by}) at {req.state.value} {req.percent_used:.1f} % used"
+            state, percent, limit = req.state, req.percent_used, None
+        else:
+            when = f"at {snap.state.value} {snap.percent_used:.1f} %"
+            state, percent = snap.state, snap.percent_used
         return Action(
             kind=kind,
             component=view.name,
-            rule=rule if "." in rule else f"{snap.state.value.lower()}.{rule}",
-            reason=reason,
-            state=snap.state,
-            percent_used=round(snap.percent_used, 2),
+            rule=rule,
+            reason=f"{why}: {view.name} ({view.priority.value}, {rss_mb:.0f} MB) {when}",
+            state=state,
+            percent_used=round(percent, 2),
             rss_mb=round(rss_mb, 1),
             threshold_percent=limit,
+            requested_by=req.by if req else None,
         )
 
 
@@ -350,14 +361,16 @@ def _recover(
 
 
 def decide_through_trims(
-    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, now: float
+    snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, now: float, requested: Requested | None = None
 ) -> list[Action]:
     """What a state does in full: its first tick (trim requests, whatever the cooldown) and the
-    tick after the trims settled short (escalation). For explain, optimize and emergency-cleanup."""
+    tick after the trims settled short (escalation). For explain, optimize and emergency-cleanup
+    (`requested`: the person's request, whose words the actions then carry)."""
     fresh = [msgspec.structs.replace(v, last_trim_at=None) for v in views]
     settled = [msgspec.structs.replace(v, last_trim_at=now - cfg.trim_settle_s) if v.has_trim else v for v in views]
     actions: list[Action] = []
-    for action in decide(snapshot, fresh, cfg, now, None) + decide(snapshot, settled, cfg, now, None):
+    both = decide(snapshot, fresh, cfg, now, None, requested) + decide(snapshot, settled, cfg, now, None, requested)
+    for action in both:
         if all((a.kind, a.component) != (action.kind, action.component) for a in actions):
             actions.append(action)
     return actions

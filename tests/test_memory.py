@@ -306,7 +306,8 @@ def test_a_forking_component_is_measured_and_unloaded_as_a_whole(make_stack: Sta
     assert not any(
         psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in [row["pid"], *kids]
     )
-    assert "unloaded by policy at EMERGENCY" in stack.component("forker")["last_exit"]
+    # Asked for by a person while memory was fine: the reason says so, with the real figures.
+    assert "unloaded on request (emergency-cleanup) at HEALTHY" in stack.component("forker")["last_exit"]
 
 
 def test_emergency_cleanup_keeps_only_critical_and_optimize_trims(make_stack: StackFactory) -> None:
@@ -323,6 +324,9 @@ def test_emergency_cleanup_keeps_only_critical_and_optimize_trims(make_stack: St
         stack.wait_state(n, "READY")
     optimized = stack.call("optimize")["actions"]
     assert [(a["kind"], a["component"]) for a in optimized] == [("TRIM", "chatbot")]
+    # Requested in HEALTHY: the reason says so and gives the real used %, not "at WARNING 70 %".
+    assert " requested (optimize) at HEALTHY " in optimized[0]["reason"] and "WARNING" not in optimized[0]["reason"]
+    assert optimized[0]["state"] == "HEALTHY" and optimized[0]["requested_by"] == "optimize"
     done = stack.call("emergency-cleanup")["actions"]
     kinds = [(a["kind"], a["component"]) for a in done if a["kind"] != "TRIM"]  # the chatbot is asked to trim too
     assert set(kinds) == {(k, c) for k in ("FREEZE", "UNLOAD") for c in ("nlp", "voice", "extra")}
@@ -331,6 +335,9 @@ def test_emergency_cleanup_keeps_only_critical_and_optimize_trims(make_stack: St
     )
     for n in ("nlp", "voice", "extra"):
         stack.wait_state(n, "STOPPED")
+    # Memory is fine and recovery_hold_s is 1 s, but a person unloaded them: they stay down.
+    time.sleep(3.0)
+    assert [stack.component(n)["state"] for n in ("nlp", "voice", "extra")] == ["STOPPED"] * 3
     assert stack.component("chatbot")["state"] == "READY"
     memory = stack.call("memory")
     assert memory["components_loaded"] == ["chatbot"]

@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from supervisor.config import MemorySection
-from supervisor.model import ActionKind, ComponentState, MemoryState, Priority, Snapshot, SystemMemory
-from supervisor.policy import ComponentView, decide, explain, projected_percent
+from supervisor.model import ActionKind, ComponentState, MemoryState, Priority, Requested, Snapshot, SystemMemory
+from supervisor.policy import ComponentView, decide, decide_through_trims, explain, projected_percent
 
 MB = 1 << 20
 CFG = MemorySection(
@@ -183,3 +183,18 @@ def test_warning_freezes_a_low_component_about_to_reach_critical_then_unloads_it
     frozen = msgspec.structs.replace(fast, state=FROZEN, frozen_since=100.0, growth_bytes_s=0.0)
     later = decide(snap(71, MemoryState.WARNING), [frozen, slow], CFG, now=101.0, healthy_since=None)
     assert [(a.kind.value, a.component, a.rule) for a in later] == [("UNLOAD", "balloon", "warning.unload_frozen")]
+
+
+def test_a_persons_request_says_so_with_the_real_figures() -> None:
+    # optimize in HEALTHY at 41.5 %: the policy acts as at WARNING's threshold, but the actions
+    # say who asked and where memory really is; unloads then stay down (requested_by).
+    forced = snap(70.0, MemoryState.WARNING)
+    views = [view("chatbot", "CRITICAL", has_trim=True), view("extra", "LOW", last_used=0.0)]
+    asked = Requested(by="optimize", state=MemoryState.HEALTHY, percent_used=41.5)
+    actions = decide_through_trims(forced, views, CFG, now=1000.0, requested=asked)
+    assert actions and all(a.requested_by == "optimize" for a in actions)
+    for a in actions:
+        assert a.reason.endswith("requested (optimize) at HEALTHY 41.5 % used"), a.reason
+        assert (a.state, a.percent_used, a.threshold_percent) == (MemoryState.HEALTHY, 41.5, None)
+    pressure = decide_through_trims(forced, views, CFG, now=1000.0)
+    assert all(a.requested_by is None and a.reason.endswith("at WARNING 70.0 %") for a in pressure)
