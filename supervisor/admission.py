@@ -77,6 +77,14 @@ class Admission:
             time_to_ready_s=record.time_to_ready_s,
         )
 
+    def forget(self, name: str) -> int:
+        """Clear the component's history; the next prediction rests on its estimate."""
+        self._runner(name)
+        forgotten = self.history.forget(name)
+        self._predictions.pop(name, None)
+        log.info("history_forgotten", component=name, runs=forgotten)
+        return forgotten
+
     def time_to_ready(self, name: str) -> float:
         """The median time to READY of the recorded runs (1 s without any)."""
         times = [r.time_to_ready_s for r in self.history.runs(name) if r.time_to_ready_s is not None]

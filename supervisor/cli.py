@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     touch = sub.add_parser("touch", help="mark a component used (idle unloading goes by this)")
     touch.add_argument("name")
     touch.add_argument("--json", action="store_true", help="print JSON")
+    forget = sub.add_parser(
+        "forget", help="clear a component's run history (its prediction restarts from its estimate)"
+    )
+    forget.add_argument("name")
+    forget.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("check", help="validate the config without starting anything")
     return parser
 
@@ -248,6 +253,13 @@ def run_client_command(args: argparse.Namespace, paths: Paths) -> int:
                 extra = {"make_room": True} if getattr(args, "make_room", False) else {}
                 result = client.call(args.command, name=args.name, **extra)
                 print(_json(result) if args.json else f"{result['name']}: {result['state']} (pid {result['pid']})")
+            case "forget":
+                result = client.call("forget", name=args.name)
+                print(
+                    _json(result)
+                    if args.json
+                    else f"{result['name']}: forgot {result['runs_forgotten']} runs; now {result['prediction']}"
+                )
             case "logs":
                 return _logs(client, args)
             case "down":

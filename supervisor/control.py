@@ -39,6 +39,7 @@ from .protocol import (
     EmergencyCleanup,
     ErrorCode,
     Explain,
+    Forget,
     Load,
     Logs,
     Memory,
@@ -284,6 +285,8 @@ class ControlServer:
                     result = await sup.restart(args.name)
                 case Touch(args=args):
                     result = sup.touch(args.name)
+                case Forget(args=args):
+                    result = sup.forget(args.name)
                 case Logs(args=args):
                     result = {"lines": await sup.logs(args.name, args.lines)}
                 case Shutdown():

@@ -90,7 +90,8 @@ class Supervisor:
                 echo=self._echo,
                 on_run_end=self._record_run,
                 on_log_problem=lambda path, problem: self.disk.problem("log_dir", path, problem),
-                orphans_of=self._orphans_of,
+                # a component's orphans now: our children (not leaders) that say they are its own
+                orphans_of=lambda name: orphans.find(self.memory.leaders()).get(name, []),
                 run_context=lambda name: (
                     self.admission.prediction(name).peak_mb,
                     inputs_bytes(self.config.components[name]),
@@ -179,14 +180,6 @@ class Supervisor:
         self.memory.roots_changed(name, child.pid if child is not None else None)
         self.record.changed()
 
-    def _orphans_of(self, name: str) -> list[int]:
-        """A component's orphans now: our children (not leaders) that say they are `name`'s."""
-        return orphans.find(self.memory.leaders()).get(name, [])
-
-    def warnings(self) -> list[str]:
-        """One line per kind of disk trouble, e.g. `log_dir: no space left` (status, report)."""
-        return self.disk.warnings()
-
     # --- commands ----------------------------------------------------------------------
 
     def runner(self, name: str) -> Runner:
@@ -212,7 +205,7 @@ class Supervisor:
             "runtime_dir": self.paths.runtime_dir,
             "stopping": self._stopping,
         }
-        return status(about, components, self.memory.summary(), self.warnings())
+        return status(about, components, self.memory.summary(), self.disk.warnings())
 
     def components(self) -> dict[str, Any]:
         return {"components": component_rows(self.component_statuses(), self.runners)}
@@ -250,6 +243,12 @@ class Supervisor:
             raise Refused(f"{runner.name} did not become ready: {state.value}, {why}")
         return component_status(runner, time.monotonic())
 
+    def forget(self, name: str) -> dict[str, Any]:
+        """Clear a component's run history: its next prediction starts from its estimate again."""
+        forgotten = self.admission.forget(name)
+        self.disk.history_changed()
+        return {"name": name, "runs_forgotten": forgotten, "prediction": self.admission.prediction(name).detail}
+
     def touch(self, name: str) -> ComponentStatus:
         runner = self.runner(name)
         runner.touch(time.monotonic())
@@ -261,7 +260,7 @@ class Supervisor:
 
     def report(self) -> dict[str, Any]:
         out = with_gpu(self.memory.report(self._fresh_sample()), self.admission.gpu, self.runners)
-        return out | {"warnings": self.warnings()}
+        return out | {"warnings": self.disk.warnings()}
 
     def explain(self) -> dict[str, Any]:
         return with_gpu(self.memory.explain(self._fresh_sample()), self.admission.gpu, self.runners)

@@ -79,6 +79,12 @@ class History:
         del runs[: -self.max_runs]
         self.dirty = True
 
+    def forget(self, name: str) -> int:
+        """Drop a component's runs (a runaway must not lock it out forever); how many went."""
+        runs = self._data.pop(name, [])
+        self.dirty = True
+        return len(runs)
+
     def encode(self) -> bytes:
         """The file's bytes as of now; clears `dirty` (a failed `write` sets it again)."""
         self.dirty = False

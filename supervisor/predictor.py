@@ -84,6 +84,8 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
         if bumped > peak:
             peak, basis = bumped, basis + "+bump"
             detail += f"; last run peaked {last.peak_mb:.0f} MB over its prediction {last.predicted_mb:.0f} MB"
+    if n == 1:
+        detail += "; rests on one run (`ironcliw forget NAME` clears a misleading one)"
     confidence = min(1.0, n / 10.0) * (1.0 / (1.0 + spread / max(mean, 1.0)))
     return Prediction(
         round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%}"

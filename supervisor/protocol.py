@@ -124,6 +124,10 @@ class Touch(_Op, tag="touch", frozen=True):
     args: NameArgs
 
 
+class Forget(_Op, tag="forget", frozen=True):
+    args: NameArgs
+
+
 class Logs(_Op, tag="logs", frozen=True):
     args: LogsArgs
 
@@ -164,6 +168,7 @@ Command = (
     | Unload
     | Restart
     | Touch
+    | Forget
     | Logs
     | Shutdown
     | Subscribe

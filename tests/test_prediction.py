@@ -213,3 +213,51 @@ def test_make_room_refuses_when_even_all_lower_priorities_would_not_do(make_stac
         "big": "STOPPED",
         "huge": "STOPPED",
     }
+
+
+def recorded_runs(stack: Stack) -> dict[str, list[object]]:
+    try:
+        return json.loads((stack.state / "history.json").read_text())["components"]  # type: ignore[no-any-return]
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return {}
+
+
+def test_forget_clears_a_runaways_history_so_it_can_load_again(make_stack: StackFactory) -> None:
+    # A run that peaked far above the component's need taught a prediction that no longer fits
+    # the budget; `forget` puts the estimate back in charge, on disk too.
+    stack = make_stack(
+        f"""
+        [memory]
+        budget_mb = 300
+        [components.runaway]
+        command = {python_command(HOG_CODE.format(mb=180))}
+        priority = "MEDIUM"
+        estimated_mb = 20
+        autostart = false
+        ready = {{ log_pattern = "^ready" }}
+        """
+    )
+    stack.up()
+    stack.call("load", name="runaway")
+    stack.call("unload", name="runaway")
+    wait_until(
+        lambda: "runaway" in recorded_runs(stack),
+        10,
+        what="the run's record",
+    )
+    report = {c["name"]: c for c in stack.call("report")["components"]}
+    assert report["runaway"]["prediction"]["runs"] == 1
+    assert "rests on one run" in report["runaway"]["prediction"]["detail"]
+    refused = stack.cli("load", "runaway")
+    assert refused.returncode == 1 and "predicted from 1 run" in refused.stderr
+    result = stack.call("forget", name="runaway")
+    assert result["runs_forgotten"] == 1 and "no history" in result["prediction"]
+    assert stack.call("report")["components"][0]["prediction"]["basis"] == "estimate"
+    wait_until(
+        lambda: "runaway" not in recorded_runs(stack),
+        10,
+        what="the file",
+    )
+    forgot = stack.cli("forget", "runaway")
+    assert forgot.returncode == 0 and "forgot 0 runs" in forgot.stdout
+    assert stack.cli("forget", "nobody").returncode != 0

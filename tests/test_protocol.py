@@ -93,7 +93,7 @@ def test_requests_decode_to_one_type_per_op() -> None:
     assert decoded("subscribe").args.topics == ["state", "memory", "action", "warning"]  # type: ignore[attr-defined]
     assert isinstance(decoded("subscribe", topics=["log"]), Subscribe)
     assert set(OPS) == {
-        "ping", "status", "components", "load", "unload", "restart", "touch", "logs", "shutdown",
+        "ping", "status", "components", "load", "unload", "restart", "touch", "forget", "logs", "shutdown",
         "subscribe", "memory", "report", "explain", "optimize", "emergency-cleanup",
     }  # fmt: skip
 
