@@ -109,6 +109,12 @@ class Admission:
     def admit(self, name: str, make_room: bool) -> tuple[Prediction, int] | None:
         """None when the load fits now; (prediction, room) when it fits once `make_room` has
         unloaded lower priorities; Refused, with the numbers, otherwise."""
+        runner = self._runner(name)
+        if runner.in_process and runner.child is None:
+            raise Refused(
+                f"{name} has no command: its owner loads it (Python API: load_component({name!r}, obj)),"
+                " or register it again with a command or a pid"
+            )
         ok, reason, pred, room = self.can_load(name)
         if ok:
             return None

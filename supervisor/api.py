@@ -35,6 +35,8 @@ import structlog
 
 from . import control, launcher, procs
 from .config import (
+    IN_PROCESS_COMMAND,
+    ComponentSpec,
     Config,
     HttpSection,
     MemorySection,
@@ -42,11 +44,13 @@ from .config import (
     SupervisorSection,
     check_component,
     decode_component,
+    load_config,
     resolve_paths,
 )
 from .core import Supervisor
 from .errors import ConfigError, IroncliwError, Refused
-from .model import ComponentState, MemoryState, Priority
+from .inprocess import InProcess, LoadMark, attribute, mark_now
+from .model import MIB, ComponentState, MemoryState, Priority
 
 log = structlog.get_logger("ironcliw.api")
 
@@ -80,23 +84,33 @@ class M1MemoryManager:
     def __init__(
         self,
         *,
+        config: str | Path | None = None,
         budget_mb: int | None = None,
         runtime_dir: str | None = None,
         state_dir: str | None = None,
         control_socket: bool = True,
         **memory: Any,
     ) -> None:
-        """`memory` takes any key of the config's `[memory]` table (warning_percent, dry_run, ...)."""
+        """`memory` takes any key of the config's `[memory]` table (warning_percent, dry_run, ...),
+        over the `[memory]` of `config` if one is given; that file's components are a catalogue:
+        `register_component(name, ...)` of one of them takes its command and settings."""
+        base_memory: dict[str, Any] = {}
+        self._catalogue: dict[str, ComponentSpec] = {}
+        if config is not None:
+            loaded = load_config(config)
+            base_memory = msgspec.to_builtins(loaded.memory)
+            self._catalogue = dict(loaded.components)
+        overrides = {"budget_mb": budget_mb} if budget_mb is not None else {}
         try:
-            memory_section = msgspec.convert({"budget_mb": budget_mb, **memory}, MemorySection)
+            memory_section = msgspec.convert({**base_memory, **overrides, **memory}, MemorySection)
         except msgspec.ValidationError as exc:
-            raise ConfigError("<M1MemoryManager>", "$.memory", str(exc)) from None
+            raise ConfigError(str(config or "<M1MemoryManager>"), "$.memory", str(exc)) from None
         # A private runtime dir unless one is given: it never collides with a CLI stack, and
         # it is removed again at stop_monitoring().
         base = tempfile.mkdtemp(prefix="ironcliw-api-")
         self._owned_dir = base
-        config = Config(
-            source="<python>",
+        own = Config(
+            source=str(config) if config is not None else "<python>",
             base_dir=os.getcwd(),
             supervisor=SupervisorSection(),
             memory=memory_section,
@@ -105,12 +119,14 @@ class M1MemoryManager:
             order=[],
         )
         env = {"IRONCLIW_RUNTIME_DIR": runtime_dir or f"{base}/run", "IRONCLIW_STATE_DIR": state_dir or f"{base}/state"}
-        self.paths: Paths = resolve_paths(config, env, os.getuid(), str(Path.home()))
-        self.supervisor = Supervisor(config, self.paths)
+        self.paths: Paths = resolve_paths(own, env, os.getuid(), str(Path.home()))
+        self.supervisor = Supervisor(own, self.paths)
         self._control_socket = control_socket
         self._callbacks: list[StateCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._load_marks: dict[str, LoadMark] = {}  # in-process loads begun (can_load_component)
+        self._pending: set[asyncio.Task[None]] = set()  # first calls of callbacks added while running
 
     # --- components ------------------------------------------------------------------------
 
@@ -125,11 +141,14 @@ class M1MemoryManager:
         process: subprocess.Popen[Any] | None = None,
         **options: Any,
     ) -> None:
-        """Register a component: with a `command` to launch, or a running `pid` / `process` to adopt.
-        `options` are the config's component keys (cwd, env, after, trim_signal, ready, ...)."""
+        """Register a component: with a `command` to launch, a running `pid` / `process` to adopt,
+        or neither: then the config's command if `config` has a component of that name (the
+        call's priority and estimate win), else an in-process component, whose object
+        `load_component(name, obj)` loads into this process. `options` are the config's
+        component keys (cwd, env, after, trim_signal, ready, ...)."""
         adopt_pid = process.pid if process is not None else pid
-        if (command is None) == (adopt_pid is None):
-            raise ConfigError("<register_component>", f"$.components.{name}", "exactly one of command, pid, process")
+        if command is not None and adopt_pid is not None:
+            raise ConfigError("<register_component>", f"$.components.{name}", "a command or a pid/process, not both")
         table: dict[str, Any] = {
             "priority": priority.value if isinstance(priority, Priority) else priority,
             "estimated_mb": estimated_mb,
@@ -138,8 +157,14 @@ class M1MemoryManager:
         if command is not None:
             table.setdefault("autostart", False)
             table["command"] = list(command)
-        else:
+        elif adopt_pid is not None:
             table.update(command=[f"<adopted pid {adopt_pid}>"], restart="never", autostart=False)
+        elif name in self._catalogue:
+            known = self._catalogue[name]
+            table = {**msgspec.to_builtins(known), "autostart": False, **table}
+            table.pop("name", None)
+        else:
+            table.update(command=IN_PROCESS_COMMAND, restart="never", autostart=False)
         spec = check_component(
             "<register_component>", Path(os.getcwd()), name, decode_component("<register_component>", name, table)
         )
@@ -154,6 +179,7 @@ class M1MemoryManager:
     # --- running ---------------------------------------------------------------------------
 
     async def start_monitoring(self) -> None:
+        """Start supervising; each state callback is then called once with the current snapshot."""
         if self._task is not None:
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -162,6 +188,10 @@ class M1MemoryManager:
         if self._task in done:
             waiter.cancel()
             self._task.result()  # raises what stopped it
+        if self._callbacks:
+            snap = self.snapshot()
+            for callback in list(self._callbacks):
+                await _call(callback, snap)
 
     async def stop_monitoring(self) -> None:
         if self._task is None:
@@ -193,31 +223,45 @@ class M1MemoryManager:
                 if event.get("changed") and self._callbacks:
                     snap = self._snapshot_from(event)
                     for callback in list(self._callbacks):
-                        try:
-                            await callback(snap)
-                        except Exception:
-                            log.exception(
-                                "state_callback_failed", callback=getattr(callback, "__name__", repr(callback))
-                            )
+                        await _call(callback, snap)
 
     # --- the seed's queries --------------------------------------------------------------------
 
     def add_state_callback(self, callback: StateCallback) -> None:
-        """`await callback(snapshot)` on every change of memory state."""
+        """`await callback(snapshot)` once with the current snapshot (at `start_monitoring()`, or
+        at once if monitoring already runs), then on every change of memory state."""
         self._callbacks.append(callback)
+        if self._task is not None and self._started.is_set():
+            task = asyncio.get_running_loop().create_task(_call(callback, self.snapshot()))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def snapshot(self) -> MemorySnapshot:
         self.supervisor.memory.sample()
         return self._snapshot_from(self.supervisor.memory.summary())
 
     async def can_load_component(self, name: str) -> tuple[bool, str]:
-        """(ok, reason): the predicted peak (history, inputs, margin) against the room before WARNING."""
+        """(ok, reason): the predicted peak (history, inputs, margin) against the room before
+        WARNING. For an in-process component this also begins its load: the process's growth
+        from here to `load_component` is what the object is charged with."""
         ok, reason, _prediction, _room = self.supervisor.admission.can_load(name)
+        if self.supervisor.runner(name).in_process:
+            self._load_marks[name] = mark_now()
         return ok, reason
 
-    async def load_component(self, name: str, make_room: bool = False) -> bool:
+    async def load_component(self, name: str, component: object = None, *, make_room: bool = False) -> bool:
+        """Load `name`: start its command, or, for an in-process component, take `component`
+        (the object) as loaded. False, with the reason logged, when admission refuses it.
+        `make_room=True` unloads lower priorities first when it does not fit."""
+        if isinstance(component, bool):
+            raise TypeError("load_component(name, obj, *, make_room=...): make_room is keyword-only")
         try:
-            await self.supervisor.load(name, make_room=make_room)
+            if self.supervisor.runner(name).in_process:
+                await load_in_process(self.supervisor, name, component, make_room, self._load_marks.pop(name, None))
+            elif component is not None:
+                raise Refused(f"{name} runs its own command: load it without an object")
+            else:
+                await self.supervisor.load(name, make_room=make_room)
         except IroncliwError as exc:
             log.warning("load_refused", component=name, reason=exc.message)
             return False
@@ -240,3 +284,34 @@ class M1MemoryManager:
             components_loaded=list(summary["components_loaded"]),
             stack_mb=summary.get("stack_mb", 0.0),
         )
+
+
+async def _call(callback: StateCallback, snap: MemorySnapshot) -> None:
+    try:
+        await callback(snap)
+    except Exception:
+        log.exception("state_callback_failed", callback=getattr(callback, "__name__", repr(callback)))
+
+
+async def load_in_process(
+    supervisor: Supervisor, name: str, obj: object, make_room: bool, mark: LoadMark | None
+) -> None:
+    """Admit an in-process load like any other (its prediction against the room before
+    WARNING), then charge the object with what the load grew the process by (inprocess.py)."""
+    runner = supervisor.runner(name)
+    if obj is None:
+        raise Refused(f"{name} is in-process: load_component({name!r}, obj) with the object to load")
+    if runner.child is not None:
+        raise Refused(f"{name} is already loaded: unload it first")
+    admission = supervisor.admission
+    ok, reason, pred, room = admission.can_load(name)
+    if not ok:
+        if not make_room or admission.gpu_refusal(name) is not None:
+            raise Refused(reason)
+        await admission.make_room(name, pred, room)
+    size, basis = attribute(mark, mark_now(), runner.spec.estimated_mb * MIB)
+    runner.adopt(InProcess(obj, size, basis))
+    state = await runner.start()
+    if state is not ComponentState.READY:
+        raise Refused(f"{name} did not become ready: {state.value}")
+    log.info("loaded_in_process", component=name, attributed_mb=round(size / MIB, 1), attribution=basis)

@@ -39,59 +39,65 @@ def default_config_path() -> str:
     return str(local if local.exists() else REPO_ROOT / "configs" / "ironcliw.toml")
 
 
+# (command, help, takes a component name); each also takes --json
+_JSON_COMMANDS = (
+    ("status", "every component's state, PID, memory", False),
+    ("components", "components with their config", False),
+    ("load", "start a component", True),
+    ("unload", "stop a component", True),
+    ("restart", "restart a component", True),
+    ("memory", "memory state, percent used, available MB, loaded components", False),
+    ("report", "per component: memory now and peak, anon/file, PSS/USS, trend, trims; recent actions", False),
+    ("explain", "the state, the rule that fires next, and what it would do to each component", False),
+    ("optimize", "carry out the WARNING actions now (trim, unload idle LOW)", False),
+    ("emergency-cleanup", "carry out the EMERGENCY actions now (keep only CRITICAL)", False),
+    ("touch", "mark a component used (idle unloading goes by this)", True),
+    ("forget", "clear a component's run history (its prediction restarts from its estimate)", True),
+)
+
+
+def _global_options(after_command: bool) -> argparse.ArgumentParser:
+    """-c, --socket and --log-format, accepted before or after the command (`ironcliw check -c
+    FILE`): after it they default to "not given", so they never undo the same flag given before."""
+    options = argparse.ArgumentParser(add_help=False)
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    options.add_argument(
+        "-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)", **unset
+    )
+    options.add_argument("--socket", help="control socket path (default: from the config)", **unset)
+    options.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        help="supervisor log format",
+        **(unset or {"default": "auto"}),
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.")
-    parser.add_argument("-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)")
-    parser.add_argument("--socket", help="control socket path (default: from the config)")
-    parser.add_argument(
-        "--log-format", choices=["auto", "console", "json"], default="auto", help="supervisor log format"
+    parser = argparse.ArgumentParser(
+        prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.", parents=[_global_options(False)]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)")
-    down = sub.add_parser("down", help="stop the running supervisor and every component")
+    after = [_global_options(True)]
+    sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)", parents=after)
+    down = sub.add_parser("down", help="stop the running supervisor and every component", parents=after)
     down.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack to stop")
-    for name, text in (
-        ("status", "every component's state, PID, memory"),
-        ("components", "components with their config"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--json", action="store_true", help="print JSON")
-    for name, text in (
-        ("load", "start a component"),
-        ("unload", "stop a component"),
-        ("restart", "restart a component"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("name")
+    for name, text, takes_name in _JSON_COMMANDS:
+        p = sub.add_parser(name, help=text, parents=after)
+        if takes_name:
+            p.add_argument("name")
         p.add_argument("--json", action="store_true", help="print JSON")
         if name == "load":
             p.add_argument("--make-room", action="store_true", help="unload lower priorities if it does not fit")
-    logs = sub.add_parser("logs", help="a component's output")
+    logs = sub.add_parser("logs", help="a component's output", parents=after)
     logs.add_argument("name")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
     logs.add_argument("--json", action="store_true", help="print JSON")
-    for name, text in (
-        ("memory", "memory state, percent used, available MB, loaded components"),
-        ("report", "per component: memory now and peak, anon/file, PSS/USS, trend, trims; recent actions"),
-        ("explain", "the state, the rule that fires next, and what it would do to each component"),
-        ("optimize", "carry out the WARNING actions now (trim, unload idle LOW)"),
-        ("emergency-cleanup", "carry out the EMERGENCY actions now (keep only CRITICAL)"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--json", action="store_true", help="print JSON")
-    top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)")
+    top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)", parents=after)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    touch = sub.add_parser("touch", help="mark a component used (idle unloading goes by this)")
-    touch.add_argument("name")
-    touch.add_argument("--json", action="store_true", help="print JSON")
-    forget = sub.add_parser(
-        "forget", help="clear a component's run history (its prediction restarts from its estimate)"
-    )
-    forget.add_argument("name")
-    forget.add_argument("--json", action="store_true", help="print JSON")
-    sub.add_parser("check", help="validate the config without starting anything")
+    sub.add_parser("check", help="validate the config without starting anything", parents=after)
     return parser
 
 

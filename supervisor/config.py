@@ -67,6 +67,11 @@ class Readiness(_Table, frozen=True):
         return self.alive_s or 0.0
 
 
+# The command of a component registered without one (the Python API's in-process objects, or
+# an HTTP registration that an owner process loads): the supervisor never runs it.
+IN_PROCESS_COMMAND = ["<in-process>"]
+
+
 class ComponentSpec(_Table, frozen=True):
     command: Annotated[list[str], Meta(min_length=1)]
     name: str | None = None  # the table's key; if given it must match

@@ -177,7 +177,7 @@ class Supervisor:
     def _component_changed(self, name: str) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
         child = self.runners[name].child
-        self.memory.roots_changed(name, child.pid if child is not None else None)
+        self.memory.roots_changed(name, child)
         self.record.changed()
 
     # --- commands ----------------------------------------------------------------------

@@ -50,6 +50,7 @@ class Child:
     """One spawned process, the leader of its own process group."""
 
     exit_peak_bytes: int | None = None  # the leader's lifetime peak RSS, once reaped (not for adopted ones)
+    in_process = False  # an object in the caller's process, not a process (inprocess.InProcess)
 
     def __init__(self, popen: subprocess.Popen[bytes], ident: ProcessIdentity, inherited_peak: int = 0) -> None:
         self.popen = popen
@@ -110,6 +111,14 @@ class Child:
             return True
         except ProcessLookupError:
             return False
+
+    async def stop(self, stop_signal: int, grace_s: float, component: str, was_frozen: bool) -> ExitInfo:
+        """Stop the whole tree: see `stop_tree`."""
+        return await stop_tree(self, stop_signal, grace_s, component, was_frozen)
+
+    def request_trim(self, signal_name: str | None) -> bool:
+        """Ask the component to drop caches: its trim signal, to the leader."""
+        return signal_name is not None and self.send(signal_number(signal_name))
 
     def tree(self) -> list[ProcessIdentity]:
         """The leader (while alive), its group and every descendant, each by identity.

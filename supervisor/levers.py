@@ -58,12 +58,13 @@ class Levers:
         return True
 
     def trim(self) -> bool:
-        """Send the trim signal to the leader (its children may not handle it)."""
+        """Send the trim signal to the leader (its children may not handle it); an in-process
+        component's object is asked through its trim()/clear_cache()."""
         child = self._current()[0]
-        if child is None or self.spec.trim_signal is None:
+        if child is None or (self.spec.trim_signal is None and not child.in_process):
             return False
         self.last_trim_at = time.monotonic()
-        return child.send(launcher.signal_number(self.spec.trim_signal))
+        return child.request_trim(self.spec.trim_signal)
 
     def run_ended(self) -> None:
         self.frozen_since = None

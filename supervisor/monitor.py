@@ -28,6 +28,8 @@ from .config import MemorySection
 from .enforcer import Enforcer
 from .errors import SamplerStuck
 from .events import EventBus
+from .inprocess import InProcess
+from .launcher import Child
 from .model import MIB, ComponentState, MemoryState, Requested, Snapshot, state_rank
 from .policy import ComponentView, decide, decide_through_trims
 from .predictor import LEAK_WINDOW_S, Prediction, Trend, leak_possible, trend
@@ -79,19 +81,12 @@ class MemoryMonitor:
         self._walks_seen = -1
         self._leaks_reported: dict[str, float] = {}
 
-    def roots_changed(self, name: str, pid: int | None) -> None:
-        """A component changed state, or its process started or ended (`pid`): the sampler
-        reads soon, the new set of trees if it changed. O(1) in Python per change (a dict
-        copy in C): a `stop all` of N components makes 3N changes."""
+    def roots_changed(self, name: str, child: Child | None) -> None:
+        """A component changed state, or its process started or ended (`child`): the sampler
+        reads soon, the new set of trees if it changed (Sampler.set_tree)."""
         self._changed_at = time.monotonic()
-        roots = self.sampler.roots
-        if roots.get(name) != pid:
-            new = dict(roots)  # replaced whole: the sampler's thread reads it without a lock
-            if pid is None:
-                del new[name]
-            else:
-                new[name] = pid
-            self.sampler.roots = new
+        held = child.attributed if isinstance(child, InProcess) else None
+        self.sampler.set_tree(name, child.pid if child is not None else None, held)
         self.sampler.nudge()
 
     def leaders(self) -> set[int]:
@@ -181,7 +176,9 @@ class MemoryMonitor:
     def _read_hwms(self) -> None:
         for runner in self.runners.values():
             child = runner.child
-            if child is not None and child.returncode is None and runner.memory.pid == child.pid:
+            if child is None or child.in_process:  # an object has no high-water mark of its own
+                continue
+            if child.returncode is None and runner.memory.pid == child.pid:
                 runner.memory.fold_hwm(procs.tree_hwm_bytes(child.pid, self.members.get(child.pid)))
 
     def _check_leaks(self, now: float) -> None:
@@ -313,7 +310,8 @@ def component_views(
             state=r.state,
             memory_bytes=r.memory.usage.memory_bytes if r.child is not None else 0,
             growing=r.memory.growing,
-            has_trim=r.spec.trim_signal is not None,
+            has_trim=r.spec.trim_signal is not None or isinstance(r.child, InProcess) and r.child.can_trim,
+            can_freeze=not r.in_process,  # SIGSTOP would stop the caller's own process
             last_used=r.last_used,
             frozen_since=r.levers.frozen_since,
             last_trim_at=r.levers.last_trim_at,

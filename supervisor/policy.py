@@ -54,6 +54,7 @@ class ComponentView(msgspec.Struct, frozen=True):
     memory_bytes: int = 0  # RSS, or the footprint on macOS (TreeUsage.memory_bytes)
     growing: bool = False  # grew since the previous sample, beyond noise
     has_trim: bool = False
+    can_freeze: bool = True  # False for an in-process component: trimmed and unloaded, never frozen
     last_used: float = 0.0  # monotonic: last start or `touch`
     frozen_since: float | None = None
     last_trim_at: float | None = None
@@ -121,10 +122,12 @@ def _early_freeze_and_trims(
     state = snapshot.state
     early = _about_to_cross(snapshot, views, cfg) if state is WARNING and over else []
     actions = [
-        act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s") for v, eta in early
+        act(ActionKind.FREEZE, v, "warning.early_freeze", f"set to reach CRITICAL in {eta:.1f} s")
+        for v, eta in early
+        if v.can_freeze
     ]
     if state_rank(state) >= state_rank(WARNING):
-        freezing = {v.name for v, _ in early}
+        freezing = {v.name for v, _ in early if v.can_freeze}
         trims = [v for v in _trim_candidates(views, cfg, now) if v.name not in freezing]
         actions += [act(ActionKind.TRIM, v, "trim", "drop caches") for v in trims]
     return actions
@@ -157,7 +160,9 @@ def _warning_unloads(views: list[ComponentView], cfg: MemorySection, now: float,
 
 def _critical(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection, act: _Maker) -> list[Action]:
     """`critical.freeze` the growing LOW and MEDIUM, then `critical.unload` until under CRITICAL."""
-    growing = [v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing]
+    growing = [
+        v for v in views if v.priority in (Priority.LOW, Priority.MEDIUM) and v.active and v.growing and v.can_freeze
+    ]
     actions = [
         act(ActionKind.FREEZE, v, "critical.freeze", "growing at CRITICAL") for v in _respect_dependants(growing, views)
     ]
@@ -166,7 +171,7 @@ def _critical(snapshot: Snapshot, views: list[ComponentView], cfg: MemorySection
 
 def _emergency(views: list[ComponentView], act: _Maker) -> list[Action]:
     """`emergency.freeze` and `emergency.unload`: everything but CRITICAL."""
-    others = [v for v in views if v.priority is not Priority.CRITICAL and v.active]
+    others = [v for v in views if v.priority is not Priority.CRITICAL and v.active and v.can_freeze]
     actions = [act(ActionKind.FREEZE, v, "emergency.freeze", "EMERGENCY: freeze all but CRITICAL") for v in others]
     everyone = [v for v in views if v.priority is not Priority.CRITICAL and (v.active or v.frozen)]
     return actions + [act(ActionKind.UNLOAD, v, "emergency.unload", "EMERGENCY: keep only CRITICAL") for v in everyone]
@@ -402,6 +407,8 @@ def explain(
                 "now": mine_now,
                 "at_" + next_state.value.lower(): mine_next,
                 "protected": v.priority is Priority.CRITICAL,
+                "can_freeze": v.can_freeze,
+                **({} if v.can_freeze else {"note": "in-process: cannot be frozen (trimmed, then unloaded)"}),
             }
         )
     return {

@@ -58,7 +58,7 @@ class ProcessRecord:
         records = []
         members, known = self.memory.members, self._identities
         for name, r in self.runners.items():
-            if r.child is None:
+            if r.child is None or r.child.in_process:  # an object in our own process: nothing to clean up
                 continue
             records.append(ChildRecord(name=name, pid=r.child.pid, create_time=r.child.identity.create_time))
             for pid in members.get(r.child.pid, ()):

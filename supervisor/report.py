@@ -11,6 +11,7 @@ from typing import Any
 
 from . import platform, procs
 from .config import MemorySection
+from .inprocess import InProcess
 from .launcher import resolve_command
 from .model import MIB, ComponentStatus, GpuLimits, MemoryDetail, MemoryState, Snapshot, TreeUsage
 from .policy import ComponentView, bytes_until, explain
@@ -75,7 +76,7 @@ def _component_row(
     name: str, r: Runner, snap: Snapshot, cfg: MemorySection, predict: Predict | None, now: float
 ) -> dict[str, Any]:
     memory = r.memory
-    detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child is not None else None
+    detail = platform.read_detail(procs.tree_pids(r.child.pid)) if r.child and not r.child.in_process else None
     t = trend(list(memory.trend_points), idle=now - r.last_used >= LEAK_WINDOW_S)
     pred = predict(name) if predict else None
     return {
@@ -123,6 +124,10 @@ def _memory_figures(r: Runner, split: TreeUsage | None, detail: MemoryDetail | N
         "memory_mb": round(usage.memory_bytes / MIB, 1) if r.child else 0.0,
         "memory_basis": "footprint" if usage.footprint_bytes is not None else "rss",
         "gpu": r.spec.gpu,
+        "in_process": r.in_process,
+        # How an in-process object's memory was measured: "growth" of the process across the
+        # load, "tracemalloc", or its "estimate"; a process tree's is read from the kernel.
+        "attribution": r.child.attribution if isinstance(r.child, InProcess) else "process tree",
         "peak_mb": round(r.memory.peak_sampled_bytes / MIB, 1),
         "anon_mb": round(split.anon_bytes / MIB, 1) if split else 0.0,
         "file_mb": round(split.file_bytes / MIB, 1) if split else 0.0,

@@ -21,7 +21,7 @@ import structlog
 
 from . import launcher, restart, states
 from .accounting import ComponentMemory
-from .config import ComponentSpec
+from .config import IN_PROCESS_COMMAND, ComponentSpec
 from .errors import SpawnError
 from .events import EventBus
 from .levers import Levers
@@ -101,6 +101,7 @@ class Runner:
         self.spawn_error: SpawnError | None = None  # why the newest start could not spawn
         self.status_cache: tuple[tuple[object, ...], ComponentStatus] | None = None  # see component_status
         self.adopted = False  # managed but not started by us: it cannot be started again
+        self.in_process = spec.command == IN_PROCESS_COMMAND  # its owner loads an object (inprocess.py)
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
         self._want = False
@@ -120,8 +121,8 @@ class Runner:
 
     async def start(self) -> ComponentState:
         """Start if not running; return once it is READY or the attempt failed."""
-        if self.adopted and self.child is None and self._to_adopt is None:
-            return self.state  # an adopted process that ended cannot be started again
+        if (self.adopted or self.in_process) and self.child is None and self._to_adopt is None:
+            return self.state  # an adopted process that ended cannot be started again, nor an object
         if self.state.is_running and self._want:
             await self._wait_for(lambda: self.state in _SETTLED or self.state is ComponentState.BACKOFF)
             return self.state
@@ -277,8 +278,8 @@ class Runner:
                 was_frozen = self.state is ComponentState.FROZEN
                 self._set_state(ComponentState.STOPPING, why)
                 info = await self._stop_tree(child, was_frozen)
-                escalated = info.signal == signal.SIGKILL
-                info = ExitInfo(info.code, info.signal, f"{why}; {info.reason}" if escalated or not requested else why)
+                said = info.signal == signal.SIGKILL or not requested or child.in_process  # what came back
+                info = ExitInfo(info.code, info.signal, f"{why}; {info.reason}" if said else why)
             with anyio.move_on_after(0.5):
                 await pump_done.wait()
             tg.cancel_scope.cancel()
@@ -288,10 +289,8 @@ class Runner:
     # --- helpers -----------------------------------------------------------------------
 
     async def _stop_tree(self, child: launcher.Child, was_frozen: bool) -> ExitInfo:
-        spec = self.spec
-        return await launcher.stop_tree(
-            child, launcher.signal_number(spec.stop_signal), spec.stop_grace_s, self.name, was_frozen
-        )
+        stop_signal = launcher.signal_number(self.spec.stop_signal)
+        return await child.stop(stop_signal, self.spec.stop_grace_s, self.name, was_frozen)
 
     def _set_state(self, state: ComponentState, reason: str | None = None) -> None:
         if state is self.state and reason is None:

@@ -27,6 +27,7 @@ LAYERS = {
     "orphans": 3.3,
     "stopping": 3.25,
     "launcher": 3.5,
+    "inprocess": 3.55,  # an object loaded into the caller's process, as a launcher.Child
     "runtime": 3.5,
     "pressure": 2,
     "accounting": 2,
