@@ -33,9 +33,8 @@ import anyio
 import msgspec
 import structlog
 
-from . import control, launcher, procs
+from . import control
 from .config import (
-    IN_PROCESS_COMMAND,
     ComponentSpec,
     Config,
     HttpSection,
@@ -46,11 +45,13 @@ from .config import (
     decode_component,
     load_config,
     resolve_paths,
+    without_command,
 )
 from .core import Supervisor
 from .errors import ConfigError, IroncliwError, Refused
 from .inprocess import InProcess, LoadMark, attribute, mark_now
 from .model import MIB, ComponentState, MemoryState, Priority
+from .runner import adopt_running
 
 log = structlog.get_logger("ironcliw.api")
 
@@ -157,24 +158,17 @@ class M1MemoryManager:
         if command is not None:
             table.setdefault("autostart", False)
             table["command"] = list(command)
-        elif adopt_pid is not None:
-            table.update(command=[f"<adopted pid {adopt_pid}>"], restart="never", autostart=False)
-        elif name in self._catalogue:
-            known = self._catalogue[name]
-            table = {**msgspec.to_builtins(known), "autostart": False, **table}
+        elif adopt_pid is None and name in self._catalogue:
+            table = {**msgspec.to_builtins(self._catalogue[name]), "autostart": False, **table}
             table.pop("name", None)
         else:
-            table.update(command=IN_PROCESS_COMMAND, restart="never", autostart=False)
+            table = without_command(table, adopt_pid)
         spec = check_component(
             "<register_component>", Path(os.getcwd()), name, decode_component("<register_component>", name, table)
         )
         runner = self.supervisor.register(spec)
         if adopt_pid is not None:
-            try:
-                ident = procs.identity(adopt_pid)
-            except (procs.NoSuchProcess, procs.AccessDenied) as exc:
-                raise Refused(f"cannot adopt pid {adopt_pid}: {exc.message}") from None
-            runner.adopt(launcher.Adopted(ident, process))
+            adopt_running(runner, adopt_pid, process)
 
     # --- running ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -70,6 +70,13 @@ class Readiness(_Table, frozen=True):
 # The command of a component registered without one (the Python API's in-process objects, or
 # an HTTP registration that an owner process loads): the supervisor never runs it.
 IN_PROCESS_COMMAND = ["<in-process>"]
+
+
+def without_command(table: dict[str, Any], adopt_pid: int | None) -> dict[str, Any]:
+    """The table of a component registered without a command: one that adopts a running
+    `adopt_pid`, or an in-process one; the supervisor never starts either itself."""
+    command = [f"<adopted pid {adopt_pid}>"] if adopt_pid is not None else IN_PROCESS_COMMAND
+    return {**table, "command": command, "restart": "never", "autostart": False}
 
 
 class ComponentSpec(_Table, frozen=True):

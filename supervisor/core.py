@@ -29,6 +29,7 @@ from .model import MIB, ComponentState, ComponentStatus, MemoryState, RunRecord,
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
 from .record import ProcessRecord
+from .registry import Registry
 from .report import component_rows, status, with_gpu
 from .runner import Runner, RunnerHooks, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
@@ -63,6 +64,7 @@ class Supervisor:
         self._echo = echo
         self.runners: dict[str, Runner] = {}
         self.history = History(paths.state_dir)
+        self.registry = Registry(paths.state_dir, config.base_dir)  # what `register` added, kept
         # The monitor asks for predictions made by the admission (which needs the monitor).
         self.memory = MemoryMonitor(config.memory, self.runners, self.bus, lambda name: self.admission.prediction(name))
         self.disk = DiskState(
@@ -126,6 +128,7 @@ class Supervisor:
             ensure_private_dir(Path(self.paths.state_dir))
             Path(self.paths.log_dir).mkdir(parents=True, exist_ok=True)
             self.history.load()
+            self.registry.restore(self.register, lambda name: name in self.runners)
             await stop_leftovers(self.runtime, self.config.longest_stop_grace_s())
             async with anyio.create_task_group() as tg:
                 self._tg = tg

@@ -9,14 +9,13 @@ predictions is better than refusing to start.
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import msgspec
 import structlog
 
 from .model import RunRecord
+from .statefile import set_aside, write_atomically
 
 log = structlog.get_logger("ironcliw.history")
 
@@ -55,14 +54,8 @@ class History:
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
 
     def _set_aside(self, error: str) -> None:
-        stamp = int(time.time() * 1000)
-        aside = self.path.with_name(f"history.corrupt-{stamp}.json")
-        n = 1
-        while aside.exists() or aside.is_symlink():  # two in one millisecond must not collide
-            aside = self.path.with_name(f"history.corrupt-{stamp}-{n}.json")
-            n += 1
         try:
-            self.path.rename(aside)  # rename, not replace: a directory moves as a whole too
+            aside = set_aside(self.path)
         except OSError as exc:
             log.warning("history_ignored", path=str(self.path), error=error, cannot_move=exc.strerror or str(exc))
             return
@@ -93,20 +86,10 @@ class History:
     def write(self, data: bytes) -> None:
         """Atomically: a temp file, fsync, rename; on an error the old file stays whole and the
         temp file is removed. Blocking I/O: call it from a worker thread."""
-        tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            write_atomically(self.path, data)
         except OSError:
             self.dirty = True
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             raise
 
     def save(self) -> None:

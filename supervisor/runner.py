@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import structlog
 
-from . import launcher, restart, states
+from . import launcher, procs, restart, states
 from .accounting import ComponentMemory
 from .config import IN_PROCESS_COMMAND, ComponentSpec
-from .errors import SpawnError
+from .errors import Refused, SpawnError
 from .events import EventBus
 from .levers import Levers
 from .logfiles import ProblemCallback, RotatingLog
@@ -382,3 +384,12 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
     if child is None or started is None:
         return cached[1]
     return msgspec.structs.replace(cached[1], uptime_s=round(now - started, 1))
+
+
+def adopt_running(runner: Runner, pid: int, popen: subprocess.Popen[Any] | None = None) -> None:
+    """Have `runner` manage the running process `pid` (and its tree): see launcher.Adopted."""
+    try:
+        ident = procs.identity(pid)
+    except (procs.NoSuchProcess, procs.AccessDenied) as exc:
+        raise Refused(f"cannot adopt pid {pid}: {exc.message}") from None
+    runner.adopt(launcher.Adopted(ident, popen))

@@ -70,7 +70,9 @@ def test_read_endpoints(web: tuple[Stack, int, str]) -> None:
     stack, port, _ = web
     status, health = request(port, "GET", "/health")
     assert status == 200 and health["status"] == "healthy"
+    assert set(health) == {"status", "memory"}  # the seed's shape, exactly
     assert set(health["memory"]) == {"state", "percent_used", "available_mb", "components_loaded"}
+    assert health["memory"]["state"] == "healthy"  # lower case, as the seed shows it
     assert sorted(health["memory"]["components_loaded"]) == ["chatbot", "extra"]
     status, mem = request(port, "GET", "/memory/status")
     assert status == 200 and mem["state"] == "HEALTHY" and mem["budget_mb"] == 400
@@ -80,6 +82,7 @@ def test_read_endpoints(web: tuple[Stack, int, str]) -> None:
     assert status == 200 and {c["name"] for c in comps["components"]} == {"chatbot", "extra", "big"}
     status, spec = request(port, "GET", "/openapi.json")
     assert status == 200 and "/memory/components/{name}/load" in spec["paths"]
+    assert set(spec["paths"]["/memory/components/register"]["post"]["responses"]) == {"201", "4XX"}
     assert (stack.runtime / "http.token").stat().st_mode & 0o777 == 0o600
 
 
@@ -224,3 +227,40 @@ def test_up_with_the_http_port_taken_is_refused_with_one_clear_line(make_stack: 
         proc = stack.cli("up", timeout=30)
     assert proc.returncode == 1
     assert f"cannot serve HTTP on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_register_takes_the_seeds_body_and_survives_a_restart(web: tuple[Stack, int, str]) -> None:
+    stack, port, token = web
+    auth = {"X-Ironcliw-Token": token, "Content-Type": "application/json"}
+    # The seed's body: no command. The supervisor never starts it; its owner loads it.
+    status, row = request(
+        port,
+        "POST",
+        "/memory/components/register",
+        {"name": "nlp_engine", "priority": "HIGH", "estimated_mb": 1500},
+        headers=auth,
+    )
+    assert status == 201 and row["name"] == "nlp_engine" and row["state"] == "STOPPED" and row["persisted"] is True
+    status, refused = request(port, "POST", "/memory/components/nlp_engine/load", headers=auth)
+    assert status == 409 and "has no command: its owner loads it" in refused["error"]["message"]
+    status, row = request(
+        port, "POST", "/memory/components/register",
+        {"name": "worker", "command": json.loads(SLEEPER), "priority": "LOW", "ready": {"log_pattern": "ready"}},
+        headers=auth,
+    )  # fmt: skip
+    assert status == 201 and row["persisted"] is True
+    status, bad = request(port, "POST", "/memory/components/register", {"name": "x", "pid": "12"}, headers=auth)
+    assert status == 422 and bad["error"]["message"].endswith("at $.pid")  # as every bad field is
+    # A restart keeps both, as a config file's components are kept.
+    assert stack.stop() == 0
+    stack.up()
+    rows = {c["name"]: c for c in stack.call("components")["components"]}
+    assert {"nlp_engine", "worker"} <= set(rows) and rows["nlp_engine"]["priority"] == "HIGH"
+    stack.call("load", name="worker")
+    assert stack.component("worker")["state"] == "READY"
+    # A corrupt file is set aside, not trusted, and the supervisor starts without it.
+    assert stack.stop() == 0
+    (stack.state / "registered.json").write_text('{"schema": 1, "components": {"worker": [')
+    stack.up()
+    assert "worker" not in {c["name"] for c in stack.call("components")["components"]}
+    assert list(stack.state.glob("registered.corrupt-*.json"))

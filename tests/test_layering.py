@@ -19,7 +19,9 @@ LAYERS = {
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3,
     "procs": 3.1,  # the macOS backend calls the kernel through platform.mach
-    "history": 3,
+    "statefile": 3,
+    "history": 3.05,
+    "registry": 3.1,
     "events": 3,
     "logfiles": 3,
     "echo": 3,

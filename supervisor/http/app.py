@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..config import check_component, decode_component
+from ..config import check_component, decode_component, without_command
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
-from ..runner import component_status
+from ..runner import adopt_running, component_status
 from .responses import error_response, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -90,8 +90,9 @@ class Endpoints:
 
     async def health(self, request: Request) -> dict[str, Any]:
         m = self.sup.memory_status()
-        keys = ("state", "percent_used", "available_mb", "components_loaded")
-        return {"status": _HEALTH[m["state"]], "memory": {k: m[k] for k in keys}}
+        keys = ("percent_used", "available_mb", "components_loaded")
+        # The seed's shape, the state in lower case as the seed shows it ("state": "healthy").
+        return {"status": _HEALTH[m["state"]], "memory": {"state": _HEALTH[m["state"]], **{k: m[k] for k in keys}}}
 
     async def status(self, request: Request) -> dict[str, Any]:
         return self.sup.memory_status()
@@ -103,14 +104,29 @@ class Endpoints:
         return self.sup.components()
 
     async def register(self, request: Request) -> Any:
+        """The seed's body {name, priority, estimated_mb}, plus any component key. Without a
+        `command` the supervisor never starts it: it adopts `pid` if given, else its owner
+        loads it (in-process, through the Python API). Kept across restarts (registry.py),
+        except an adopted pid, whose process a restart does not keep."""
         table = await json_body(request)
-        name = table.pop("name", None)
+        name, pid = table.pop("name", None), table.pop("pid", None)
         if not isinstance(name, str):
             raise ConfigError("<request>", "$.name", "a component name (string)")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+            raise ConfigError("<request>", "$.pid", "the PID of a running process (a positive integer)")
+        if "command" not in table:
+            table = without_command(table, pid)
+        elif pid is not None:
+            raise ConfigError("<request>", "$.pid", "a command or a pid, not both")
         base = Path(self.sup.config.base_dir)
-        spec = check_component("<request>", base, name, decode_component("<request>", name, table))
-        self.sup.register(spec)
-        return component_status(self.sup.runner(name), 0.0)
+        runner = self.sup.register(check_component("<request>", base, name, decode_component("<request>", name, table)))
+        if pid is not None:
+            adopt_running(runner, pid)
+            kept: str | None = "not kept across restarts: an adopted process does not outlive them"
+        else:
+            kept = self.sup.registry.keep(name, table)
+        row = msgspec.to_builtins(component_status(runner, 0.0))
+        return {**row, "persisted": kept is None, **({"note": kept} if kept else {})}
 
     async def load(self, request: Request) -> Any:
         make_room = (await json_body(request)).get("make_room", False)
@@ -182,10 +198,10 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
     return Starlette(routes=routes, exception_handlers=handlers)
 
 
-def _op(summary: str, method: str = "get", body: bool = False) -> dict[str, Any]:
+def _op(summary: str, method: str = "get", body: bool = False, created: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {"200": {"description": "JSON"}, "4XX": {"description": "JSON error"}},
+        "responses": {"201" if created else "200": {"description": "JSON"}, "4XX": {"description": "JSON error"}},
     }
     if method == "post":
         op["parameters"] = [
@@ -205,7 +221,12 @@ OPENAPI: dict[str, Any] = {
         "/memory/status": _op("State, percent used, available MB, loaded components"),
         "/memory/report": _op("Per-component memory, predictions, trends, recent actions"),
         "/memory/components": _op("Components with their state and config"),
-        "/memory/components/register": _op("Register a component (config keys plus name)", "post", body=True),
+        "/memory/components/register": _op(
+            "Register a component: the seed's {name, priority, estimated_mb}, any config key, optional command or pid",
+            "post",
+            body=True,
+            created=True,
+        ),
         "/memory/components/{name}/load": {
             "post": {
                 **_op("Load (admission; make_room)", "post", body=True)["post"],
