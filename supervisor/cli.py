@@ -436,7 +436,7 @@ def _json(value: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], kind: str) -> str:
-    headers = ["NAME", "STATE", "PID", "PRIORITY", "RSS_MB", "UPTIME", "RESTARTS", "LAST_EXIT"]
+    headers = ["NAME", "STATE", "PID", "PRIORITY", "RSS_MB", "UPTIME", "RESTARTS", "LAST_EXIT / WAITING FOR"]
     table = [headers]
     for row in rows:
         uptime = row.get("uptime_s")
@@ -449,7 +449,7 @@ def format_table(rows: list[dict[str, Any]], kind: str) -> str:
                 f"{row['rss_mb']:.1f}",
                 _duration(uptime) if uptime is not None else "-",
                 str(row["restarts"]),
-                row.get("last_exit") or "-",
+                row.get("waiting") or row.get("last_exit") or "-",
             ]
         )
     if kind == "components":

@@ -25,14 +25,15 @@ from .errors import Refused, ShuttingDown, UnknownComponent
 from .events import EventBus
 from .history import History
 from .logfiles import tail_lines
-from .model import MIB, ComponentState, ComponentStatus, MemoryState, RunRecord, Snapshot
+from .model import ComponentState, ComponentStatus, MemoryState, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
 from .record import ProcessRecord
 from .registry import Registry
-from .report import component_rows, status, with_gpu
+from .report import component_rows, status, supervisor_about, with_gpu
 from .runner import Runner, RunnerHooks, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
+from .waitingroom import WaitingRoom
 
 log = structlog.get_logger("ironcliw.supervisor")
 
@@ -141,7 +142,7 @@ class Supervisor:
                 tg.start_soon(self.record.keep)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
                 task_status.started()
-                tg.start_soon(self.start_many, [n for n in self.config.order if self.config.components[n].autostart])
+                tg.start_soon(self.start_many)  # the autostart components, admitted
                 await self._shutdown.wait()
                 with anyio.CancelScope(shield=True):
                     await self.stop_many(list(self.runners), "supervisor shutdown")
@@ -165,9 +166,15 @@ class Supervisor:
     def stopping(self) -> bool:
         return self._stopping
 
-    async def start_many(self, names: list[str]) -> None:
-        """Start several components at once; each waits for those in its `after` first."""
-        await start_in_order(self.runners, self.config.components, names, lambda: self._stopping)
+    async def start_many(self, names: list[str] | None = None) -> None:
+        """Start several components at once; each waits for those in its `after` first. Without
+        `names` (`up`): the autostart components, each also waiting for room (waitingroom.py)."""
+        room = None
+        if names is None:
+            names = [n for n in self.config.order if self.config.components[n].autostart]
+            room = WaitingRoom(self.admission, self.runners, names, lambda: self._stopping)
+        admit = room.admit if room is not None else None
+        await start_in_order(self.runners, self.config.components, names, lambda: self._stopping, admit)
 
     async def stop_many(self, names: list[str], reason: str) -> None:
         """Stop several components at once; each waits until those that run `after` it are down."""
@@ -179,8 +186,7 @@ class Supervisor:
 
     def _component_changed(self, name: str) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
-        child = self.runners[name].child
-        self.memory.roots_changed(name, child)
+        self.memory.roots_changed(name, self.runners[name].child)
         self.record.changed()
 
     # --- commands ----------------------------------------------------------------------
@@ -199,16 +205,8 @@ class Supervisor:
         return [component_status(r, now) for r in self.runners.values()]
 
     def status(self) -> dict[str, Any]:
-        components = self.component_statuses()
-        about = {
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "rss_mb": round(procs.own_rss_bytes() / MIB, 1),
-            "config": self.config.source,
-            "runtime_dir": self.paths.runtime_dir,
-            "stopping": self._stopping,
-        }
-        return status(about, components, self.memory.summary(), self.disk.warnings())
+        about = supervisor_about(self.started_at, self.config.source, self.paths.runtime_dir, self._stopping)
+        return status(about, self.component_statuses(), self.memory.summary(), self.disk.warnings())
 
     def components(self) -> dict[str, Any]:
         return {"components": component_rows(self.component_statuses(), self.runners)}
@@ -254,7 +252,7 @@ class Supervisor:
 
     def touch(self, name: str) -> ComponentStatus:
         runner = self.runner(name)
-        runner.touch(time.monotonic())
+        runner.last_used = time.monotonic()  # idle unloading goes by the time since the last use
         return component_status(runner, time.monotonic())
 
     # Each reads the newest sample while it is fresh (a poller must not multiply the sampling).

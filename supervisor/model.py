@@ -37,6 +37,7 @@ class ComponentState(enum.Enum):
     BACKOFF = "BACKOFF"  # ended on its own; waiting before the next start
     FATAL = "FATAL"  # crash loop: too many restarts in the window
     FROZEN = "FROZEN"  # stopped with SIGSTOP under memory pressure
+    WAITING = "WAITING"  # `up` holds it back until its predicted peak fits below WARNING
 
     @property
     def is_running(self) -> bool:
@@ -122,6 +123,7 @@ class ComponentStatus(msgspec.Struct, frozen=True, gc=False):  # scalars only: n
     estimated_mb: int
     autostart: bool
     last_exit: str | None
+    waiting: str | None = None  # WAITING: what for ("waits for 420 MB, 180 MB free before WARNING")
 
 
 class KernelPressure(enum.Enum):

@@ -209,6 +209,12 @@ class MemoryMonitor:
                 log.error("status_from_an_older_reading", problem=exc.message, taken_at=snap.time)
         return snap
 
+    def recent(self, max_age_s: float) -> Snapshot:
+        """`fresh`, but a component's change since the newest reading forces no new one (the
+        waiting room counts what it let in itself; `up` of N components must not cost N)."""
+        snap = self._take_in(self.sampler.take())
+        return snap if snap is not None and time.monotonic() - snap.time <= max_age_s else self.fresh(max_age_s)
+
     def level_now(self) -> tuple[MemoryState, float]:
         """A fresh reading without hysteresis: the enforcer's re-check before a destructive act
         (on the newest snapshot if the sampler is stuck: acting on it beats not acting)."""

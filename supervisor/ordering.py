@@ -4,7 +4,7 @@ that come after it. All of them run in parallel otherwise."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
@@ -13,12 +13,19 @@ from .runner import Runner
 
 
 async def start_in_order(
-    runners: Mapping[str, Runner], specs: Mapping[str, ComponentSpec], names: list[str], stopping: Callable[[], bool]
+    runners: Mapping[str, Runner],
+    specs: Mapping[str, ComponentSpec],
+    names: list[str],
+    stopping: Callable[[], bool],
+    admit: Callable[[str], Awaitable[bool]] | None = None,
 ) -> None:
+    """`admit(name)`, when given, first lets each one in, or not (waitingroom.py: `up`)."""
     settled = {name: anyio.Event() for name in names}
 
     async def one(name: str) -> None:
         try:
+            if admit is not None and not await admit(name):
+                return
             for dep in specs[name].after:
                 if dep in settled:
                     await settled[dep].wait()

@@ -5,6 +5,7 @@ Reads only; the monitor owns what it reads.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -199,6 +200,18 @@ def with_gpu(explained: dict[str, Any], limits: GpuLimits, runners: Mapping[str,
 
 def _mb(value: int | None) -> float | None:
     return round(value / MIB, 1) if value is not None else None
+
+
+def supervisor_about(started_at: float, config: str, runtime_dir: str, stopping: bool) -> dict[str, Any]:
+    """The `status` reply's `supervisor` part: who and how long, and how big."""
+    return {
+        "pid": os.getpid(),
+        "uptime_s": round(time.monotonic() - started_at, 1),
+        "rss_mb": round(procs.own_rss_bytes() / MIB, 1),
+        "config": config,
+        "runtime_dir": runtime_dir,
+        "stopping": stopping,
+    }
 
 
 def status(

@@ -104,6 +104,7 @@ class Runner:
         self.status_cache: tuple[tuple[object, ...], ComponentStatus] | None = None  # see component_status
         self.adopted = False  # managed but not started by us: it cannot be started again
         self.in_process = spec.command == IN_PROCESS_COMMAND  # its owner loads an object (inprocess.py)
+        self.waiting_reason: str | None = None  # what it waits for, while WAITING
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
         self._want = False
@@ -119,7 +120,7 @@ class Runner:
         self.adopted = True
         self._to_adopt = child
         self._want = True
-        self._poke()
+        self._wake.set()
 
     async def start(self) -> ComponentState:
         """Start if not running; return once it is READY or the attempt failed."""
@@ -132,7 +133,7 @@ class Runner:
             self._history = restart.RestartHistory()  # a manual start forgives the crash loop
         self.unloaded_by_policy = False
         self._want = True
-        self._poke()
+        self._wake.set()
         await self._wait_for(lambda: self.state is not ComponentState.STOPPED or not self._want)
         await self._wait_for(lambda: self.state in _SETTLED or self.state is ComponentState.BACKOFF)
         return self.state
@@ -142,12 +143,16 @@ class Runner:
         self._want = False
         self._stop_reason = reason
         self._stop_requested.set()
-        self._poke()
+        if self.state is ComponentState.WAITING:  # it never started: it stays down
+            self._set_state(ComponentState.STOPPED, reason)
+        self._wake.set()
         await self._wait_for(lambda: self.child is None and self.state is not ComponentState.BACKOFF)
 
-    def touch(self, now: float) -> None:
-        """Mark the component used (idle unloading goes by the time since the last touch)."""
-        self.last_used = now
+    def mark_waiting(self, reason: str) -> None:
+        """Show that `up` holds it back (waitingroom.py); only while nothing else happened to it."""
+        if self.state in (ComponentState.STOPPED, ComponentState.WAITING) and not self._want:
+            self.waiting_reason = reason
+            self._set_state(ComponentState.WAITING, reason)
 
     def _end_run(self, exit_reason: str) -> None:
         child, on_run_end = self.child, self._hooks.on_run_end
@@ -310,9 +315,6 @@ class Runner:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _poke(self) -> None:
-        self._wake.set()
-
     async def _wait_for(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
@@ -363,7 +365,8 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
     shows changed (state, process, restarts, last exit, a new reading); a call then costs
     a new uptime, so `status` of N components stays a short C-level pass per row."""
     child, usage = runner.child, runner.memory.usage
-    key = (runner.state, child, runner.restarts, runner.last_exit, usage)
+    waiting = runner.waiting_reason if runner.state is ComponentState.WAITING else None
+    key = (runner.state, child, runner.restarts, runner.last_exit, usage, waiting)
     cached = runner.status_cache
     if cached is None or cached[0] != key:
         row = ComponentStatus(
@@ -378,6 +381,7 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
             estimated_mb=runner.spec.estimated_mb,
             autostart=runner.spec.autostart,
             last_exit=runner.last_exit,
+            waiting=waiting,
         )
         cached = runner.status_cache = (key, row)
     started = runner.started_at

@@ -2,7 +2,7 @@
 edge says why it happens. The runner checks every change against it; an edge missing here
 is a bug, logged as `illegal_transition` (tests fail on that line), never a crash.
 
-    STOPPED -> STARTING -> READY -> (exits) -> BACKOFF -> STARTING ...
+    STOPPED [-> WAITING] -> STARTING -> READY -> (exits) -> BACKOFF -> STARTING ...
                                             -> EXITED | FATAL      (restart.on_exit decides)
     STARTING | READY | FROZEN -> STOPPING -> STOPPED               (stop requested)
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .model import ComponentState
 
-STOPPED, STARTING, READY, STOPPING, EXITED, BACKOFF, FATAL, FROZEN = (
+STOPPED, STARTING, READY, STOPPING, EXITED, BACKOFF, FATAL, FROZEN, WAITING = (
     ComponentState.STOPPED,
     ComponentState.STARTING,
     ComponentState.READY,
@@ -20,11 +20,16 @@ STOPPED, STARTING, READY, STOPPING, EXITED, BACKOFF, FATAL, FROZEN = (
     ComponentState.BACKOFF,
     ComponentState.FATAL,
     ComponentState.FROZEN,
+    ComponentState.WAITING,
 )
 
 EDGES: dict[tuple[ComponentState, ComponentState], str] = {
     # starting
     (STOPPED, STARTING): "a start, a reload after pressure, or an adoption",
+    (STOPPED, WAITING): "`up`: its predicted peak does not fit below WARNING yet, or one before it waits",
+    (WAITING, WAITING): "still waiting, for another reason (more room, or its own turn)",
+    (WAITING, STARTING): "room appeared, or a person loaded it",
+    (WAITING, STOPPED): "a person unloaded it while it waited, or the supervisor stops",
     (BACKOFF, STARTING): "the backoff delay has passed",
     (EXITED, STARTING): "a manual start of a component that stayed down",
     (FATAL, STARTING): "a manual start forgives the crash loop",

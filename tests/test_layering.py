@@ -44,6 +44,7 @@ LAYERS = {
     "report": 4.3,
     "monitor": 4.5,
     "admission": 4.7,
+    "waitingroom": 4.8,
     "ordering": 4.6,
     "diskstate": 4.6,
     "record": 4.7,
