@@ -50,7 +50,8 @@ def run_ironcliw(n: int, calls: int, idle_s: float) -> dict[str, float]:
     (work / "c.toml").write_text(
         "[http]\nenabled = false\n"
         + "".join(
-            f'[components.t{i:04d}]\ncommand = ["sleep", "3600"]\nestimated_mb = 1\nready = {{ alive_s = 1.0 }}\n' for i in range(n)
+            f'[components.t{i:04d}]\ncommand = ["sleep", "3600"]\nestimated_mb = 1\nready = {{ alive_s = 1.0 }}\n'
+            for i in range(n)
         )
     )
     started = time.monotonic()

@@ -37,11 +37,13 @@ class ComponentMemory:
         self.trend_points: deque[tuple[float, float]] = deque(maxlen=TREND_POINTS_KEPT)  # (time, MB)
         self.trim_freed_mb: deque[float] = deque(maxlen=20)  # measured effect of each trim request
         self.run = RunMemory()
+        self.cpu_seen: tuple[float, float] | None = None  # (when, the tree's CPU seconds) at the last look
 
     # --- the runner: a run's life --------------------------------------------------------
 
     def begin_run(self, pid: int) -> None:
         self.pid = pid
+        self.cpu_seen = None
         self.peak_sampled_bytes = 0
         self.recent_bytes.clear()
         self.run = RunMemory()
@@ -71,6 +73,16 @@ class ComponentMemory:
             self.recent_bytes.popleft()
         if trend_times:
             self.trend_points.extend((t, u.memory_bytes / MIB) for t, u in readings if t in trend_times)
+
+    def busy_since_last_look(self, cpu_seconds: float | None, now: float, busy_share: float) -> bool:
+        """Whether the tree used at least `busy_share` of a core since the previous look: a
+        component at work is in use, whoever asked it (a request that did not go through the
+        supervisor, a job of its own), so idle unloading and make-room must not take it."""
+        previous = self.cpu_seen
+        self.cpu_seen = (now, cpu_seconds) if cpu_seconds is not None else None
+        if previous is None or cpu_seconds is None or now <= previous[0]:
+            return False
+        return (cpu_seconds - previous[1]) / (now - previous[0]) >= busy_share
 
     def fold_hwm(self, hwm_bytes: int | None) -> None:
         """The kernel's high-water mark of the tree, read now, into this run's peak."""

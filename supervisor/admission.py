@@ -133,7 +133,7 @@ class Admission:
         """Unload lower-priority components (never equal or higher) until the load fits."""
         target = self._runner(name).spec.priority
         candidates = [
-            (r.name, r.spec.priority, r.memory.usage.memory_bytes, self.time_to_ready(r.name))
+            (r.name, r.spec.priority, r.memory.usage.memory_bytes, self.time_to_ready(r.name), r.last_used)
             for r in self.runners.values()
             if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
         ]

@@ -139,6 +139,9 @@ class MemorySection(_Table, frozen=True):
     trim_settle_s: NonNegSeconds = 2.0  # after a trim request, wait this long before measuring and escalating
     trim_cooldown_s: NonNegSeconds = 30.0  # at most one trim request per component per this long
     idle_unload_s: NonNegSeconds = 300.0  # WARNING unloads LOW components idle this long
+    # A component whose tree used at least this % of one core since the last look (every
+    # 10 s or so) counts as used, as a `touch` does; 0: only touches and starts count.
+    used_cpu_percent: Percent = 2.0
     max_frozen_s: Seconds = 60.0  # then thawed, or unloaded if memory is still short
     recovery_hold_s: NonNegSeconds = 10.0  # HEALTHY this long before thawing and reloading
     wake_settle_s: NonNegSeconds = 5.0  # after the machine wakes from sleep, act only after this

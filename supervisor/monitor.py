@@ -118,7 +118,7 @@ class MemoryMonitor:
         hwm_every = HWM_EVERY_S if self.tracker.state is MemoryState.HEALTHY else HWM_EVERY_UNDER_PRESSURE_S
         if now - self._hwm_at >= hwm_every:
             self._hwm_at = now
-            self._read_hwms()
+            look_at_trees(self.runners, self.members, self.cfg, now)
         if now - self._leak_at >= LEAK_CHECK_EVERY_S:
             self._leak_at = now
             self._check_leaks(now)
@@ -172,14 +172,6 @@ class MemoryMonitor:
             mine = [(r.time, r.usage[name]) for r in readings if r.roots.get(name) == memory.pid]
             if mine:
                 memory.record(mine, runner.state is ComponentState.READY, trend_times)
-
-    def _read_hwms(self) -> None:
-        for runner in self.runners.values():
-            child = runner.child
-            if child is None or child.in_process:  # an object has no high-water mark of its own
-                continue
-            if child.returncode is None and runner.memory.pid == child.pid:
-                runner.memory.fold_hwm(procs.tree_hwm_bytes(child.pid, self.members.get(child.pid)))
 
     def _check_leaks(self, now: float) -> None:
         for name, t in suspected_leaks(self.runners, self._leaks_reported, now):
@@ -303,6 +295,22 @@ class MemoryMonitor:
         snap = snap or self.current()
         views = self.views(time.monotonic())
         return explanation(snap, self.cfg, self.runners, views, self.predict, self.tracker.healthy_since)
+
+
+def look_at_trees(
+    runners: Mapping[str, Runner], members: Mapping[int, list[int]], cfg: MemorySection, now: float
+) -> None:
+    """The kernel's high-water marks into each run's peak; CPU use into `last_used`."""
+    for runner in runners.values():
+        child = runner.child
+        if child is None or child.in_process:  # an object has no high-water mark of its own
+            continue
+        if child.returncode is None and runner.memory.pid == child.pid:
+            tree = members.get(child.pid)
+            runner.memory.fold_hwm(procs.tree_hwm_bytes(child.pid, tree))
+            cpu = procs.tree_cpu_seconds(child.pid, tree) if cfg.used_cpu_percent else None
+            if runner.memory.busy_since_last_look(cpu, now, cfg.used_cpu_percent / 100):
+                runner.last_used = now
 
 
 def component_views(

@@ -276,14 +276,15 @@ def bytes_until(snapshot: Snapshot, percent: float) -> float:
 
 
 def plan_make_room(
-    shortfall_bytes: int, candidates: Iterable[tuple[str, Priority, int, float]]
+    shortfall_bytes: int, candidates: Iterable[tuple[str, Priority, int, float, float]]
 ) -> tuple[list[str], int]:
     """Which lower-priority components to unload so that `shortfall_bytes` fit: least costly to
-    bring back first (seconds of reload per MB freed), then the lowest priority. Candidates are
-    (name, priority, rss bytes, time to ready s). Returns (names, bytes they free)."""
-    ranked = sorted(candidates, key=lambda c: (c[3] / max(c[2] / MIB, 1.0), -c[1].rank))
+    bring back first (seconds of reload per MB freed), then the lowest priority, then the
+    longest unused. Candidates are (name, priority, bytes, time to ready s, last used).
+    Returns (names, bytes they free)."""
+    ranked = sorted(candidates, key=lambda c: (c[3] / max(c[2] / MIB, 1.0), -c[1].rank, c[4]))
     chosen, freed = [], 0
-    for name, _prio, rss, _ttr in ranked:
+    for name, _prio, rss, _ttr, _used in ranked:
         if freed >= shortfall_bytes:
             break
         chosen.append(name)

@@ -64,9 +64,14 @@ def xsw_usage_bytes(total: int, used: int) -> bytes:
     return bytes(mach.XswUsage(xsu_total=total, xsu_avail=total - used, xsu_used=used, xsu_pagesize=16384))
 
 
-def rusage_bytes(resident: int, footprint: int, lifetime_max: int) -> bytes:
+APPLE_SILICON_TIMEBASE = (125, 3)  # mach_timebase_info on an M1: 1 tick = 125/3 ns
+
+
+def rusage_bytes(resident: int, footprint: int, lifetime_max: int, cpu_seconds: float = 0.0) -> bytes:
     info = mach.RusageInfoV4(ri_resident_size=resident, ri_phys_footprint=footprint)
     info.ri_lifetime_max_phys_footprint = lifetime_max
+    ticks = int(cpu_seconds * 1e9 * APPLE_SILICON_TIMEBASE[1] / APPLE_SILICON_TIMEBASE[0])
+    info.ri_user_time, info.ri_system_time = ticks * 3 // 4, ticks - ticks * 3 // 4
     return bytes(info)
 
 
@@ -76,6 +81,7 @@ class FakeProcess:
     resident: int = 0
     footprint: int = 0
     lifetime_max: int = 0
+    cpu_seconds: float = 0.0
 
 
 class RecordedMac:
@@ -102,7 +108,7 @@ class RecordedMac:
         proc = self.processes.get(pid)
         if proc is None:
             raise NoSuchProcess(pid)
-        return rusage_bytes(proc.resident, proc.footprint, proc.lifetime_max)
+        return rusage_bytes(proc.resident, proc.footprint, proc.lifetime_max, proc.cpu_seconds)
 
     def proc_listchildpids(self, pid: int) -> list[int]:
         proc = self.processes.get(pid)
@@ -113,6 +119,9 @@ class RecordedMac:
 
     def host_page_size(self) -> int:
         return 16384
+
+    def timebase(self) -> tuple[int, int]:
+        return APPLE_SILICON_TIMEBASE
 
     def sysctl(self, name: str) -> bytes | None:
         return self.sysctls.get(name)
@@ -134,7 +143,13 @@ class ProcBackedMac(RecordedMac):
         kb = {k: int(v) * 1024 for k, v in re.findall(r"^(VmRSS|RssAnon|VmHWM):\s+(\d+) kB", status, re.M)}
         if "VmRSS" not in kb:  # a zombie: no memory left
             raise NoSuchProcess(pid)
-        return rusage_bytes(kb["VmRSS"], kb.get("RssAnon", 0), kb.get("VmHWM", 0))
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            raise NoSuchProcess(pid) from None
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rusage_bytes(kb["VmRSS"], kb.get("RssAnon", 0), kb.get("VmHWM", 0), cpu)
 
     def proc_listchildpids(self, pid: int) -> list[int]:
         children: list[int] = []

@@ -59,3 +59,15 @@ def test_steady_size_is_the_median_while_ready_and_trims_are_kept_per_run() -> N
     m.trim_measured(12.5)
     m.begin_run(2)
     assert list(m.trim_freed_mb) == [12.5] and m.run.trim_freed_mb == []
+
+
+def test_a_tree_at_work_counts_as_used() -> None:
+    m = ComponentMemory()
+    m.begin_run(100)
+    assert not m.busy_since_last_look(5.0, now=10.0, busy_share=0.02)  # the first look: nothing to compare
+    assert not m.busy_since_last_look(5.1, now=20.0, busy_share=0.02)  # 1 % of a core: idle
+    assert m.busy_since_last_look(5.5, now=30.0, busy_share=0.02)  # 4 %: at work
+    assert not m.busy_since_last_look(None, now=40.0, busy_share=0.02)  # unreadable: no claim
+    assert not m.busy_since_last_look(9.0, now=50.0, busy_share=0.02)  # and the next look starts afresh
+    m.begin_run(200)  # a new process: its CPU counter starts from zero, not a fall
+    assert not m.busy_since_last_look(0.1, now=60.0, busy_share=0.02)

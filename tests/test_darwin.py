@@ -230,3 +230,15 @@ async def test_a_load_above_the_gpu_ceiling_is_refused(monkeypatch: pytest.Monke
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_cpu_times_go_through_the_timebase(mac: RecordedMac) -> None:
+    # Apple silicon counts in 125/3 ns ticks: reading them as nanoseconds (the old psutil bug)
+    # would make 2.5 s of CPU look like 0.06 s, and a busy model server look idle.
+    mac.processes = {
+        100: FakeProcess(children=[101], cpu_seconds=2.5),
+        101: FakeProcess(cpu_seconds=1.0),
+    }
+    assert _darwin.tree_cpu_seconds(100) == pytest.approx(3.5, rel=1e-6)
+    assert _darwin.tree_cpu_seconds(100, [101]) == pytest.approx(1.0, rel=1e-6)
+    assert _darwin.tree_cpu_seconds(999) is None

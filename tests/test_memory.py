@@ -408,3 +408,54 @@ def test_an_idle_stack_is_sampled_on_schedule_and_a_new_subscriber_is_served_at_
         waited = time.monotonic() - started
     assert event["topic"] == "memory" and event["state"] == "HEALTHY"
     assert waited < 5, f"the first memory event took {waited:.1f} s: the subscriber did not wake the loop"
+
+
+GROWER = """
+import time
+print("ready", flush=True)
+time.sleep(1.5)
+data = b"g" * (200 << 20)
+time.sleep(600)
+"""
+WORKER = """
+import time
+print("ready", flush=True)
+while True:  # about a fifth of a core: at work, though nobody `touch`es it
+    start = time.monotonic()
+    while time.monotonic() - start < 0.05:
+        pass
+    time.sleep(0.2)
+"""
+
+
+def test_a_component_at_work_is_in_use_and_idle_unloading_spares_it(make_stack: StackFactory) -> None:
+    stack = make_stack(
+        memory_header(idle=3, early_freeze=0)
+        + f"""
+        [components.grower]
+        command = {python_command(GROWER)}
+        priority = "CRITICAL"
+        estimated_mb = 10
+        ready = {{ log_pattern = "^ready" }}
+        [components.worker]
+        command = {python_command(WORKER)}
+        priority = "LOW"
+        estimated_mb = 10
+        ready = {{ log_pattern = "^ready" }}
+        [components.idle]
+        command = {SLEEPER}
+        priority = "LOW"
+        estimated_mb = 10
+        ready = {{ log_pattern = "ready" }}
+        """
+    )
+    stack.up()
+    stack.wait_state("worker", "READY")
+    # The CRITICAL one grows to ~200 MB once all are up: ~230 MB of 300, WARNING. The idle LOW
+    # goes after 3 s unused; the one at work stays.
+    stopped = stack.wait_state("idle", "STOPPED", timeout=20)
+    assert "warning.idle_unload" in stopped["last_exit"]
+    time.sleep(4.0)
+    assert stack.component("worker")["state"] == "READY"
+    worker = next(c for c in stack.call("report")["components"] if c["name"] == "worker")
+    assert worker["idle_s"] is not None and worker["idle_s"] < 3.0  # its CPU keeps it in use

@@ -198,3 +198,16 @@ def test_a_persons_request_says_so_with_the_real_figures() -> None:
         assert (a.state, a.percent_used, a.threshold_percent) == (MemoryState.HEALTHY, 41.5, None)
     pressure = decide_through_trims(forced, views, CFG, now=1000.0)
     assert all(a.requested_by is None and a.reason.endswith("at WARNING 70.0 %") for a in pressure)
+
+
+def test_make_room_takes_the_cheapest_to_bring_back_then_the_longest_unused() -> None:
+    from supervisor.policy import plan_make_room
+
+    candidates = [
+        ("busy_low", Priority.LOW, 200 * MB, 2.0, 900.0),  # used a moment ago
+        ("idle_low", Priority.LOW, 200 * MB, 2.0, 100.0),  # same cost, unused for long
+        ("slow_medium", Priority.MEDIUM, 200 * MB, 60.0, 0.0),  # a minute to bring back
+    ]
+    assert plan_make_room(150 * MB, candidates) == (["idle_low"], 200 * MB)
+    assert plan_make_room(350 * MB, candidates) == (["idle_low", "busy_low"], 400 * MB)
+    assert plan_make_room(900 * MB, candidates)[1] == 600 * MB  # not enough: the caller refuses

@@ -143,3 +143,25 @@ def test_the_facade_chose_one_backend() -> None:
     assert procs.identity is chosen.identity and procs.TreeSampler is chosen.TreeSampler
     if sys.platform.startswith("linux"):
         assert procs.BACKEND == "linux"
+
+
+def test_cpu_seconds_of_a_tree(backend: types.ModuleType) -> None:
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\nprint('done', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert busy.stdout is not None and busy.stdout.readline() == b"done\n"
+        used = backend.tree_cpu_seconds(busy.pid)
+        assert used is not None and 0.5 <= used <= 5.0
+        assert backend.tree_cpu_seconds(busy.pid, [busy.pid]) == pytest.approx(used, abs=0.05)
+    finally:
+        busy.kill()
+        busy.wait()
+        busy.stdout.close()  # type: ignore[union-attr]
+    assert backend.tree_cpu_seconds(busy.pid) is None  # gone

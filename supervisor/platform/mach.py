@@ -136,6 +136,10 @@ class MachCalls(Protocol):
         """The size of the pages host_statistics64 counts (16 KiB on Apple silicon)."""
         ...
 
+    def timebase(self) -> tuple[int, int]:
+        """mach_timebase_info: (numer, denom) from mach absolute time units to nanoseconds."""
+        ...
+
     def sysctl(self, name: str) -> bytes | None:
         """The raw value of a sysctl, None when this kernel has no such name."""
         ...
@@ -158,6 +162,7 @@ class LiveMachCalls:
 
     def __init__(self) -> None:
         self._libc: ctypes.CDLL | None = None
+        self._timebase: tuple[int, int] | None = None
 
     def _lib(self) -> ctypes.CDLL:
         if self._libc is None:
@@ -205,6 +210,14 @@ class LiveMachCalls:
         if self._lib().host_page_size(self._host, ctypes.byref(size)) != KERN_SUCCESS or not size.value:
             raise OSError("host_page_size failed")
         return size.value
+
+    def timebase(self) -> tuple[int, int]:
+        if self._timebase is None:
+            info = (ctypes.c_uint32 * 2)()
+            if self._lib().mach_timebase_info(info) != KERN_SUCCESS or not info[1]:
+                raise OSError("mach_timebase_info failed")
+            self._timebase = (info[0], info[1])
+        return self._timebase
 
     def sysctl(self, name: str) -> bytes | None:
         size = ctypes.c_size_t(0)

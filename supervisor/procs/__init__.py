@@ -56,6 +56,7 @@ own_rss_bytes = _backend.own_rss_bytes
 peer_uid = _backend.peer_uid
 pidfd_open = _backend.pidfd_open
 process_state = _backend.process_state
+tree_cpu_seconds = _backend.tree_cpu_seconds
 tree_hwm_bytes = _backend.tree_hwm_bytes
 
 BACKEND = _backend.__name__.rsplit("._", 1)[-1]  # "linux", "darwin" or "portable"
@@ -89,6 +90,7 @@ __all__ = [
     "signal_group",
     "signal_identity",
     "signal_name",
+    "tree_cpu_seconds",
     "tree_hwm_bytes",
     "tree_pids",
     "tree_usage",

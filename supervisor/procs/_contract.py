@@ -64,6 +64,12 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     raise NotImplementedError
 
 
+def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
+    """User + system CPU seconds the tree's processes have used so far (`pids` if already
+    known); None if none of them could be read."""
+    raise NotImplementedError
+
+
 def component_of(pid: int) -> str | None:
     """The IRONCLIW_COMPONENT a process was started with, if its environment is readable."""
     raise NotImplementedError

@@ -423,6 +423,16 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     return total
 
 
+def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
+    ticks, seen = 0, False
+    for pid in [root, *descendant_pids(root)] if pids is None else pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            seen = True
+    return ticks / _CLOCK_TICKS if seen else None
+
+
 def component_of(pid: int) -> str | None:
     environ = _read_small(f"/proc/{pid}/environ", 1 << 20)
     if not environ:

@@ -85,6 +85,18 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     return None  # no per-process high-water mark outside Linux
 
 
+def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
+    total, seen = 0.0, False
+    for pid in [root, *descendant_pids(root)] if pids is None else pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+        seen = True
+    return total if seen else None
+
+
 def component_of(pid: int) -> str | None:
     try:
         value = psutil.Process(pid).environ().get("IRONCLIW_COMPONENT")
