@@ -14,7 +14,7 @@ from . import platform, procs
 from .config import MemorySection
 from .inprocess import InProcess
 from .launcher import resolve_command
-from .model import MIB, ComponentStatus, GpuLimits, MemoryDetail, MemoryState, Snapshot, TreeUsage
+from .model import MIB, ComponentState, ComponentStatus, GpuLimits, MemoryDetail, MemoryState, Snapshot, TreeUsage
 from .policy import ComponentView, bytes_until, explain
 from .predictor import LEAK_WINDOW_S, Prediction, time_to_reach, trend
 from .runner import Runner
@@ -38,6 +38,10 @@ def summary(snap: Snapshot, cfg: MemorySection, runners: Mapping[str, Runner]) -
             "critical": cfg.critical_percent,
             "emergency": cfg.emergency_percent,
         },
+        # How a state is left downwards (pressure.py), for the dashboard's badge.
+        "hysteresis_percent": cfg.hysteresis_percent,
+        "hold_s": cfg.hold_s,
+        "system_total_mb": round(snap.system.total_bytes / MIB, 1),
     }
 
 
@@ -110,6 +114,7 @@ def _component_row(
         },
         "unloaded_by_policy": r.unloaded_by_policy,
         "last_exit": r.last_exit,
+        "waiting": r.waiting_reason if r.state is ComponentState.WAITING else None,
     }
 
 
