@@ -11,6 +11,7 @@ drops it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import time
 from array import array
@@ -32,11 +33,14 @@ def build_index(
     docs: int, words_per_doc: int, vocab: list[str], rng: random.Random
 ) -> tuple[dict[str, array], list[dict[int, int]]]:
     # Zipf-like word frequencies, as in real text, so posting lists have realistic lengths.
-    weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
+    # Cumulative weights once: with `weights=`, choices() sums all 8,000 on every call, which
+    # made the default 20,000 documents take 7-9 s to index; the drawn words are the same.
+    cum_weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(vocab))))
+    population = range(len(vocab))
     index: dict[str, array] = {}
     vectors: list[dict[int, int]] = []
     for doc_id in range(docs):
-        terms = rng.choices(range(len(vocab)), weights=weights, k=words_per_doc)
+        terms = rng.choices(population, cum_weights=cum_weights, k=words_per_doc)
         counts = Counter(terms)
         vectors.append(dict(counts))
         for term in counts:

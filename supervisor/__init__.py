@@ -5,12 +5,10 @@
 The names are loaded on first use, so the CLI's client commands stay quick to start.
 """
 
-from typing import Any
-
 __all__ = ["M1MemoryManager", "ComponentPriority", "MemoryState", "MemorySnapshot"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # no typing import: `python -m supervisor` starts here
     if name in ("M1MemoryManager", "ComponentPriority", "MemorySnapshot"):
         from . import api
 

@@ -1,3 +1,11 @@
-from .cli import main
+import sys
 
-raise SystemExit(main())
+from .quickcli import run
+
+# `status` takes the quick path when it can (quickcli.py); everything else, the full CLI.
+code = run(sys.argv[1:])
+if code is None:
+    from .cli import main
+
+    code = main()
+raise SystemExit(code)

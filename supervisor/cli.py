@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from . import locations
 from .client import ControlClient
+from .cliformat import FORMATTERS, format_memory, format_table
 from .config import Config, Paths, load_config, resolve_paths
 from .errors import AlreadyRunning, Busy, ConfigError, IroncliwError, NotRunning, RemoteError
 from .protocol import ErrorCode
@@ -29,17 +31,11 @@ _USAGE_CODES = {ErrorCode.UNKNOWN_COMPONENT, ErrorCode.BAD_ARGS, ErrorCode.UNKNO
 if TYPE_CHECKING:
     from .core import Supervisor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def default_config_path() -> str:
-    if os.environ.get("IRONCLIW_CONFIG"):
-        return os.environ["IRONCLIW_CONFIG"]
-    local = Path("configs/ironcliw.toml")
-    return str(local if local.exists() else REPO_ROOT / "configs" / "ironcliw.toml")
+    return locations.default_config_path(os.environ)
 
 
-# (command, help, takes a component name); each also takes --json
 _JSON_COMMANDS = (
     ("status", "every component's state, PID, memory", False),
     ("components", "components with their config", False),
@@ -56,53 +52,63 @@ _JSON_COMMANDS = (
 )
 
 
-def _global_options(after_command: bool) -> argparse.ArgumentParser:
-    """-c, --socket and --log-format, accepted before or after the command (`ironcliw check -c
-    FILE`): after it they default to "not given", so they never undo the same flag given before."""
-    options = argparse.ArgumentParser(add_help=False)
-    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
-    options.add_argument(
-        "-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)", **unset
-    )
-    options.add_argument("--socket", help="control socket path (default: from the config)", **unset)
-    options.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        help="supervisor log format",
-        **(unset or {"default": "auto"}),
-    )
-    return options
+_GLOBAL_OPTIONS = {"-c": True, "--config": True, "--socket": True, "--log-format": True}  # each takes a value
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """-c, --socket and --log-format are accepted after the command too (`ironcliw check -c
+    FILE`, `ironcliw up -c FILE`): moved in front of it, where the parser reads them."""
+    args, front, rest, i = list(argv), [], [], 0
+    while i < len(args) and args[i].startswith("-"):  # before the command: as given
+        takes_value = args[i] in _GLOBAL_OPTIONS and i + 1 < len(args)
+        front += args[i : i + 2] if takes_value else [args[i]]
+        i += 2 if takes_value else 1
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            takes_value = "=" not in arg and i + 1 < len(args)
+            front += args[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.", parents=[_global_options(False)]
+    parser = argparse.ArgumentParser(prog="ironcliw", description="Memory-aware supervisor for the Ironcliw stack.")
+    parser.add_argument("-c", "--config", help="config file (default: $IRONCLIW_CONFIG or configs/ironcliw.toml)")
+    parser.add_argument("--socket", help="control socket path (default: from the config)")
+    parser.add_argument(
+        "--log-format", choices=["auto", "console", "json"], default="auto", help="supervisor log format"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    after = [_global_options(True)]
-    sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)", parents=after)
-    down = sub.add_parser("down", help="stop the running supervisor and every component", parents=after)
+    sub.add_parser("up", help="start the stack in the foreground (Ctrl-C stops it)")
+    down = sub.add_parser("down", help="stop the running supervisor and every component")
     down.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the stack to stop")
     for name, text, takes_name in _JSON_COMMANDS:
-        p = sub.add_parser(name, help=text, parents=after)
+        p = sub.add_parser(name, help=text)
         if takes_name:
             p.add_argument("name")
         p.add_argument("--json", action="store_true", help="print JSON")
         if name == "load":
             p.add_argument("--make-room", action="store_true", help="unload lower priorities if it does not fit")
-    logs = sub.add_parser("logs", help="a component's output", parents=after)
+    logs = sub.add_parser("logs", help="a component's output")
     logs.add_argument("name")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
     logs.add_argument("--json", action="store_true", help="print JSON")
-    top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)", parents=after)
+    top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    sub.add_parser("check", help="validate the config without starting anything", parents=after)
+    sub.add_parser("check", help="validate the config without starting anything")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     try:
         config = load_config(args.config or default_config_path())
     except ConfigError as exc:
@@ -250,7 +256,7 @@ def run_client_command(args: argparse.Namespace, paths: Paths) -> int:
                     print(_json(result))
                 else:
                     if args.command == "status":
-                        print(_format_memory(result))
+                        print(format_memory(result))
                     print(format_table(result["components"], args.command))
             case "memory" | "report" | "explain" | "optimize" | "emergency-cleanup":
                 result = client.call(args.command)
@@ -308,162 +314,5 @@ def _down(client: ControlClient, paths: Paths, timeout: float) -> int:
     return EXIT_REFUSED
 
 
-def _format_memory(m: dict[str, Any]) -> str:
-    budget = f" (budget {m['budget_mb']} MB)" if m.get("budget_mb") else ""
-    return (
-        f"{m['state']}  {m['percent_used']:.1f} % used{budget}, {m['available_mb']:.0f} MB available, "
-        f"stack {m['stack_mb']:.0f} MB; loaded: {', '.join(m['components_loaded']) or '-'}"
-    )
-
-
-REPORT_COLUMNS = (
-    "NAME PRIORITY STATE RSS_MB PEAK_MB ANON_MB FILE_MB USS_MB PRED_MB RUNS TREND_MB_MIN TRIM_FREED LAST_EXIT".split()
-)
-
-
-def _report_row(c: dict[str, Any]) -> list[str]:
-    trend = c["trend_mb_per_min"]
-    return [
-        c["name"],
-        c["priority"],
-        c["state"],
-        f"{c['rss_mb']:.1f}",
-        f"{c['peak_mb']:.1f}",
-        f"{c['anon_mb']:.1f}",
-        f"{c['file_mb']:.1f}",
-        "-" if c["uss_mb"] is None else f"{c['uss_mb']:.1f}",
-        "-" if c["predicted_mb"] is None else f"{c['predicted_mb']:.0f}",
-        str(c["prediction"]["runs"]) if c["prediction"] else "-",
-        "-" if trend is None else f"{trend:+.1f}" + (" LEAK?" if c["leak_suspected"] else ""),
-        ",".join(f"{x:g}" for x in c["trim_freed_mb"]) or "-",
-        c["last_exit"] or "-",
-    ]
-
-
-def _format_report(r: dict[str, Any]) -> str:
-    lines = [_format_memory(r), ""]
-    lines += _columns([list(REPORT_COLUMNS), *(_report_row(c) for c in r["components"])])
-    s = r["system"]
-    lines += [
-        "",
-        f"system: {s['used_percent']:.1f} % of {s['total_mb']:.0f} MB used; "
-        f"swap {s['swap_used_mb']:.0f}/{s['swap_total_mb']:.0f} MB; "
-        f"PSI some/full avg10 {s['psi_some_avg10']}/{s['psi_full_avg10']}; supervisor RSS {r['supervisor_rss_mb']} MB; "
-        f"last sample {r['sample_ms']} ms",
-    ]
-    if s.get("app_mb") is not None:  # macOS: Activity Monitor's Memory tab
-        lines.append(
-            f"memory used = app {s['app_mb']:.0f} + wired {s['wired_mb']:.0f} + compressed {s['compressed_mb']:.0f} MB;"
-            f" cached files {s['cached_mb']:.0f} MB; kernel level {s['kernel_level']},"
-            f" free {s['kernel_free_percent']} %"
-        )
-    if s.get("swap_out_mb_s") is not None:
-        lines.append(f"swapping out {s['swap_out_mb_s']:.2f} MB/s")
-    gpu = r.get("gpu") or {}
-    if gpu.get("ceiling_mb") is not None:
-        lines.append(f"GPU may hold at most {gpu['ceiling_mb']:.0f} MB ({gpu['source']})")
-    lines += ["", "predictions:"]
-    lines += [
-        f"  {c['name']:<14} {c['prediction']['detail']} ({c['prediction']['basis']})"
-        for c in r["components"]
-        if c["prediction"]
-    ]
-    if r["recent_actions"]:
-        lines += ["", "recent actions:"]
-        lines += [
-            f"  {a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in r["recent_actions"]
-        ]
-    return "\n".join(lines)
-
-
-def _format_explain(e: dict[str, Any]) -> str:
-    t = e["thresholds"]
-    lines = [
-        f"state {e['state']} at {e['percent_used']:.1f} % "
-        f"(warning {t['warning']:g}, critical {t['critical']:g}, emergency {t['emergency']:g})"
-    ]
-    fires = e["fires_now"]
-    lines.append(
-        "fires now: " + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in fires) if fires else "nothing")
-    )
-    nxt = e["fires_at_next_state"]
-    lines.append(
-        f"at {e['next_state']}: "
-        + ("; ".join(f"{a['rule']} {a['kind']} {a['component']}" for a in nxt) if nxt else "nothing")
-    )
-    key = "at_" + e["next_state"].lower()
-    rows = [["NAME", "PRIORITY", "STATE", "RSS_MB", "PRED_MB", "IDLE_S", "GROWING", "NOW", key.upper()]]
-    for c in e["candidates"]:
-        rows.append(
-            [
-                c["name"],
-                c["priority"] + (" (protected)" if c["protected"] else ""),
-                c["state"],
-                f"{c['rss_mb']:.1f}",
-                f"{c.get('predicted_mb') or 0:.0f}",
-                f"{c['idle_s']:.0f}",
-                "yes" if c["growing"] else "no",
-                ",".join(c["now"]) or "-",
-                ",".join(c[key]) or "-",
-            ]
-        )
-    return "\n".join(lines + [""] + _columns(rows))
-
-
-def _format_actions(result: dict[str, Any]) -> str:
-    actions = result["actions"]
-    if not actions:
-        return "nothing to do"
-    return "\n".join(f"{a['kind']:<7} {a['component']:<14} {a['outcome']:<14} {a['reason']}" for a in actions)
-
-
-FORMATTERS = {
-    "memory": _format_memory,
-    "report": _format_report,
-    "explain": _format_explain,
-    "optimize": _format_actions,
-    "emergency-cleanup": _format_actions,
-}
-
-
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
 def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
-
-
-def format_table(rows: list[dict[str, Any]], kind: str) -> str:
-    headers = ["NAME", "STATE", "PID", "PRIORITY", "RSS_MB", "UPTIME", "RESTARTS", "LAST_EXIT / WAITING FOR"]
-    table = [headers]
-    for row in rows:
-        uptime = row.get("uptime_s")
-        table.append(
-            [
-                row["name"],
-                row["state"],
-                str(row["pid"] or "-"),
-                row["priority"],
-                f"{row['rss_mb']:.1f}",
-                _duration(uptime) if uptime is not None else "-",
-                str(row["restarts"]),
-                row.get("waiting") or row.get("last_exit") or "-",
-            ]
-        )
-    if kind == "components":
-        table[0].append("COMMAND")
-        for line, row in zip(table[1:], rows, strict=True):
-            line.append(" ".join(row["command"]))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table)
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from .errors import ConfigError
+from .locations import default_runtime_dir, pick, socket_path
 from .model import Priority, RestartMode
 
 # Names a config may use for stop_signal / trim_signal; the launcher maps them to numbers.
@@ -362,20 +363,10 @@ def resolve_paths(config: Config, environ: Mapping[str, str], uid: int, home: st
     whole stack with one variable: IRONCLIW_RUNTIME_DIR, IRONCLIW_STATE_DIR, IRONCLIW_LOG_DIR,
     IRONCLIW_SOCKET.
     """
-    section = config.supervisor
-    base = Path(config.base_dir)
-
-    def pick(env_key: str, configured: str | None, default: Path) -> str:
-        # Made absolute and normalised as text, never resolved: a symlinked runtime dir must
-        # reach the check that refuses it, not be replaced by its target here.
-        value = environ.get(env_key) or configured
-        return posixpath.normpath(base / value) if value else str(default)
-
-    xdg_runtime = environ.get("XDG_RUNTIME_DIR")
-    default_runtime = Path(xdg_runtime) / "ironcliw" if xdg_runtime else Path(f"/tmp/ironcliw-{uid}")
-    runtime_dir = pick("IRONCLIW_RUNTIME_DIR", section.runtime_dir, default_runtime)
+    section, base = config.supervisor, config.base_dir
+    runtime_dir = pick(environ, "IRONCLIW_RUNTIME_DIR", section.runtime_dir, base, default_runtime_dir(environ, uid))
     xdg_state = environ.get("XDG_STATE_HOME") or f"{home}/.local/state"
-    state_dir = pick("IRONCLIW_STATE_DIR", section.state_dir, Path(xdg_state) / "ironcliw")
-    log_dir = pick("IRONCLIW_LOG_DIR", section.log_dir, Path(state_dir) / "logs")
-    socket = pick("IRONCLIW_SOCKET", section.socket, Path(runtime_dir) / "control.sock")
+    state_dir = pick(environ, "IRONCLIW_STATE_DIR", section.state_dir, base, posixpath.join(xdg_state, "ironcliw"))
+    log_dir = pick(environ, "IRONCLIW_LOG_DIR", section.log_dir, base, posixpath.join(state_dir, "logs"))
+    socket = socket_path(environ, base, runtime_dir, section.socket)
     return Paths(runtime_dir=runtime_dir, state_dir=state_dir, log_dir=log_dir, socket=socket)

@@ -12,6 +12,7 @@ PACKAGE = REPO / "supervisor"
 LAYERS = {
     "errors": 0,
     "model": 0,
+    "locations": 0.5,  # where the config and the socket are: os.path only (the CLI's quick path)
     "config": 1,
     "protocol": 1,
     "restart": 2,
@@ -55,6 +56,8 @@ LAYERS = {
     "api": 6.5,
     "logsetup": 6.5,
     "top": 6.5,
+    "cliformat": 6.8,  # the CLI's tables, standard library only
+    "quickcli": 6.9,  # `status` without msgspec
     "cli": 7,
     "__main__": 8,
     "__init__": 8,
