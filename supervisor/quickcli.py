@@ -37,19 +37,11 @@ def run(argv: list[str]) -> int | None:
     config = _config_of(argv)
     if config is None:
         return None
-    try:
-        with open(config, "rb") as f:
-            raw = f.read()
-    except OSError:
+    where = _socket_of(config)
+    if where is None:
         return None
-    if b"socket" in raw or b"runtime_dir" in raw:  # set in the file: its schema decides
-        return None
-    base = os.path.dirname(os.path.abspath(config))
-    runtime = locations.pick(
-        os.environ, "IRONCLIW_RUNTIME_DIR", None, base, locations.default_runtime_dir(os.environ, os.getuid())
-    )
     try:
-        reply = _ask(locations.socket_path(os.environ, base, runtime))
+        reply = _ask(where)
     except (OSError, Unexpected, struct.error, UnicodeDecodeError, RecursionError):
         return None
     result = reply.get("result") if isinstance(reply, dict) and reply.get("ok") is True else None
@@ -61,6 +53,32 @@ def run(argv: list[str]) -> int | None:
         return None
     sys.stdout.write(text)
     return 0
+
+
+def _socket_of(config: str) -> str | None:
+    """The control socket's path as config.resolve_paths finds it, reading only the file's
+    [supervisor] socket and runtime_dir (with tomllib, and only if the file names them)."""
+    try:
+        with open(config, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    section: dict[str, object] = {}
+    if b"socket" in raw or b"runtime_dir" in raw:
+        import tomllib
+
+        try:
+            table = tomllib.loads(raw.decode("utf-8")).get("supervisor", {})
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None  # the full CLI says what is wrong with it
+        section = table if isinstance(table, dict) else {}
+    configured_socket, configured_runtime = section.get("socket"), section.get("runtime_dir")
+    if not isinstance(configured_socket, str | None) or not isinstance(configured_runtime, str | None):
+        return None
+    base = os.path.dirname(os.path.abspath(config))
+    default_runtime = locations.default_runtime_dir(os.environ, os.getuid())
+    runtime = locations.pick(os.environ, "IRONCLIW_RUNTIME_DIR", configured_runtime, base, default_runtime)
+    return locations.socket_path(os.environ, base, runtime, configured_socket)
 
 
 def _config_of(argv: list[str]) -> str | None:

@@ -3,14 +3,17 @@ read off the same socket without msgspec, and the full CLI whenever it is not su
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from supervisor import quickcli
+from supervisor.config import load_config, resolve_paths
 from tests.helpers import REPO, SLEEPER, Stack
 
 StackFactory = Callable[[str], Stack]
@@ -37,7 +40,7 @@ def test_unpack_refuses_what_it_does_not_know() -> None:
         quickcli.unpack(msgspec.msgpack.encode("abcdef")[:-2], 0)  # truncated
 
 
-def test_anything_but_a_plain_status_goes_to_the_full_cli(tmp_path: object) -> None:
+def test_anything_but_a_plain_status_goes_to_the_full_cli() -> None:
     for argv in (["status", "--json"], ["memory"], ["status", "--socket", "/x"], ["-c"], ["status", "status"], []):
         assert quickcli.run(argv) is None, argv
     config = REPO / "configs" / "ironcliw.toml"
@@ -72,3 +75,28 @@ def test_the_quick_status_prints_what_the_full_one_does(make_stack: StackFactory
     stack.config.write_text(stack.config.read_text() + '\n[supervisor]\nsocket = "elsewhere.sock"\n')
     moved = stack.cli("status")
     assert moved.returncode == 3 and "elsewhere.sock" in moved.stderr
+
+
+@pytest.mark.parametrize(
+    ("supervisor_table", "environ"),
+    [
+        ("", {}),
+        ("# the socket and runtime_dir default to per-user dirs\n", {}),
+        ('[supervisor]\nsocket = "rel/ctl.sock"\n', {}),
+        ('[supervisor]\nruntime_dir = "/tmp/elsewhere"\n', {}),
+        ('[supervisor]\nruntime_dir = "run"\n', {"IRONCLIW_SOCKET": "/tmp/env.sock"}),
+        ("", {"IRONCLIW_RUNTIME_DIR": "relative/run"}),
+        ("", {"XDG_RUNTIME_DIR": "/run/user/1000"}),
+    ],
+)
+def test_the_quick_path_finds_the_socket_where_the_config_says(
+    tmp_path: Path, supervisor_table: str, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "stack.toml"
+    config.write_text(supervisor_table + '[components.a]\ncommand = ["sleep", "1"]\n')
+    for key in ("IRONCLIW_SOCKET", "IRONCLIW_RUNTIME_DIR", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    expected = resolve_paths(load_config(config), os.environ, os.getuid(), str(Path.home())).socket
+    assert quickcli._socket_of(str(config)) == expected
