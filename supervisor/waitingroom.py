@@ -24,6 +24,10 @@ RESHOW_S = 5.0
 
 
 class WaitingRoom:
+    """Decides in queue order, synchronously, as far as room goes (one pass for a whole `up`
+    that fits: a chain of awaits, one per component, made `up` of 1,000 components 4 s
+    slower); the component at the head of a queue that waits looks for room every RECHECK_S."""
+
     def __init__(
         self, admission: Admission, runners: Mapping[str, Runner], names: Iterable[str], stopping: Callable[[], bool]
     ) -> None:
@@ -31,46 +35,69 @@ class WaitingRoom:
         self.runners = runners
         self.stopping = stopping
         self.queue = sorted(names, key=lambda n: runners[n].spec.priority.rank)  # stable: config order
-        self._turn_done = {name: anyio.Event() for name in self.queue}
+        self._next = 0  # the first undecided place in the queue
+        self._decided = {name: anyio.Event() for name in self.queue}
+        self._verdict: dict[str, bool] = {}
         self._pending: list[str] = []  # let in, not READY yet: their predicted growth is reserved
+        self._reserved = 0  # an upper bound of that reservation, kept as they are let in
         self._marked: dict[str, tuple[str, str]] = {}  # name -> (kind, reason) it was last shown WAITING with
         self._shown_at: dict[str, float] = {}
 
     async def admit(self, name: str) -> bool:
         """Wait for `name`'s turn and for room. False: do not start it (a person loaded or
         unloaded it while it waited, or the supervisor is stopping)."""
-        at = self.queue.index(name)
-        try:
-            if at:
-                await self._turn_done[self.queue[at - 1]].wait()
-            return await self._wait_for_room(name, at)
-        finally:
-            self._turn_done[name].set()
+        while not self._decided[name].is_set():
+            if self._advance() == name:  # at the head, waiting for room: look again later
+                await anyio.sleep(RECHECK_S)
+            else:
+                await self._decided[name].wait()
+        return self._verdict[name]
 
-    async def _wait_for_room(self, name: str, at: int) -> bool:
+    def _advance(self) -> str | None:
+        """Decide the queue in order while each is let in (or let go); the name at the head
+        that waits for room, or None once every one is decided."""
+        room: int | None = None
+        while self._next < len(self.queue):
+            name = self.queue[self._next]
+            left = self._decide(name, room)
+            if left is None:
+                return name
+            self._verdict[name] = left is not False
+            if left is not False:
+                room = left  # let in: the room left for the next one
+            self._decided[name].set()
+            self._next += 1
+        return None
+
+    def _decide(self, name: str, room: int | None) -> int | bool | None:
+        """False: let go; None: no room yet; let in: the room left after it (an int, not a bool)."""
         runner = self.runners[name]
-        while not self.stopping():
-            if name in self._marked and runner.state is not ComponentState.WAITING:
-                return False  # a person acted on it while it waited
-            needs, room = self._needs_and_room(name)
-            if needs <= room:
-                self._pending.append(name)
-                return True
+        if self.stopping() or (name in self._marked and runner.state is not ComponentState.WAITING):
+            return False  # stopping, or a person acted on it while it waited
+        needs = self._needs(name)
+        if room is None:
+            memory = self.admission.memory
+            room = memory.headroom_bytes(memory.recent(RECHECK_S)) - self._reserved
+        if needs > room:  # the kept bound says no: count what the ones let in may really still add
+            self._pending = [n for n in self._pending if self._still_growing(n)]
+            self._reserved = sum(self._still_growing(n) for n in self._pending)
+            memory = self.admission.memory
+            room = memory.headroom_bytes(memory.recent(RECHECK_S)) - self._reserved
+        if needs > room:
+            at = self.queue.index(name)
             self._show(name, f"waits for {size(needs)}, {size(max(room, 0))} free before WARNING", "room")
             for behind in self.queue[at + 1 :]:
                 self._show(behind, f"waits behind {name}, which waits for room", f"behind {name}")
-            await anyio.sleep(RECHECK_S)
-        return False
+            return None
+        self._pending.append(name)
+        self._reserved += needs
+        return room - needs
 
-    def _needs_and_room(self, name: str) -> tuple[int, int]:
-        """(the predicted peak, the room before WARNING less what those let in may still grow by)."""
+    def _needs(self, name: str) -> int:
+        """The predicted peak; 0 for CRITICAL, which always goes."""
         if self.runners[name].spec.priority is Priority.CRITICAL:
-            return 0, 0  # always goes
-        memory = self.admission.memory
-        room = memory.headroom_bytes(memory.recent(RECHECK_S))
-        self._pending = [n for n in self._pending if self._still_growing(n)]
-        reserved = sum(self._still_growing(n) for n in self._pending)
-        return int(self.admission.prediction(name).peak_mb * MIB), room - reserved
+            return 0
+        return int(self.admission.prediction(name).peak_mb * MIB)
 
     def _still_growing(self, name: str) -> int:
         """What a component let in is still predicted to add: its peak less what it uses now,
