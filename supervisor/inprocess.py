@@ -16,15 +16,13 @@ It has no process of its own, so:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import _tracemalloc  # the C module: the tracemalloc package's imports would ride along in `up`
 import functools
 import gc
 import inspect
 import os
 import sys
 import time
-import tracemalloc
 from typing import Any
 
 import anyio
@@ -51,7 +49,7 @@ class LoadMark(msgspec.Struct, frozen=True):
 
 
 def mark_now() -> LoadMark:
-    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+    traced = _tracemalloc.get_traced_memory()[0] if _tracemalloc.is_tracing() else None
     return LoadMark(time.monotonic(), procs.own_rss_bytes(), traced)
 
 
@@ -89,7 +87,12 @@ def release_to_os() -> None:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def _libc() -> Any:
+    """libc through ctypes, imported on the first trim or unload: `up` without in-process
+    components does not carry ctypes (its imports cost ~1 MB of the supervisor's RSS)."""
+    import ctypes
+    import ctypes.util
+
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"))
     except OSError:

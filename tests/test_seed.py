@@ -160,3 +160,20 @@ async def test_the_readmes_python_section_runs_verbatim(capsys: pytest.CaptureFi
     await asyncio.wait_for(namespace["main"](), 60)
     printed = capsys.readouterr().out
     assert "memory is now MemoryState.HEALTHY" in printed and "nlp_engine loaded: True" in printed
+
+
+def test_attribution_rule() -> None:
+    from supervisor.inprocess import LoadMark, attribute
+
+    before = LoadMark(time=1.0, rss_bytes=100 * MB, traced_bytes=10 * MB)
+    grown = LoadMark(time=2.0, rss_bytes=160 * MB, traced_bytes=70 * MB)
+    assert attribute(before, grown, 5 * MB) == (60 * MB, "growth")
+    # RSS did not move (the allocator reused freed pages) but tracing saw 40 MB allocated
+    reused = LoadMark(time=2.0, rss_bytes=100 * MB, traced_bytes=50 * MB)
+    assert attribute(before, reused, 5 * MB) == (40 * MB, "tracemalloc")
+    untraced = LoadMark(time=1.0, rss_bytes=100 * MB, traced_bytes=None)
+    assert attribute(untraced, LoadMark(time=2.0, rss_bytes=100 * MB, traced_bytes=None), 5 * MB) == (
+        5 * MB,
+        "estimate",
+    )
+    assert attribute(None, grown, 5 * MB) == (5 * MB, "estimate")  # no can_load_component first: no span to measure
