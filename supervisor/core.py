@@ -31,7 +31,7 @@ from .ordering import start_in_order, stop_in_order
 from .record import ProcessRecord
 from .registry import Registry
 from .report import component_rows, status, supervisor_about, with_gpu
-from .runner import Runner, RunnerHooks, component_status
+from .runner import Runner, RunnerHooks, StatusRows, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
 from .waitingroom import WaitingRoom
 
@@ -64,6 +64,7 @@ class Supervisor:
         }
         self._echo = echo
         self.runners: dict[str, Runner] = {}
+        self.status_rows = StatusRows()
         self.history = History(paths.state_dir)
         self.registry = Registry(paths.state_dir, config.base_dir)  # what `register` added, kept
         # The monitor asks for predictions made by the admission (which needs the monitor).
@@ -187,6 +188,7 @@ class Supervisor:
     def _component_changed(self, name: str) -> None:
         """A component changed state or process: the last sample is stale, the record may be."""
         self.memory.roots_changed(name, self.runners[name].child)
+        self.status_rows.changed()
         self.record.changed()
 
     # --- commands ----------------------------------------------------------------------
@@ -200,9 +202,8 @@ class Supervisor:
     def component_statuses(self) -> list[ComponentStatus]:
         # Status reads the latest sample while it is fresh: a dashboard or script polling
         # status many times a second must not multiply the sampling work.
-        self._fresh_sample()
-        now = time.monotonic()
-        return [component_status(r, now) for r in self.runners.values()]
+        snap = self._fresh_sample()
+        return self.status_rows.rows(self.runners.values(), snap.time, time.monotonic())
 
     def status(self) -> dict[str, Any]:
         about = supervisor_about(self.started_at, self.config.source, self.paths.runtime_dir, self._stopping)

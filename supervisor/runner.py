@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,6 +358,28 @@ def run_record(run: RunStats, memory: ComponentMemory, exit_peak: int | None, ex
         inputs_bytes=run.inputs_bytes,
         predicted_mb=run.predicted_mb,
     )
+
+
+class StatusRows:
+    """`status`'s rows for every component, kept whole while nothing they show can have
+    changed: no component changed state or process (`changed()`), no newer reading was taken
+    in, and the same second (uptimes are then up to a second old). A poll of N components
+    then costs the reply's encoding alone, not N rows checked and copied (bench_scale)."""
+
+    def __init__(self) -> None:
+        self._generation = 0
+        self._key: tuple[int, float, int, int] | None = None
+        self._rows: list[ComponentStatus] = []
+
+    def changed(self) -> None:
+        self._generation += 1
+
+    def rows(self, runners: Collection[Runner], reading_time: float, now: float) -> list[ComponentStatus]:
+        key = (self._generation, reading_time, int(now), len(runners))  # a registration adds one
+        if key != self._key:
+            self._rows = [component_status(r, now) for r in runners]
+            self._key = key
+        return self._rows
 
 
 def component_status(runner: Runner, now: float) -> ComponentStatus:

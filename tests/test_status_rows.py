@@ -43,3 +43,19 @@ def test_a_kept_row_follows_state_process_readings_restarts_and_exits(tmp_path: 
     r.memory.end_run()
     row = component_status(r, 16.0)
     assert row.pid is None and row.rss_mb == 0.0 and row.processes == 0 and row.uptime_s is None
+
+
+def test_the_rows_are_kept_whole_until_something_they_show_changes(tmp_path: Path) -> None:
+    from supervisor.runner import StatusRows
+
+    a, b = runner(tmp_path), runner(tmp_path)
+    rows = StatusRows()
+    first = rows.rows([a, b], reading_time=10.0, now=100.2)
+    assert rows.rows([a, b], reading_time=10.0, now=100.9) is first  # same second, same reading
+    assert rows.rows([a, b], reading_time=10.5, now=100.9) is not first  # a newer reading
+    again = rows.rows([a, b], reading_time=10.5, now=100.9)
+    rows.changed()  # a component changed state or process
+    assert rows.rows([a, b], reading_time=10.5, now=100.9) is not again
+    kept = rows.rows([a, b], reading_time=10.5, now=100.9)
+    assert rows.rows([a, b], reading_time=10.5, now=101.0) is not kept  # the next second: new uptimes
+    assert len(rows.rows([a, b, runner(tmp_path)], reading_time=10.5, now=101.0)) == 3  # a registration
