@@ -52,22 +52,8 @@ def test_dashboard_shows_a_growing_balloon_and_unloads_it(make_stack: StackFacto
     stack.wait_state("balloon", "READY")
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
+        browser, page = open_dashboard(pw, port, errors)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 760})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/memory_dashboard.html")
             row = page.locator('tr[data-component="balloon"]')
             row.wait_for()
             rss = lambda: float(row.locator("td").nth(3).inner_text())  # noqa: E731
@@ -101,9 +87,9 @@ def test_dashboard_shows_a_growing_balloon_and_unloads_it(make_stack: StackFacto
 
 
 def open_dashboard(pw, port: int, errors: list[str]):  # type: ignore[no-untyped-def]
-    browser = pw.chromium.launch(
-        executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
-    )
+    """Debian's Chromium, headless, on the dashboard; console and page errors go to `errors`."""
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[*args, "--no-first-run", "--disable-sync"])
     page = browser.new_page(viewport={"width": 1000, "height": 760})
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
