@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON_BIN="${IRONCLIW_PYTHON:-$(command -v python3.11 || command -v python3)}"
 # The editable install puts the checkout on sys.path with a plain .pth line ("compat"), not
-# setuptools' import-hook finder, whose import costs every command ~25 ms (pathlib,
+# setuptools' import-hook finder, whose import costs every command its imports (pathlib,
 # importlib.util, ...: see bench/bench_supervision.py's CLI figure).
 INSTALL_MODE="compat"
 

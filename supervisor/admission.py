@@ -106,11 +106,12 @@ class Admission:
         reason = f"{needs}, {size(max(room, 0))} free before WARNING"
         return pred.peak_mb * MIB <= room, reason, pred, room
 
-    def admit(self, name: str, make_room: bool) -> tuple[Prediction, int] | None:
+    def admit(self, name: str, make_room: bool, by_owner: bool = False) -> tuple[Prediction, int] | None:
         """None when the load fits now; (prediction, room) when it fits once `make_room` has
-        unloaded lower priorities; Refused, with the numbers, otherwise."""
+        unloaded lower priorities; Refused, with the numbers, otherwise. An in-process
+        component is loaded only `by_owner`, the program holding its object."""
         runner = self._runner(name)
-        if runner.in_process and runner.child is None:
+        if runner.in_process and runner.child is None and not by_owner:
             raise Refused(
                 f"{name} has no command: its owner loads it (Python API: load_component({name!r}, obj)),"
                 " or register it again with a command or a pid"

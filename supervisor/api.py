@@ -297,12 +297,9 @@ async def load_in_process(
         raise Refused(f"{name} is in-process: load_component({name!r}, obj) with the object to load")
     if runner.child is not None:
         raise Refused(f"{name} is already loaded: unload it first")
-    admission = supervisor.admission
-    ok, reason, pred, room = admission.can_load(name)
-    if not ok:
-        if not make_room or admission.gpu_refusal(name) is not None:
-            raise Refused(reason)
-        await admission.make_room(name, pred, room)
+    shortfall = supervisor.admission.admit(name, make_room, by_owner=True)
+    if shortfall is not None:
+        await supervisor.admission.make_room(name, *shortfall)
     size, basis = attribute(mark, mark_now(), runner.spec.estimated_mb * MIB)
     runner.adopt(InProcess(obj, size, basis))
     state = await runner.start()

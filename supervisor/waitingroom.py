@@ -76,13 +76,11 @@ class WaitingRoom:
             return False  # stopping, or a person acted on it while it waited
         needs = self._needs(name)
         if room is None:
-            memory = self.admission.memory
-            room = memory.headroom_bytes(memory.recent(RECHECK_S)) - self._reserved
+            room = self._room()
         if needs > room:  # the kept bound says no: count what the ones let in may really still add
             self._pending = [n for n in self._pending if self._still_growing(n)]
             self._reserved = sum(self._still_growing(n) for n in self._pending)
-            memory = self.admission.memory
-            room = memory.headroom_bytes(memory.recent(RECHECK_S)) - self._reserved
+            room = self._room()
         if needs > room:
             at = self.queue.index(name)
             self._show(name, f"waits for {size(needs)}, {size(max(room, 0))} free before WARNING", "room")
@@ -92,6 +90,11 @@ class WaitingRoom:
         self._pending.append(name)
         self._reserved += needs
         return room - needs
+
+    def _room(self) -> int:
+        """Bytes before WARNING now, less what the ones let in may still add (the kept bound)."""
+        memory = self.admission.memory
+        return memory.headroom_bytes(memory.recent(RECHECK_S)) - self._reserved
 
     def _needs(self, name: str) -> int:
         """The predicted peak; 0 for CRITICAL, which always goes."""

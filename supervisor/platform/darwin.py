@@ -21,20 +21,18 @@ xnu's vm_pageout.c stands in for it (`kernel_level_from_pages`).
 from __future__ import annotations
 
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable
 
 import msgspec
 
 from ..errors import AccessDenied, NoSuchProcess
-from ..model import GpuLimits, KernelPressure, MemoryDetail, SystemMemory
+from ..model import MIB, GpuLimits, KernelPressure, MemoryDetail, SystemMemory
 from . import mach
 from .swap import SwapWindow
 
 # kern.memorystatus_vm_pressure_level values (xnu kern_memorystatus.h)
 _LEVELS = {1: KernelPressure.NORMAL, 2: KernelPressure.WARN, 4: KernelPressure.CRITICAL}
-MB = 1048576
 
 
 class VmPages(msgspec.Struct, frozen=True):
@@ -155,12 +153,9 @@ def read_detail(pids: Iterable[int], calls: mach.MachCalls | None = None) -> Mem
             raw = calls.proc_pid_rusage(pid)
         except (NoSuchProcess, AccessDenied):
             continue
-        total += _FOOTPRINT.unpack_from(raw, mach.RusageInfoV4.ri_phys_footprint.offset)[0]
+        total += mach.rusage_memory(raw)[1]
         seen = True
     return MemoryDetail(footprint_bytes=total) if seen else MemoryDetail()
-
-
-_FOOTPRINT = struct.Struct("<Q")
 
 
 def gpu_limits(calls: mach.MachCalls | None = None) -> GpuLimits:
@@ -169,7 +164,7 @@ def gpu_limits(calls: mach.MachCalls | None = None) -> GpuLimits:
     wired_mb = mach.int_from(calls.sysctl("iogpu.wired_limit_mb"))
     return GpuLimits(
         metal_working_set_bytes=calls.metal_max_working_set(),
-        wired_limit_bytes=wired_mb * MB if wired_mb else None,
+        wired_limit_bytes=wired_mb * MIB if wired_mb else None,
     )
 
 
@@ -225,7 +220,7 @@ def parse_swapusage(value: str) -> tuple[int, int]:
     m = _SWAP.search(value)
     if not m:
         return 0, 0
-    return int(float(m.group(1)) * MB), int(float(m.group(2)) * MB)
+    return int(float(m.group(1)) * MIB), int(float(m.group(2)) * MIB)
 
 
 def readings_from_text(vm_stat: str, sysctl: str, memory_pressure: str = "", level: int | None = None) -> MacReadings:

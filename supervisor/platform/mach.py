@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import struct
 from typing import Protocol
 
 from ..errors import AccessDenied, NoSuchProcess
@@ -103,6 +104,26 @@ class VmStatistics64(ctypes.Structure):
 
 
 HOST_VM_INFO64_COUNT = ctypes.sizeof(VmStatistics64) // ctypes.sizeof(ctypes.c_int)
+
+_U64 = struct.Struct("<Q")
+_RESIDENT = RusageInfoV4.ri_resident_size.offset
+_FOOTPRINT = RusageInfoV4.ri_phys_footprint.offset
+_LIFETIME_MAX = RusageInfoV4.ri_lifetime_max_phys_footprint.offset
+_CPU = (RusageInfoV4.ri_user_time.offset, RusageInfoV4.ri_system_time.offset)
+
+
+def rusage_memory(raw: bytes) -> tuple[int, int, int]:
+    """(resident, footprint, lifetime max footprint) from a RusageInfoV4's bytes."""
+    return (
+        _U64.unpack_from(raw, _RESIDENT)[0],
+        _U64.unpack_from(raw, _FOOTPRINT)[0],
+        _U64.unpack_from(raw, _LIFETIME_MAX)[0],
+    )
+
+
+def rusage_cpu_units(raw: bytes) -> int:
+    """User + system time from a RusageInfoV4's bytes, in mach absolute time units."""
+    return int(_U64.unpack_from(raw, _CPU[0])[0] + _U64.unpack_from(raw, _CPU[1])[0])
 
 
 class XswUsage(ctypes.Structure):

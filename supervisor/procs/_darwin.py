@@ -12,7 +12,6 @@ The rest (identity, groups, environment, peer credentials) is the portable backe
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Mapping
 
 from ..errors import AccessDenied, NoSuchProcess
@@ -58,24 +57,6 @@ __all__ = [
 
 CALLS: mach.MachCalls = mach.LIVE  # the tests put fakes here
 
-_U64 = struct.Struct("<Q")
-_RESIDENT = mach.RusageInfoV4.ri_resident_size.offset
-_FOOTPRINT = mach.RusageInfoV4.ri_phys_footprint.offset
-_LIFETIME_MAX = mach.RusageInfoV4.ri_lifetime_max_phys_footprint.offset
-
-
-def rusage_memory(raw: bytes) -> tuple[int, int, int]:
-    """(resident, footprint, lifetime max footprint) from a RusageInfoV4's bytes."""
-    return (
-        _U64.unpack_from(raw, _RESIDENT)[0],
-        _U64.unpack_from(raw, _FOOTPRINT)[0],
-        _U64.unpack_from(raw, _LIFETIME_MAX)[0],
-    )
-
-
-_USER_TIME = mach.RusageInfoV4.ri_user_time.offset
-_SYSTEM_TIME = mach.RusageInfoV4.ri_system_time.offset
-
 
 def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
     """ri_user_time + ri_system_time, in mach absolute time units (1 ns on Intel, 125/3 ns on
@@ -84,10 +65,9 @@ def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | No
     units, seen = 0, False
     for pid in pids if pids is not None else [root, *descendant_pids(root)]:
         try:
-            raw = CALLS.proc_pid_rusage(pid)
+            units += mach.rusage_cpu_units(CALLS.proc_pid_rusage(pid))
         except (NoSuchProcess, AccessDenied):
             continue
-        units += _U64.unpack_from(raw, _USER_TIME)[0] + _U64.unpack_from(raw, _SYSTEM_TIME)[0]
         seen = True
     return units * numer / denom / 1e9 if seen else None
 
@@ -114,7 +94,7 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     total, seen = 0, False
     for pid in pids if pids is not None else [root, *descendant_pids(root)]:
         try:
-            total += rusage_memory(CALLS.proc_pid_rusage(pid))[2]
+            total += mach.rusage_memory(CALLS.proc_pid_rusage(pid))[2]
             seen = True
         except (NoSuchProcess, AccessDenied):
             continue
@@ -148,7 +128,7 @@ class TreeSampler:
                     continue
                 seen.add(pid)
                 try:
-                    r, f, _ = rusage_memory(CALLS.proc_pid_rusage(pid))
+                    r, f, _ = mach.rusage_memory(CALLS.proc_pid_rusage(pid))
                 except (NoSuchProcess, AccessDenied):
                     continue
                 resident += r
