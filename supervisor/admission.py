@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -176,15 +177,37 @@ def gpu_refusal(name: str, gpu: bool, pred: Prediction, limits: GpuLimits) -> st
 
 
 def inputs_bytes(spec: ComponentSpec) -> int | None:
-    """The size of a component's declared input files (a model, an index), for prediction."""
+    """The size of a component's declared inputs (a model file, an index, or a directory such
+    as an MLX or Hugging Face model's), for prediction; `~` is the user's home."""
     if not spec.inputs:
         return None
     total = 0
     for path in spec.inputs:
         try:
-            total += (Path(spec.cwd or ".") / path).stat().st_size
+            total += input_size(Path(spec.cwd or ".") / Path(path).expanduser())
         except OSError:
             log.warning("input_missing", component=spec.name, path=path)
+    return total
+
+
+MAX_INPUT_FILES = 10_000  # a directory input is summed up to this many files (a model has a few dozen)
+
+
+def input_size(path: Path) -> int:
+    """A file's size (through symlinks: a Hugging Face snapshot links into its blobs), or the
+    sum of the files under a directory."""
+    if not path.is_dir():
+        return path.stat().st_size
+    total, seen = 0, 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            seen += 1
+            if seen > MAX_INPUT_FILES:
+                return total
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:  # a dangling link: not part of the model
+                pass
     return total
 
 

@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.socket:
         paths = msgspec.structs.replace(paths, socket=args.socket)
     if args.command == "check":
-        print(f"{config.source}: OK, {len(config.components)} components, start order: {', '.join(config.order)}")
+        n = len(config.components)
+        print(f"{config.source}: OK, {n} component{'s' * (n != 1)}, start order: {', '.join(config.order)}")
         return EXIT_OK
     if args.command == "up":
         return cmd_up(config, paths, args.log_format)

@@ -148,6 +148,10 @@ def format_table(rows: list[dict[str, Any]], kind: str) -> str:
                 row.get("waiting") or row.get("last_exit") or "-",
             ]
         )
+    if any(row.get("port") for row in rows):  # model servers: the port `${PORT}` became
+        table[0].insert(3, "PORT")
+        for line, row in zip(table[1:], rows, strict=True):
+            line.insert(3, str(row.get("port") or "-"))
     if kind == "components":
         table[0].append("COMMAND")
         for line, row in zip(table[1:], rows, strict=True):

@@ -20,9 +20,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from . import probespec
 from .errors import ConfigError
 from .locations import default_runtime_dir, pick, socket_path
 from .model import Priority, RestartMode
+from .probespec import HttpAction, Interval, Liveness, NonNegSeconds, Port, Readiness, Seconds, Table, Trim
 
 # Names a config may use for stop_signal / trim_signal; the launcher maps them to numbers.
 SIGNAL_NAMES = frozenset(
@@ -35,37 +37,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 # Upper bounds keep a typo (or `inf`, `1e308`) from turning into a supervisor that never
 # samples, never stops a component or overflows a timer: sampling intervals at most an
-# hour, other durations at most a day, sizes at most 16 TiB. NaN fails every bound.
-HOUR_S = 3600.0
-DAY_S = 86400.0
+# hour, other durations at most a day (probespec.py's Interval and Seconds), sizes at most
+# 16 TiB. NaN fails every bound.
 MAX_MB = 16 * 1024 * 1024  # 16 TiB
-Interval = Annotated[float, Meta(gt=0, le=HOUR_S)]
-Seconds = Annotated[float, Meta(gt=0, le=DAY_S)]
-NonNegSeconds = Annotated[float, Meta(ge=0, le=DAY_S)]
 Megabytes = Annotated[int, Meta(ge=0, le=MAX_MB)]
 Percent = Annotated[float, Meta(gt=0, le=100)]
-Port = Annotated[int, Meta(ge=1, le=65535)]
-
-
-class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    pass
-
-
-class Readiness(_Table, frozen=True):
-    """When a started component counts as READY: at most one of the three ways may be set."""
-
-    alive_s: NonNegSeconds | None = None  # still running after this many seconds
-    log_pattern: str | None = None  # a line of its output matches this regex
-    port: Port | None = None  # a TCP connect to host:port succeeds
-    host: str = "127.0.0.1"
-    timeout_s: Seconds = 30.0  # not ready by then: the start failed
-
-    @property
-    def effective_alive_s(self) -> float:
-        """The default when nothing is set is alive for 1 s, as supervisord's startsecs."""
-        if self.alive_s is None and self.log_pattern is None and self.port is None:
-            return 1.0
-        return self.alive_s or 0.0
 
 
 # The command of a component registered without one (the Python API's in-process objects, or
@@ -80,7 +56,7 @@ def without_command(table: dict[str, Any], adopt_pid: int | None) -> dict[str, A
     return {**table, "command": command, "restart": "never", "autostart": False}
 
 
-class ComponentSpec(_Table, frozen=True):
+class ComponentSpec(Table, frozen=True):
     command: Annotated[list[str], Meta(min_length=1)]
     name: str | None = None  # the table's key; if given it must match
     cwd: str | None = None  # relative to the config file's directory; default: that directory
@@ -97,8 +73,17 @@ class ComponentSpec(_Table, frozen=True):
     restart_window_s: Seconds = 60.0
     stop_signal: str = "SIGTERM"
     stop_grace_s: NonNegSeconds = 5.0
-    trim_signal: str | None = None
+    trim_signal: str | None = None  # the older spelling of trim = { signal = ... }
+    trim: Trim | None = None
+    # Unloads its models without ending the process (a server holding several: Ollama's
+    # `keep_alive: 0`); the next unload, if memory is still short, stops it.
+    unload: HttpAction | list[HttpAction] | None = None
     ready: Readiness = Readiness()
+    alive: Liveness | None = None
+    # Its own port: what `${PORT}` means and where probe paths go. Unset, `${PORT}` in the
+    # command, env, probes or proxy is a free loopback port chosen at each start.
+    port: Port | None = None
+    proxy: str | None = None  # the base URL of its API (the door forwards there), e.g. "http://127.0.0.1:${PORT}"
     inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
     gpu: bool = False  # holds its model in GPU memory: a load predicted above the GPU's ceiling is refused
     # Output beyond this rate (bursts up to output_burst_mb) is held back (`block`: the pipe
@@ -108,7 +93,7 @@ class ComponentSpec(_Table, frozen=True):
     output_overflow: Literal["block", "drop"] = "block"
 
 
-class SupervisorSection(_Table, frozen=True):
+class SupervisorSection(Table, frozen=True):
     runtime_dir: str | None = None
     state_dir: str | None = None
     log_dir: str | None = None
@@ -117,7 +102,7 @@ class SupervisorSection(_Table, frozen=True):
     log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
 
 
-class MemorySection(_Table, frozen=True):
+class MemorySection(Table, frozen=True):
     warning_percent: Percent = 70.0
     critical_percent: Percent = 85.0
     emergency_percent: Percent = 95.0
@@ -150,13 +135,13 @@ class MemorySection(_Table, frozen=True):
     early_freeze_s: NonNegSeconds = 3.0  # WARNING freezes a LOW component set to reach CRITICAL sooner than this
 
 
-class HttpSection(_Table, frozen=True):
+class HttpSection(Table, frozen=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
 
 
-class ConfigFile(_Table, frozen=True):
+class ConfigFile(Table, frozen=True):
     supervisor: SupervisorSection = SupervisorSection()
     memory: MemorySection = MemorySection()
     http: HttpSection = HttpSection()
@@ -270,22 +255,19 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
         raise ConfigError(file, f"{at}.command[0]", "a program name, got an empty string")
     if spec.stop_signal not in SIGNAL_NAMES:
         raise ConfigError(file, f"{at}.stop_signal", f"a signal name, one of {', '.join(sorted(SIGNAL_NAMES))}")
-    if spec.trim_signal is not None and (
-        spec.trim_signal not in TRIM_SIGNAL_NAMES or spec.trim_signal == spec.stop_signal
-    ):
-        allowed = ", ".join(sorted(TRIM_SIGNAL_NAMES - {spec.stop_signal}))
-        raise ConfigError(
-            file,
-            f"{at}.trim_signal",
-            f"a signal that asks without ending or freezing the component, one of {allowed}; got {spec.trim_signal!r}",
-        )
+    trim = probespec.check_trim(file, at, spec.trim, spec.trim_signal, spec.stop_signal, TRIM_SIGNAL_NAMES)
+    spec = msgspec.structs.replace(spec, trim=trim, trim_signal=trim.signal if trim is not None else None)
     _check_process_strings(file, at, spec)
     if spec.backoff_max_s < spec.backoff_initial_s:
         raise ConfigError(file, f"{at}.backoff_max_s", "a value at least backoff_initial_s")
     ready = spec.ready
-    ways = [w for w in (ready.alive_s, ready.log_pattern, ready.port) if w is not None]
+    ways = [w for w in (ready.alive_s, ready.log_pattern, ready.port, ready.http) if w is not None]
     if len(ways) > 1:
-        raise ConfigError(file, f"{at}.ready", "at most one of alive_s, log_pattern, port")
+        raise ConfigError(file, f"{at}.ready", "at most one of alive_s, log_pattern, port, http")
+    texts = probespec.table_texts(spec.ready, spec.alive, spec.trim, probespec.as_list(spec.unload), spec.proxy)
+    uses_macro = probespec.mentions_port(spec.command, spec.env, texts)
+    tables = (spec.ready, spec.alive, spec.trim, spec.unload)
+    probespec.check_probes(file, at, tables, spec.proxy, spec.port or (1 if uses_macro else None))
     if ready.log_pattern is not None:
         try:
             re.compile(ready.log_pattern)

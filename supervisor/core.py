@@ -100,6 +100,7 @@ class Supervisor:
                     self.admission.prediction(name).peak_mb,
                     inputs_bytes(self.config.components[name]),
                 ),
+                taken_ports=lambda: {r.endpoint.port for r in self.runners.values() if r.endpoint and r.endpoint.port},
             ),
         )
 

@@ -5,7 +5,10 @@
   below the state the action was decided at, the enforcer stands down and logs it.
 - UNLOAD and RELOAD take seconds (grace periods, readiness) and run as background tasks;
   the component is `busy` until they finish, so the policy does not ask again meanwhile.
-- A TRIM is measured: the tree's RSS before, and again after `trim_settle_s`.
+- A TRIM is measured: the tree's RSS before, and again after `trim_settle_s`. A trim over
+  HTTP is sent first, in the background (a request may take its timeout).
+- An UNLOAD of a server with `unload` requests sends them and keeps the process (measured
+  like a trim); one whose models were already unloaded and not used since is stopped.
 - `dry_run` logs and publishes the actions (each at most once per DRY_RUN_REPEAT_S) and
   does nothing else.
 
@@ -87,12 +90,16 @@ class Enforcer:
                 return "thawed" if runner.levers.thaw(self._short(action)) else None
             case ActionKind.TRIM:
                 before = runner.memory.usage.memory_bytes
-                if not runner.levers.trim():
+                how = runner.levers.trim()
+                if how is None:
                     return None
-                tg.start_soon(self._measure_trim, runner, before)
+                tg.start_soon(self._measure_trim, runner, before, how == "http")
                 return "trim_requested"
             case ActionKind.UNLOAD:
                 self.busy.add(runner.name)
+                if runner.levers.can_unload_models(runner.last_used):
+                    tg.start_soon(self._unload_models, runner)
+                    return "unloading_models"
                 tg.start_soon(self._unload, runner, action)
                 return "unloading"
             case ActionKind.RELOAD:
@@ -119,13 +126,47 @@ class Enforcer:
         finally:
             self.busy.discard(runner.name)
 
-    async def _measure_trim(self, runner: Runner, before: int) -> None:
+    async def _measure_trim(self, runner: Runner, before: int, over_http: bool) -> None:
+        """Send the HTTP request if the trim goes over HTTP; after trim_settle_s, what it freed."""
+        if over_http:
+            sent = await runner.levers.send_trim()
+            if sent is not None and not sent.ok:
+                log.warning("trim_failed", component=runner.name, detail=sent.detail)
+                self.bus.publish("action", component=runner.name, kind="TRIM", outcome="failed", detail=sent.detail)
         await anyio.sleep(self.cfg.trim_settle_s)
-        usage = runner.memory.usage
-        freed_mb = round(max(0.0, (before - usage.memory_bytes) / MIB), 1)
+        freed_mb = self._freed_mb(runner, before)
         runner.memory.trim_measured(freed_mb)
-        log.info("trim_measured", component=runner.name, freed_mb=freed_mb, rss_mb=round(usage.rss_mb, 1))
+        log.info("trim_measured", component=runner.name, freed_mb=freed_mb, rss_mb=round(runner.memory.usage.rss_mb, 1))
         self.bus.publish("action", component=runner.name, kind="TRIM", outcome="measured", freed_mb=freed_mb)
+
+    async def _unload_models(self, runner: Runner) -> None:
+        """Unload its models over HTTP, keeping the process; measured like a trim. If memory is
+        still short, the next UNLOAD (can_unload_models is then False) stops it."""
+        try:
+            before = runner.memory.usage.memory_bytes
+            results = await runner.levers.unload_models()
+            failed = [r.detail for r in results if not r.ok]
+            for detail in failed:
+                log.warning("unload_request_failed", component=runner.name, detail=detail)
+            await anyio.sleep(self.cfg.trim_settle_s)
+            freed_mb = self._freed_mb(runner, before)
+            log.info(
+                "models_unloaded", component=runner.name, requests=len(results), failed=len(failed), freed_mb=freed_mb
+            )
+            self.bus.publish(
+                "action",
+                component=runner.name,
+                kind="UNLOAD",
+                outcome="models_unloaded",
+                freed_mb=freed_mb,
+                failed=failed,
+            )
+        finally:
+            self.busy.discard(runner.name)
+
+    @staticmethod
+    def _freed_mb(runner: Runner, before: int) -> float:
+        return round(max(0.0, (before - runner.memory.usage.memory_bytes) / MIB), 1)
 
     def _record(self, action: Action, outcome: str, **extra: object) -> dict[str, object]:
         entry = {

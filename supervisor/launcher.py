@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import anyio
 import structlog
@@ -44,6 +45,20 @@ def resolve_command(command: list[str]) -> list[str]:
 
 def signal_number(name: str) -> int:
     return int(signal.Signals[name])
+
+
+def free_loopback_port(taken: Collection[int] = ()) -> int:
+    """A TCP port free on 127.0.0.1 now, for `${PORT}`: the kernel's pick for a bind to port 0,
+    skipping ports that other components' current runs were given (they may not listen yet).
+    The port is free again once this returns; a server that loses the race to bind it fails
+    to start and its restart gets another."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in taken:
+            return port
+    raise SpawnError("", [], "no free loopback port")
 
 
 class Child:

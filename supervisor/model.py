@@ -124,6 +124,7 @@ class ComponentStatus(msgspec.Struct, frozen=True, gc=False):  # scalars only: n
     autostart: bool
     last_exit: str | None
     waiting: str | None = None  # WAITING: what for ("waits for 420 MB, 180 MB free before WARNING")
+    port: int | None = None  # the port its run was given (`${PORT}`) or its fixed `port`, while it runs
 
 
 class KernelPressure(enum.Enum):

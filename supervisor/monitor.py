@@ -324,7 +324,7 @@ def component_views(
             state=r.state,
             memory_bytes=r.memory.usage.memory_bytes if r.child is not None else 0,
             growing=r.memory.growing,
-            has_trim=r.spec.trim_signal is not None or isinstance(r.child, InProcess) and r.child.can_trim,
+            has_trim=r.spec.trim is not None or isinstance(r.child, InProcess) and r.child.can_trim,
             can_freeze=not r.in_process,  # SIGSTOP would stop the caller's own process
             last_used=r.last_used,
             frozen_since=r.levers.frozen_since,

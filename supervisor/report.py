@@ -12,6 +12,7 @@ from typing import Any
 
 from . import platform, procs
 from .config import MemorySection
+from .endpoints import unload_actions
 from .inprocess import InProcess
 from .launcher import resolve_command
 from .model import MIB, ComponentState, ComponentStatus, GpuLimits, MemoryDetail, MemoryState, Snapshot, TreeUsage
@@ -115,6 +116,9 @@ def _component_row(
         "unloaded_by_policy": r.unloaded_by_policy,
         "last_exit": r.last_exit,
         "waiting": r.waiting_reason if r.state is ComponentState.WAITING else None,
+        "port": r.endpoint.port if r.endpoint is not None else None,
+        "url": r.endpoint.url if r.endpoint is not None else None,
+        "models_unloaded": r.levers.models_unloaded_at is not None,
     }
 
 
@@ -241,14 +245,22 @@ def component_rows(statuses: list[ComponentStatus], runners: Mapping[str, Runner
         rows.append(
             {
                 **{f: getattr(row, f) for f in row.__struct_fields__},
-                "command": resolve_command(spec.command),
+                "command": resolve_command((runner.endpoint.spec if runner.endpoint else spec).command),
                 "cwd": spec.cwd,
                 "after": spec.after,
                 "restart": spec.restart.value,
                 "stop_signal": spec.stop_signal,
                 "stop_grace_s": spec.stop_grace_s,
                 "trim_signal": spec.trim_signal,
+                "trim": spec.trim.http if spec.trim is not None and spec.trim.http is not None else spec.trim_signal,
+                "unload": [a.http for a in unload_actions(spec)],
+                "alive": _probe_text(spec.alive.http, spec.alive.exec) if spec.alive else None,
+                "url": runner.endpoint.url if runner.endpoint is not None else None,
                 "log_file": str(runner.log_path),
             }
         )
     return rows
+
+
+def _probe_text(http: str | None, command: list[str] | None) -> str:
+    return http if http is not None else " ".join(command or [])

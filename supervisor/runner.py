@@ -29,7 +29,9 @@ from .events import EventBus
 from .levers import Levers
 from .logfiles import ProblemCallback, RotatingLog
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo, RunRecord
+from .probes import RunEndpoint, port_for_run
 from .runoutput import RunOutput
+from .runwatch import RunWatch
 
 log = structlog.get_logger("ironcliw.runner")
 
@@ -63,6 +65,7 @@ class RunnerHooks:
     on_log_problem: ProblemCallback | None = None  # the disk refused a log write
     orphans_of: Callable[[str], list[int]] | None = None  # name -> PIDs of its orphans (the core knows every leader)
     run_context: Callable[[str], tuple[float | None, int | None]] | None = None  # name -> (predicted MB, input bytes)
+    taken_ports: Callable[[], Collection[int]] | None = None  # the ports other components' runs were given
 
 
 _SETTLED = frozenset({ComponentState.READY, ComponentState.STOPPED, ComponentState.EXITED, ComponentState.FATAL})
@@ -95,7 +98,8 @@ class Runner:
         self.started_at: float | None = None
         self.memory = ComponentMemory()  # what the monitor measured of its tree
         self.last_used = 0.0  # monotonic: last start or touch
-        self.levers = Levers(spec, lambda: (self.child, self.state), self._set_state)  # freeze, thaw, trim
+        self.endpoint: RunEndpoint | None = None  # the current run's port and HTTP calls
+        self.levers = Levers(spec, lambda: (self.child, self.state, self.endpoint), self._set_state)  # freeze, trim...
         self.unloaded_by_policy = False
         self.current_run = RunStats()
         self.run_output = RunOutput(spec, bus, hooks.echo, ready_already=False)  # the current run's
@@ -201,14 +205,42 @@ class Runner:
         adopting = self._to_adopt is not None
         if self._to_adopt is not None:
             child, self._to_adopt = self._to_adopt, None
+            endpoint = RunEndpoint(self.spec, self.spec.port)
         else:
             try:
-                child = launcher.spawn(self.spec, self._extra_env)
+                endpoint = RunEndpoint(self.spec, port_for_run(self.spec, self._hooks.taken_ports))
+                child = launcher.spawn(endpoint.spec, self._extra_env)
             except SpawnError as exc:
                 self.spawn_error = exc
                 log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
-        self.child, self.spawn_error = child, None
+        self._begin_run(child, endpoint)
+        sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._hooks.on_log_problem)
+        output = self.run_output = RunOutput(
+            endpoint.spec, self._bus, self._hooks.echo, ready_already=adopting, ready_probe=endpoint.ready
+        )
+        ended = "supervisor stopped"
+        try:
+            info, requested = await self._supervise(child, endpoint, sink, output)
+            ended = info.reason
+            return info, requested
+        finally:
+            self._end_run(ended)
+            with anyio.CancelScope(shield=True):
+                if child.returncode is None or child.tree():
+                    await self._stop_tree(child, self.state is ComponentState.FROZEN)
+                child.close()
+                sink.close()
+                await endpoint.aclose()
+                self.log_sink = None
+                self.child = self.endpoint = None
+                self.memory.end_run()
+                self.levers.run_ended()
+                self._hooks.on_change(self.name)
+                self._set_changed()
+
+    def _begin_run(self, child: launcher.Child, endpoint: RunEndpoint) -> None:
+        self.child, self.spawn_error, self.endpoint = child, None, endpoint
         if self._hooks.orphans_of is not None and not self.adopted:
             orphans_of, name = self._hooks.orphans_of, self.name
             child.find_orphans = lambda: orphans_of(name)
@@ -219,79 +251,49 @@ class Runner:
         self.memory.begin_run(child.pid)
         self.levers.run_ended()
         self._hooks.on_change(self.name)
-        log.info(
-            "adopted" if self.adopted else "spawned", component=self.name, pid=child.pid, command=self.spec.command
-        )
-        sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._hooks.on_log_problem)
-        output = self.run_output = RunOutput(self.spec, self._bus, self._hooks.echo, ready_already=adopting)
-        ended = "supervisor stopped"
-        try:
-            info, requested = await self._supervise(child, sink, output)
-            ended = info.reason
-            return info, requested
-        finally:
-            self._end_run(ended)
-            with anyio.CancelScope(shield=True):
-                if child.returncode is None or child.tree():
-                    await self._stop_tree(child, self.state is ComponentState.FROZEN)
-                child.close()
-                sink.close()
-                self.log_sink = None
-                self.child = None
-                self.memory.end_run()
-                self.levers.run_ended()
-                self._hooks.on_change(self.name)
-                self._set_changed()
+        event = "adopted" if self.adopted else "spawned"
+        log.info(event, component=self.name, pid=child.pid, command=endpoint.spec.command, port=endpoint.port)
 
-    async def _supervise(self, child: launcher.Child, sink: RotatingLog, output: RunOutput) -> tuple[ExitInfo, bool]:
-        pump_done = anyio.Event()
-        abort_reason: list[str] = []
-        abort = anyio.Event()
-
-        async def pump() -> None:
-            try:
-                if child.output_fd >= 0:
-                    await output.pump(child.output_fd, sink)
-            finally:
-                pump_done.set()
-
-        async def readiness() -> None:
-            with anyio.move_on_after(self.spec.ready.timeout_s):
-                await output.wait_ready()
-                if self.state is ComponentState.STARTING:
-                    self.memory.fold_hwm(child.tree_hwm_bytes())  # the peak while loading
-                    self.memory.mark_ready()
-                    self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
-                    self._set_state(ComponentState.READY)
-                return
-            abort_reason.append(f"not ready within {self.spec.ready.timeout_s:g} s")
-            abort.set()
-
+    async def _supervise(
+        self, child: launcher.Child, endpoint: RunEndpoint, sink: RotatingLog, output: RunOutput
+    ) -> tuple[ExitInfo, bool]:
+        is_ready = lambda: self.state is ComponentState.READY  # noqa: E731 - probed only while READY
+        watch = RunWatch(child, output, endpoint, lambda: self._became_ready(child), is_ready)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
-            tg.start_soon(readiness)
-            exited = await first_of(child, self._stop_requested, abort)
-            if exited:
-                info = launcher.exit_info(child.returncode or 0)
+            watch.start(tg, sink)
+            if await first_of(child, self._stop_requested, watch.abort):
+                info, requested = launcher.exit_info(child.returncode or 0), False
                 leftover = child.tree()
                 if leftover:  # the leader is gone but grandchildren are not: end them too
                     log.info("stopping_orphans", component=self.name, pids=[i.pid for i in leftover])
                     await self._stop_tree(child, False)
-                requested = False
             else:
-                requested = not abort.is_set()
-                why = self._stop_reason if requested else abort_reason[0]
-                self.memory.fold_hwm(child.tree_hwm_bytes())  # the last chance: the counters go with the processes
-                was_frozen = self.state is ComponentState.FROZEN
-                self._set_state(ComponentState.STOPPING, why)
-                info = await self._stop_tree(child, was_frozen)
-                said = info.signal == signal.SIGKILL or not requested or child.in_process  # what came back
-                info = ExitInfo(info.code, info.signal, f"{why}; {info.reason}" if said else why)
-            with anyio.move_on_after(0.5):
-                await pump_done.wait()
+                requested = watch.reason is None
+                info = await self._stop_run(child, self._stop_reason if requested else str(watch.reason), requested)
+            await watch.drain()
             tg.cancel_scope.cancel()
         log.info("exited", component=self.name, pid=child.pid, reason=info.reason)
         return info, requested
+
+    def _became_ready(self, child: launcher.Child) -> None:
+        if self.state is ComponentState.STARTING:
+            self.memory.fold_hwm(child.tree_hwm_bytes())  # the peak while loading
+            self.memory.mark_ready()
+            self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
+            self._set_state(ComponentState.READY)
+
+    async def _stop_run(self, child: launcher.Child, why: str, requested: bool) -> ExitInfo:
+        """Stop the tree of a running run: asked for (`requested`), or not ready or not alive."""
+        self.memory.fold_hwm(child.tree_hwm_bytes())  # the last chance: the counters go with the processes
+        # A component that stopped answering may be stopped (SIGSTOP) from outside: SIGCONT
+        # with the stop signal lets it exit cleanly, as a frozen one does.
+        resume = self.state is ComponentState.FROZEN or not requested
+        self._set_state(ComponentState.STOPPING, why)
+        info = await self._stop_tree(child, resume)
+        said = info.signal == signal.SIGKILL or not requested or child.in_process  # what came back
+        # Not ready or not alive is a failure whatever the exit status (systemd's view).
+        code = info.code if requested else None
+        return ExitInfo(code, info.signal, f"{why}; {info.reason}" if said else why)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -404,6 +406,7 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
             autostart=runner.spec.autostart,
             last_exit=runner.last_exit,
             waiting=waiting,
+            port=runner.endpoint.port if runner.endpoint is not None else None,
         )
         cached = runner.status_cache = (key, row)
     started = runner.started_at

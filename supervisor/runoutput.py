@@ -1,7 +1,7 @@
 """One run's output and readiness: the pump from the component's pipe to its log file,
 echoed to `up`'s terminal, published as `log` events while somebody listens, and watched
 for the ready line; and the wait for READY by whichever way the config names (a log line,
-a TCP port, or time alive)."""
+a TCP port, an HTTP answer, or time alive)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from .config import ComponentSpec, Readiness
+from .config import ComponentSpec
 from .events import EventBus
 from .logfiles import RotatingLog
 from .model import MIB
+from .probes import ReadyProbe
+from .probespec import Readiness
 from .pump import OutputStats, TokenBucket, pump_output, split_lines
 
 log = structlog.get_logger("ironcliw.runner")
@@ -28,10 +30,16 @@ class RunOutput:
     """The current run's output; a new one for each run (its counters are that run's)."""
 
     def __init__(
-        self, spec: ComponentSpec, bus: EventBus, echo: Callable[[str, bytes], None] | None, ready_already: bool
+        self,
+        spec: ComponentSpec,
+        bus: EventBus,
+        echo: Callable[[str, bytes], None] | None,
+        ready_already: bool,
+        ready_probe: ReadyProbe | None = None,
     ) -> None:
         assert spec.name is not None
         self.name, self.spec, self._bus, self._echo = spec.name, spec, bus, echo
+        self.ready_probe = ready_probe  # ready = { http = ... }: this run's port
         self.stats = OutputStats()  # what it wrote and what its rate limit did
         self.ready_pattern = re.compile(spec.ready.log_pattern) if spec.ready.log_pattern else None
         self.ready_seen = anyio.Event()
@@ -60,6 +68,8 @@ class RunOutput:
             return
         if self.ready_pattern is not None:
             await self.ready_seen.wait()
+        elif self.ready_probe is not None:
+            await self.ready_probe.wait()
         else:
             await wait_port_or_time(self.spec.ready)
 

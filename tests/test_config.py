@@ -178,10 +178,23 @@ def test_default_config_is_valid() -> None:
     assert config.components["chatbot"].priority is Priority.CRITICAL
 
 
+def test_example_model_server_stacks_are_valid() -> None:
+    """Each example in configs/ passes `check`, with `${PORT}` and its HTTP probes."""
+    llama = load_config(REPO / "configs" / "llama-cpp.toml").components
+    assert llama["llm"].ready.http == "/health" and llama["llm"].trim is not None
+    assert llama["llm"].inputs == ["models/random.gguf"] and "${PORT}" in llama["llm"].command
+    assert llama["llama-server"].autostart is False
+    ollama = load_config(REPO / "configs" / "ollama.toml").components["ollama"]
+    assert ollama.env["OLLAMA_HOST"] == "127.0.0.1:${PORT}"
+    assert isinstance(ollama.unload, list) and all('"keep_alive": 0' in (a.body or "") for a in ollama.unload)
+    mlx = load_config(REPO / "configs" / "mlx-lm.toml").components["mlx"]
+    assert mlx.gpu and mlx.ready.http == "/v1/models" and mlx.inputs[0].startswith("~/")
+
+
 @pytest.mark.parametrize(
     "text, code, stream_has",
     [
-        (MINIMAL, 0, "OK, 1 components"),
+        (MINIMAL, 0, "OK, 1 component, start order: a"),
         ('[components.a]\ncommand = ["x"]\npriority = "URGENT"', 2, "at $.components.a.priority"),
         ("[memory]\nwarning_percent = 'high'", 2, "bad.toml: expected `float`, got `str` at $.memory.warning_percent"),
     ],

@@ -13,6 +13,8 @@ LAYERS = {
     "errors": 0,
     "model": 0,
     "locations": 0.5,  # where the config and the socket are: os.path only (the CLI's quick path)
+    "probespec": 0.7,  # the probe, trim and unload tables of a component's config
+    "endpoints": 1.1,  # `${PORT}` filled in for one run
     "config": 1,
     "protocol": 1,
     "restart": 2,
@@ -30,6 +32,8 @@ LAYERS = {
     "orphans": 3.3,
     "stopping": 3.25,
     "launcher": 3.5,
+    "httpcalls": 3.5,  # requests to components (httpx), exec probes
+    "probes": 3.57,  # one run's port and calls: readiness, liveness, trim, unload
     "inprocess": 3.55,  # an object loaded into the caller's process, as a launcher.Child
     "runtime": 3.5,
     "pressure": 2,
@@ -40,6 +44,7 @@ LAYERS = {
     "sampler": 3.4,
     "runoutput": 3.6,
     "levers": 3.6,
+    "runwatch": 3.7,  # one run's pump, readiness wait and liveness probe
     "runner": 4,
     "enforcer": 4.2,
     "report": 4.3,
@@ -65,6 +70,8 @@ LAYERS = {
 PURE = {
     "errors",
     "model",
+    "probespec",
+    "endpoints",
     "config",
     "protocol",
     "restart",
