@@ -14,7 +14,11 @@ INSTALL_MODE="compat"
 installed_extras() {  # the stamp's extras, read with builtins only
     local have=""
     [ -f "$VENV/.ironcliw-stamp" ] && read -r have < "$VENV/.ironcliw-stamp"
-    [[ "$have" == *"[test]" ]] && echo "[test]" || echo ""
+    case "$have" in
+        *"[test,models]") echo "[test,models]" ;;
+        *"[test]") echo "[test]" ;;
+        *) echo "" ;;
+    esac
 }
 
 ensure_venv() {  # $1: extras, e.g. "" or "[test]"
