@@ -83,7 +83,9 @@ class ComponentSpec(Table, frozen=True):
     # Its own port: what `${PORT}` means and where probe paths go. Unset, `${PORT}` in the
     # command, env, probes or proxy is a free loopback port chosen at each start.
     port: Port | None = None
-    proxy: str | None = None  # the base URL of its API (the door forwards there), e.g. "http://127.0.0.1:${PORT}"
+    proxy: str | None = None  # the root URL of its API (the door forwards there), e.g. "http://127.0.0.1:${PORT}"
+    serves: list[str] = []  # the model names the door routes to it (a request's `model` field)
+    idle_ttl_s: NonNegSeconds | None = None  # unloaded when idle this long, pressure or not; 0: never
     inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
     gpu: bool = False  # holds its model in GPU memory: a load predicted above the GPU's ceiling is refused
     # Output beyond this rate (bursts up to output_burst_mb) is held back (`block`: the pipe
@@ -141,10 +143,22 @@ class HttpSection(Table, frozen=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
 
 
+class ProxySection(Table, frozen=True):
+    """The OpenAI-compatible door under /v1/ on the HTTP API's port (http/door.py)."""
+
+    enabled: bool = False
+    make_room: bool = False  # a cold model may unload lower priorities to fit (as `load --make-room`)
+    queue: Annotated[int, Meta(ge=0, le=100_000)] = 16  # requests waiting for cold models; beyond: 503
+    idle_ttl_s: NonNegSeconds = 300.0  # the default of components that serve models (Ollama's keep_alive)
+    max_body_mb: Annotated[float, Meta(gt=0, le=1024)] = 16.0  # a request body larger is refused (413)
+    read_timeout_s: Seconds = 600.0  # an upstream silent this long (no byte) ends the request (504)
+
+
 class ConfigFile(Table, frozen=True):
     supervisor: SupervisorSection = SupervisorSection()
     memory: MemorySection = MemorySection()
     http: HttpSection = HttpSection()
+    proxy: ProxySection = ProxySection()
     # Decoded per component below, so that errors can name the component (msgspec writes
     # dict keys as `[...]` in its paths).
     components: dict[str, dict[str, object]] = {}
@@ -160,6 +174,13 @@ class Config(msgspec.Struct, frozen=True):
     http: HttpSection
     components: dict[str, ComponentSpec]
     order: list[str]
+    proxy: ProxySection = ProxySection()
+
+    def idle_ttl_s(self, spec: ComponentSpec) -> float:
+        """Its own idle_ttl_s, else the door's default for a component that serves models; 0: never."""
+        if spec.idle_ttl_s is not None:
+            return spec.idle_ttl_s
+        return self.proxy.idle_ttl_s if spec.serves else 0.0
 
     def component(self, name: str) -> ComponentSpec:
         return self.components[name]
@@ -210,6 +231,7 @@ def parse_config(raw: bytes | str, file: str) -> Config:
     if decoded.http.host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(file, "$.http.host", "a loopback address (127.0.0.1, ::1 or localhost)")
     order = start_order(file, components)
+    _check_models(file, components)
     return Config(
         source=str(Path(file).resolve()),
         base_dir=str(base_dir),
@@ -218,6 +240,7 @@ def parse_config(raw: bytes | str, file: str) -> Config:
         http=decoded.http,
         components=components,
         order=order,
+        proxy=decoded.proxy,
     )
 
 
@@ -313,6 +336,22 @@ def _check_memory(file: str, memory: MemorySection) -> None:
         raise ConfigError(
             file, "$.memory.swap_out_critical_mb_s", f"a rate at least swap_out_warning_mb_s ({warn:g}), got {crit:g}"
         )
+
+
+def _check_models(file: str, components: Mapping[str, ComponentSpec]) -> None:
+    """Each served model name belongs to one component, which must say where its API is."""
+    owner: dict[str, str] = {}
+    for name, spec in components.items():
+        for i, model in enumerate(spec.serves):
+            if not model or model in owner:
+                taken = f"a model no other component serves, {model!r} is {owner.get(model)}'s"
+                raise ConfigError(file, f"$.components.{name}.serves[{i}]", taken if model else "a model name")
+            owner[model] = name
+        macro = probespec.mentions_port(spec.command, spec.env, [spec.proxy or ""])
+        if spec.serves and spec.proxy is None and spec.port is None and not macro:
+            raise ConfigError(
+                file, f"$.components.{name}.proxy", "its API's URL (proxy, or port, or ${PORT} in its command)"
+            )
 
 
 def start_order(file: str, components: Mapping[str, ComponentSpec]) -> list[str]:

@@ -24,6 +24,7 @@ from .diskstate import DiskState
 from .errors import Refused, ShuttingDown, UnknownComponent
 from .events import EventBus
 from .history import History
+from .idlettl import IdleUnloader
 from .logfiles import tail_lines
 from .model import ComponentState, ComponentStatus, MemoryState, RunRecord, Snapshot
 from .monitor import MemoryMonitor
@@ -57,11 +58,8 @@ class Supervisor:
         self._shutdown = anyio.Event()
         self._stopping = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._env = {
-            "IRONCLIW_RUNTIME_DIR": paths.runtime_dir,
-            "IRONCLIW_STATE_DIR": paths.state_dir,
-            "IRONCLIW_SOCKET": paths.socket,
-        }
+        self._env = {"IRONCLIW_RUNTIME_DIR": paths.runtime_dir, "IRONCLIW_STATE_DIR": paths.state_dir}
+        self._env["IRONCLIW_SOCKET"] = paths.socket  # every component's environment
         self._echo = echo
         self.runners: dict[str, Runner] = {}
         self.status_rows = StatusRows()
@@ -78,6 +76,7 @@ class Supervisor:
         self.record = ProcessRecord(self.runtime, self.runners, self.memory, self.disk.problem)
         self.memory.on_walk = self.record.changed
         self.admission = Admission(self.runners, self.history, self.memory, self._fresh_sample)
+        self.idle = IdleUnloader(self.runners, lambda r: self.config.idle_ttl_s(r.spec), self.unload)
         for name in config.order:
             self.runners[name] = self._make_runner(config.components[name])
 
@@ -116,6 +115,7 @@ class Supervisor:
         runner = self.runners[spec.name] = self._make_runner(spec)
         if self._tg is not None:
             self._tg.start_soon(runner.run)
+        self.idle.components_changed()
         return runner
 
     # --- running -----------------------------------------------------------------------
@@ -140,6 +140,7 @@ class Supervisor:
                 for service in services:
                     await tg.start(service, self)
                 tg.start_soon(self._monitor)
+                tg.start_soon(self.idle.run)
                 tg.start_soon(self.disk.keep)
                 tg.start_soon(self.record.keep)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
@@ -257,8 +258,7 @@ class Supervisor:
         runner.last_used = time.monotonic()  # idle unloading goes by the time since the last use
         return component_status(runner, time.monotonic())
 
-    # Each reads the newest sample while it is fresh (a poller must not multiply the sampling).
-    def memory_status(self) -> dict[str, Any]:
+    def memory_status(self) -> dict[str, Any]:  # the newest sample while fresh: pollers do not multiply sampling
         return self.memory.summary(self._fresh_sample())
 
     def report(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import httpx
 
 DETAIL_BODY_CHARS = 200  # of an error answer, kept in the detail
+MAX_ANSWER_BYTES = 64 * 1024  # of a body read; the rest is never read
 
 
 class CallResult(msgspec.Struct, frozen=True):
@@ -52,17 +53,18 @@ class HttpCaller:
         client = await self._open()
         try:
             with anyio.fail_after(timeout_s):
-                answer = await client.request(method, url, content=content, headers=headers)
+                async with client.stream(method, url, content=content, headers=headers) as answer:
+                    status, text = answer.status_code, await _start_of(answer)
         except TimeoutError:
             return CallResult(False, f"{where}: timed out after {timeout_s:g} s")
         except Exception as exc:  # httpx.HTTPError and OS errors: the component did not answer
             return CallResult(False, f"{where}: {type(exc).__name__}: {exc}".rstrip(": "))
         want = options.get("status")
-        ok = answer.status_code == want if want is not None else 200 <= answer.status_code < 300
-        detail = f"{where}: {answer.status_code}"
-        if not ok:
-            detail += f" {answer.text[:DETAIL_BODY_CHARS]!r}" if answer.content else ""
-        return CallResult(ok, detail, answer.status_code)
+        ok = status == want if want is not None else 200 <= status < 300
+        detail = f"{where}: {status}"
+        if not ok and text:
+            detail += f" {text[:DETAIL_BODY_CHARS]!r}"
+        return CallResult(ok, detail, status)
 
     async def send(self, action: HttpAction, port: int | None) -> CallResult:
         """A trim or unload request."""
@@ -85,6 +87,17 @@ class HttpCaller:
             client, self._client = self._client, None
             with anyio.CancelScope(shield=True):
                 await client.aclose()
+
+
+async def _start_of(answer: httpx.Response) -> str:
+    """The first MAX_ANSWER_BYTES of the answer's body: a component that answers a probe with
+    an endless or huge body costs the supervisor this much memory, not all of it."""
+    kept = bytearray()
+    async for chunk in answer.aiter_bytes():
+        kept += chunk[: MAX_ANSWER_BYTES - len(kept)]
+        if len(kept) >= MAX_ANSWER_BYTES:
+            break
+    return kept.decode(errors="replace")
 
 
 def _body(body: str | None, headers: dict[str, str]) -> tuple[bytes | None, dict[str, str]]:

@@ -109,6 +109,7 @@ class Runner:
         self.adopted = False  # managed but not started by us: it cannot be started again
         self.in_process = spec.command == IN_PROCESS_COMMAND  # its owner loads an object (inprocess.py)
         self.waiting_reason: str | None = None  # what it waits for, while WAITING
+        self.in_flight = 0  # requests the door is forwarding to it (idle TTL waits for none)
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
         self._want = False

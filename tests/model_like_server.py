@@ -46,8 +46,11 @@ def give_back() -> None:
 
 
 class State:
-    def __init__(self, models: dict[str, float], load_s: float) -> None:
+    def __init__(
+        self, models: dict[str, float], load_s: float, stream_chunks: int = 5, stream_gap_s: float = 0.05
+    ) -> None:
         self.sizes = models
+        self.stream_chunks, self.stream_gap_s = stream_chunks, stream_gap_s
         self.models: dict[str, list[bytes]] = {}
         self.cache: list[bytes] = []
         self.load_s = load_s
@@ -64,6 +67,7 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     state: State
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do (a stream closes its connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # one line per request, our own format
         pass
@@ -107,8 +111,49 @@ class Handler(BaseHTTPRequestHandler):
                 self.answer(200, {"id_slot": url.path.rsplit("/", 1)[-1], "n_erased": freed})
             elif url.path == "/api/generate":
                 self.generate(json.loads(body or b"{}"))
+            elif url.path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+                self.openai(url.path, json.loads(body or b"{}"))
             else:
                 self.answer(404, {"error": "not found"})
+
+    def openai(self, path: str, request: dict[str, Any]) -> None:
+        """Answers in OpenAI's shape, the same bytes every time (a stream: `--stream-chunks`
+        events `--stream-gap-s` apart, then [DONE]); notes whether a token reached it."""
+        say("openai", path=path, model=request.get("model"), authorization="authorization" in self.headers)
+        if path == "/v1/embeddings":
+            self.answer(
+                200, {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]}
+            )
+        elif request.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i in range(self.state.stream_chunks):
+                event = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"delta": {"content": f"w{i} "}}],
+                }
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+                time.sleep(self.state.stream_gap_s)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            message = {"role": "assistant", "content": "ok"}
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            self.answer(
+                200,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": request.get("model"),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": usage,
+                },
+            )
 
     def generate(self, request: dict[str, Any]) -> None:
         """Ollama's: `keep_alive: 0` unloads the model; otherwise it is loaded (again)."""
@@ -131,9 +176,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--load-s", type=float, default=0.0, help="answer 503 on /health this long")
     parser.add_argument("--model", action="append", default=[], help="NAME=MB, a model held in memory")
+    parser.add_argument("--stream-chunks", type=int, default=5)
+    parser.add_argument("--stream-gap-s", type=float, default=0.05)
     args = parser.parse_args()
     models = {name: float(mb) for name, mb in (m.split("=") for m in args.model)}
-    Handler.state = state = State(models, args.load_s)
+    Handler.state = state = State(models, args.load_s, args.stream_chunks, args.stream_gap_s)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     say("listening", port=args.port)

@@ -50,6 +50,7 @@ LAYERS = {
     "report": 4.3,
     "monitor": 4.5,
     "admission": 4.7,
+    "idlettl": 4.7,  # unload after idle_ttl_s
     "waitingroom": 4.8,
     "ordering": 4.6,
     "diskstate": 4.6,

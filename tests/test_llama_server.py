@@ -95,7 +95,7 @@ def test_both_servers_start_on_their_own_port_and_answer(make_stack: StackFactor
         "--model_alias", "tiny", "--host", "127.0.0.1", "--port", "${PORT}",
     ]  # fmt: skip
     stack = make_stack(
-        ours("llm", models["small"], proxy='"http://127.0.0.1:${PORT}/v1"')
+        ours("llm", models["small"], proxy='"http://127.0.0.1:${PORT}"')
         + "[components.upstream]\n"
         + f"command = {json.dumps(upstream)}\n"
         + 'ready = { http = "/v1/models", timeout_s = 60 }\n'
@@ -114,7 +114,7 @@ def test_both_servers_start_on_their_own_port_and_answer(make_stack: StackFactor
     status, listed = post_get(upstream_row["port"], "/v1/models")
     assert status == 200 and listed["data"][0]["id"] == "tiny"
     assert complete(upstream_row["port"], 2)["usage"]["prompt_tokens"] > 0
-    assert described(stack, "llm")["url"] == f"http://127.0.0.1:{llm['port']}/v1"
+    assert described(stack, "llm")["url"] == f"http://127.0.0.1:{llm['port']}"
     assert stack.close() == []
 
 
@@ -256,7 +256,7 @@ def test_the_example_llama_stack_runs_as_written(reaper: ProcessReaper, models: 
         assert status == 200 and listed["data"][0]["id"] == "local"
         assert complete(row["port"], 5)["choices"]
         report = described(stack, "llm")
-        assert report["url"] == f"http://127.0.0.1:{row['port']}/v1"
+        assert report["url"] == f"http://127.0.0.1:{row['port']}"
         assert report["prediction"]["basis"] in ("estimate", "inputs", "history")
         shown = stack.cli("status").stdout
         assert "PORT" in shown.splitlines()[1] and str(row["port"]) in shown

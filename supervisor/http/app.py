@@ -194,6 +194,10 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
         Route("/memory/events", e.events),
         Route("/memory_dashboard.html", e.dashboard),
     ]
+    if supervisor.config.proxy.enabled:
+        from .door import Door
+
+        routes += Door(supervisor, supervisor.config.proxy, token).routes()
     handlers = {404: _not_found, 405: _not_allowed, Exception: _internal}
     return Starlette(routes=routes, exception_handlers=handlers)
 

@@ -5,6 +5,8 @@
 - A state-changing request (POST) needs the token from `<runtime_dir>/http.token` (mode
   0600, so only the supervisor's user can read it) in `X-Ironcliw-Token`, and a browser's
   `Origin`, if it sends one, must be the API's own. Scripts send no Origin and need only the token.
+- The OpenAI-compatible door (`/v1/...`, door.py) takes the same token as
+  `Authorization: Bearer`, as OpenAI's client libraries send it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class Guard:
                 await error_response(403, "CROSS_ORIGIN", f"Origin {origin.decode('latin-1')!r} may not change state")(
                     scope, receive, send
                 )
+                return
+            if scope["path"].startswith("/v1/"):  # the door checks `Authorization: Bearer` itself
+                await self.app(scope, receive, send)
                 return
             given = headers.get(TOKEN_HEADER, b"")
             if not hmac.compare_digest(given, self.token):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -52,8 +53,11 @@ class _Closed(Exception):
 
 
 class _Connection:
-    def __init__(self, app: ASGIApp, stream: anyio.abc.SocketStream, slot: Slot, slots: Slots) -> None:
+    def __init__(
+        self, app: ASGIApp, stream: anyio.abc.SocketStream, slot: Slot, slots: Slots, max_body: int = MAX_BODY
+    ) -> None:
         self.app = app
+        self.max_body = max_body
         self.stream = stream
         self.slot = slot
         self.slots = slots
@@ -119,7 +123,7 @@ class _Connection:
             event = await self._next_event()
             if isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_BODY:
+                if size > self.max_body:
                     return None
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -208,6 +212,7 @@ async def serve_app(
     host: str,
     port: int,
     *,
+    max_body: int = MAX_BODY,
     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on host:port until cancelled; reports the bound (host, port) once listening."""
@@ -232,7 +237,7 @@ async def serve_app(
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assert slot.scope is not None
             with slot.scope:
-                await _Connection(app, stream, slot, slots).serve()
+                await _Connection(app, stream, slot, slots, max_body).serve()
         except Exception as exc:  # one connection's bug must not take the listener down
             log.error("http_connection_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
@@ -275,8 +280,10 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
 
         return Guard(build_app(supervisor, token), token)  # type: ignore[return-value]
 
+    proxy = supervisor.config.proxy  # the door's requests carry prompts: its own body limit
+    max_body = max(MAX_BODY, int(proxy.max_body_mb * MAX_BODY)) if proxy.enabled else MAX_BODY
     async with anyio.create_task_group() as tg:
-        await tg.start(serve_app, _BuiltOnFirstRequest(build), cfg.host, cfg.port)
+        await tg.start(partial(serve_app, max_body=max_body), _BuiltOnFirstRequest(build), cfg.host, cfg.port)
         task_status.started()
 
 

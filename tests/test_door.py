@@ -1,0 +1,209 @@
+"""The OpenAI-compatible door (`[proxy]`), on the small model-like server of
+tests/model_like_server.py; the same on a real llama.cpp server is in test_llama_server.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import REPO, Stack, wait_until
+
+StackFactory = Callable[[str], Stack]
+pytestmark = pytest.mark.timeout(90)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server(name: str, serves: list[str], *args: str, **keys: str) -> str:
+    command = ["python", "-m", "tests.model_like_server", "--port", "${PORT}", *args]
+    lines = [
+        f"[components.{name}]",
+        f"command = {json.dumps(command)}",
+        f"cwd = {json.dumps(str(REPO))}",
+        f"serves = {json.dumps(serves)}",
+        'ready = { http = "/health" }',
+        "autostart = false",
+        *(f"{k} = {v}" for k, v in keys.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Door:
+    """A stack with the door on, and an httpx client that sends its token."""
+
+    def __init__(self, make_stack: StackFactory, proxy: str, components: str, memory: str = "") -> None:
+        self.port = free_port()
+        text = f"[http]\nenabled = true\nport = {self.port}\n[proxy]\nenabled = true\n{proxy}\n"
+        self.stack = make_stack(text + (f"[memory]\n{memory}\n" if memory else "") + components)
+        self.stack.up()
+        self.token = (self.stack.runtime / "http.token").read_text().strip()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.base, timeout=60, trust_env=False, headers=self.auth)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def chat(self, model: str, **extra: Any) -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+        return self.client.post("/v1/chat/completions", json=body)
+
+    def track(self, name: str) -> dict[str, Any]:
+        row = self.stack.component(name)
+        self.stack.reaper.track_tree(row["pid"])
+        return row
+
+    def server_lines(self, name: str, event: str) -> list[dict[str, Any]]:
+        lines = self.stack.call("logs", name=name, lines=500)["lines"]
+        return [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith(event + " ")]
+
+    def close(self) -> None:
+        self.client.close()
+        assert self.stack.close() == []
+
+
+def test_first_request_starts_the_server_and_streams_pass_through_unchanged(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "", server("llm", ["tiny"], "--load-s", "0.5"))
+    assert door.stack.component("llm")["state"] == "STOPPED"
+    listed = door.client.get("/v1/models").json()
+    assert [(m["id"], m["owned_by"], m["state"]) for m in listed["data"]] == [("tiny", "llm", "STOPPED")]
+    answer = door.chat("tiny")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "ok"
+    assert float(answer.headers["x-ironcliw-load-s"]) >= 0.5  # it waited for the load
+    assert answer.headers["x-ironcliw-component"] == "llm"
+    row = door.track("llm")
+    assert row["state"] == "READY"
+    # warm now: no load; the client's token never reaches the model server
+    again = door.chat("tiny")
+    assert again.status_code == 200 and "x-ironcliw-load-s" not in again.headers
+    assert all(not line["authorization"] for line in door.server_lines("llm", "openai"))
+    # A stream, relayed as it comes: the same bytes as from the server itself.
+    body = {"model": "tiny", "messages": [], "stream": True}
+    with door.client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        through_door = b"".join(streamed.iter_raw())
+    direct = httpx.post(f"http://127.0.0.1:{row['port']}/v1/chat/completions", json=body, trust_env=False)
+    assert through_door == direct.content and through_door.endswith(b"data: [DONE]\n\n")
+    embeddings = door.client.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
+    assert embeddings.json()["data"][0]["embedding"] == [0.5, 0.25]
+    door.close()
+
+
+def test_the_token_is_required_and_browsers_cannot_forge_requests(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "", server("llm", ["tiny"]))
+    plain = httpx.Client(base_url=door.base, trust_env=False, timeout=10)
+    body = {"model": "tiny", "messages": []}
+    assert plain.post("/v1/chat/completions", json=body).status_code == 401
+    assert plain.get("/v1/models").status_code == 401
+    wrong = plain.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "invalid_request_error"
+    # the API's own header is not the door's: OpenAI clients send Authorization
+    assert plain.post("/v1/chat/completions", json=body, headers={"X-Ironcliw-Token": door.token}).status_code == 401
+    forged = plain.post("/v1/chat/completions", json=body, headers={**door.auth, "Origin": "http://evil.example"})
+    assert forged.status_code == 403
+    assert door.stack.component("llm")["state"] == "STOPPED"  # none of them started anything
+    unknown = door.chat("gpt-5")
+    assert unknown.status_code == 404 and "not served here (served: tiny)" in unknown.json()["error"]["message"]
+    assert door.client.post("/v1/completions", content=b"not json").status_code == 400
+    plain.close()
+    door.close()
+
+
+def test_concurrent_cold_requests_share_one_load_and_the_queue_is_bounded(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "queue = 4", server("llm", ["tiny"], "--load-s", "2"))
+    results: list[httpx.Response] = []
+
+    def ask() -> None:
+        with httpx.Client(base_url=door.base, trust_env=False, timeout=60, headers=door.auth) as client:
+            results.append(client.post("/v1/chat/completions", json={"model": "tiny", "messages": []}))
+
+    threads = [threading.Thread(target=ask) for _ in range(7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    door.track("llm")
+    codes = sorted(r.status_code for r in results)
+    assert codes == [200] * 4 + [503] * 3, codes
+    refused = next(r for r in results if r.status_code == 503)
+    assert refused.headers["retry-after"] == "5" and "[proxy] queue" in refused.json()["error"]["message"]
+    assert len(door.server_lines("llm", "listening")) == 1  # one load for all of them
+    spawned = [e for e in door.stack.log_events() if e.get("event") == "spawned" and e["component"] == "llm"]
+    assert len(spawned) == 1
+    door.close()
+
+
+def test_a_model_that_cannot_fit_is_refused_with_the_numbers(make_stack: StackFactory) -> None:
+    door = Door(
+        make_stack,
+        "make_room = false",
+        server("small", ["a"], priority='"LOW"', estimated_mb="60")
+        + server("huge", ["b"], priority='"HIGH"', estimated_mb="5000"),
+        memory="budget_mb = 400",
+    )
+    refused = door.chat("b")
+    assert refused.status_code == 507, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "insufficient_memory" and error["predicted_mb"] >= 5000 and error["room_mb"] <= 280
+    assert "huge needs ~" in error["message"] and "free before WARNING" in error["message"]
+    assert door.stack.component("huge")["state"] == "STOPPED"
+    assert door.chat("a").status_code == 200  # the one that fits loads
+    door.track("small")
+    door.close()
+
+
+def test_a_second_model_makes_room_by_unloading_the_lower_priority_first(make_stack: StackFactory) -> None:
+    door = Door(
+        make_stack,
+        "make_room = true",
+        server("low", ["a"], "--model", "a=100", priority='"LOW"', estimated_mb="130")
+        + server("high", ["b"], "--model", "b=100", priority='"HIGH"', estimated_mb="130"),
+        memory="budget_mb = 300\nsample_interval_s = 0.2",
+    )
+    assert door.chat("a").status_code == 200
+    low = door.track("low")
+    wait_until(lambda: door.stack.component("low")["rss_mb"] > 100, 10, what="low's model in memory")
+    answer = door.chat("b")  # 130 MB more does not fit below WARNING (210 of 300) beside low
+    assert answer.status_code == 200, answer.text
+    door.track("high")
+    rows = {c["name"]: c for c in door.stack.call("status")["components"]}
+    assert rows["high"]["state"] == "READY" and rows["low"]["state"] == "STOPPED"
+    assert "make room for high" in (rows["low"]["last_exit"] or ""), rows["low"]["last_exit"]
+    assert low["pid"] != rows["high"]["pid"]
+    door.close()
+
+
+def test_idle_ttl_unloads_after_the_last_request_and_the_next_one_reloads(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "idle_ttl_s = 1.5", server("llm", ["tiny"]), memory="used_cpu_percent = 90")
+    assert door.chat("tiny").status_code == 200
+    first = door.track("llm")
+    row = door.stack.wait_state("llm", "STOPPED", timeout=15)
+    assert row["last_exit"].startswith("idle for ") and "(idle_ttl_s = 1.5)" in row["last_exit"]
+    again = door.chat("tiny")
+    assert again.status_code == 200 and "x-ironcliw-load-s" in again.headers
+    assert door.track("llm")["pid"] != first["pid"]
+    door.close()
+
+
+def test_a_long_stream_keeps_its_server_loaded_past_the_ttl(make_stack: StackFactory) -> None:
+    """A request in flight is use: the TTL counts from its end, not its start."""
+    slow_stream = server("llm", ["tiny"], "--stream-chunks", "30", "--stream-gap-s", "0.1")
+    door = Door(make_stack, "idle_ttl_s = 1", slow_stream, memory="used_cpu_percent = 90")
+    with door.client.stream("POST", "/v1/chat/completions", json={"model": "tiny", "stream": True}) as streamed:
+        chunks = [c for c in streamed.iter_raw()]
+    assert b"".join(chunks).count(b"data: ") == 31  # 3 s of stream, three TTLs, not cut
+    door.track("llm")
+    row = door.stack.wait_state("llm", "STOPPED", timeout=15)
+    assert row["last_exit"].startswith("idle for ")
+    door.close()
