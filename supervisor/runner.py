@@ -47,6 +47,7 @@ class RunStats:
         self.predicted_mb = predicted_mb
         self.inputs_bytes = inputs_bytes
         self.time_to_ready_s: float | None = None
+        self.spawn_s: float | None = None  # what launching the command took (fork, exec, the launcher)
 
 
 def _unit_random() -> float:
@@ -203,7 +204,7 @@ class Runner:
     async def _run_once(self) -> tuple[ExitInfo, bool]:
         """One run, from spawn to the end of its whole tree. Returns (how it ended, stop requested)."""
         self._set_state(ComponentState.STARTING)
-        adopting = self._to_adopt is not None
+        adopting, spawn_began = self._to_adopt is not None, time.monotonic()
         if self._to_adopt is not None:
             child, self._to_adopt = self._to_adopt, None
             endpoint = RunEndpoint(self.spec, self.spec.port)
@@ -216,6 +217,7 @@ class Runner:
                 log.error("spawn_failed", component=self.name, command=exc.command, reason=exc.reason)
                 return ExitInfo(code=None, signal=None, reason=f"spawn failed: {exc.reason}"), False
         self._begin_run(child, endpoint)
+        self.current_run.spawn_s = None if adopting else time.monotonic() - spawn_began
         sink = self.log_sink = RotatingLog(self.log_path, *self._log_limits, on_problem=self._hooks.on_log_problem)
         output = self.run_output = RunOutput(
             endpoint.spec, self._bus, self._hooks.echo, ready_already=adopting, ready_probe=endpoint.ready

@@ -263,3 +263,39 @@ def test_the_example_llama_stack_runs_as_written(reaper: ProcessReaper, models: 
         assert stack.close() == []
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_door_starts_a_llama_server_on_the_first_request_and_relays_its_stream(
+    make_stack: StackFactory, models: dict[str, Path]
+) -> None:
+    import httpx
+
+    from tests.test_door import free_port
+
+    port = free_port()
+    stack = make_stack(
+        f"[http]\nenabled = true\nport = {port}\n[proxy]\nenabled = true\n"
+        + ours("llm", models["small"], "--model-alias", "tiny", serves='["tiny"]', autostart="false")
+    )
+    stack.up()
+    token = (stack.runtime / "http.token").read_text().strip()
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=60, trust_env=False
+    )
+    try:
+        assert stack.component("llm")["state"] == "STOPPED"
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "the model"}], "max_tokens": 8, "seed": 1}
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert "x-ironcliw-load-s" in answer.headers and answer.json()["usage"]["completion_tokens"] > 0
+        row = stack.component("llm")
+        stack.reaper.track_tree(row["pid"])
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as streamed:
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3
+        first = json.loads(events[0].removeprefix("data: "))
+        assert first["object"] == "chat.completion.chunk" and first["model"] == "tiny"
+    finally:
+        client.close()
+    assert stack.close() == []

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ..config import check_component, decode_component, without_command
 from ..core import Supervisor
@@ -176,7 +177,7 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(500, "INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
-def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
+def build_app(supervisor: Supervisor, token: str = "") -> ASGIApp:
     e = Endpoints(supervisor, token)
     post = ["POST"]
     routes = [
@@ -194,12 +195,13 @@ def build_app(supervisor: Supervisor, token: str = "") -> Starlette:
         Route("/memory/events", e.events),
         Route("/memory_dashboard.html", e.dashboard),
     ]
-    if supervisor.config.proxy.enabled:
-        from .door import Door
-
-        routes += Door(supervisor, supervisor.config.proxy, token).routes()
     handlers = {404: _not_found, 405: _not_allowed, Exception: _internal}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    if not supervisor.config.proxy.enabled:
+        return app
+    from .door import Door, DoorFront
+
+    return DoorFront(Door(supervisor, supervisor.config.proxy, token), app)
 
 
 def _op(summary: str, method: str = "get", body: bool = False, created: bool = False) -> dict[str, Any]:

@@ -8,44 +8,47 @@ budget (llama-swap's proxy, Ollama's scheduler, with Ironcliw's admission).
   priorities), start, wait until READY, then forward. Requests for the same cold model share
   one load; at most `[proxy] queue` requests wait for loads (503 with Retry-After beyond),
   and a model that cannot fit answers 507 with the numbers.
-- Responses pass through unchanged: a stream (SSE) is relayed as it comes, chunk by chunk.
+- Responses pass through unchanged: a stream (SSE) is relayed as it comes, chunk by chunk;
+  an answer of known length is sent in one piece.
 - Each request marks its component used, at its start and its end; `idle_ttl_s` unloads
-  on that clock (core.py), never while a request is in flight.
+  on that clock (idlettl.py), never while a request is in flight.
+
+It is a plain ASGI app in front of the API's Starlette routes, and forwards with httpcore,
+the connection pool under httpx: httpx's client layer cost 0.8 ms a request here, more than
+the rest of the door (bench/bench_door.py).
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpcore
 import msgspec
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..core import Supervisor
     from ..runner import Runner
 
 log = structlog.get_logger("ironcliw.door")
 
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+DOOR_PATHS = frozenset({"/v1/models", *PATHS})
 # Not forwarded either way: they describe one hop, not the message (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer"}
     | {b"transfer-encoding", b"upgrade", b"host", b"content-length", b"authorization"}
 )
 RETRY_AFTER_S = 5
+WHOLE_BODY_BYTES = 1 << 20  # an answer of known length up to this is read whole and sent in one piece
 
 
 class DoorError(Exception):
@@ -55,10 +58,17 @@ class DoorError(Exception):
         super().__init__(message)
         self.status, self.kind, self.message, self.extra = status, kind, message, extra
 
-    def response(self) -> Response:
+    async def send(self, send: Send) -> None:
         body = {"error": {"message": self.message, "type": self.kind, "code": self.status, **self.extra}}
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.status == 503 else None
-        return Response(msgspec.json.encode(body), self.status, headers, media_type="application/json")
+        extra = [(b"retry-after", str(RETRY_AFTER_S).encode())] if self.status == 503 else []
+        await send_json(send, self.status, body, extra)
+
+
+async def send_json(send: Send, status: int, value: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = msgspec.json.encode(value)
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": data})
 
 
 class SharedLoad:
@@ -69,49 +79,59 @@ class SharedLoad:
         self.error: DoorError | None = None
 
 
+class DoorFront:
+    """The door's paths to the door, everything else to the API's routes."""
+
+    def __init__(self, door: Door, app: ASGIApp) -> None:
+        self.door, self.app = door, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in DOOR_PATHS:
+            await self.door(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class Door:
     def __init__(self, supervisor: Supervisor, cfg: ProxySection, token: str) -> None:
         self.sup, self.cfg, self.token = supervisor, cfg, token.encode()
         self.waiting = 0  # requests waiting for a load, all models together
         self._loads: dict[str, SharedLoad] = {}
-        self._client: httpx.AsyncClient | None = None
-
-    def routes(self) -> list[Route]:
-        return [Route("/v1/models", self.models)] + [Route(p, self.forward, methods=["POST"]) for p in PATHS]
+        self._pool: httpcore.AsyncConnectionPool | None = None
 
     def owners(self) -> dict[str, str]:
         """Model name -> the component serving it (registered components included)."""
         return {model: r.name for r in self.sup.runners.values() for model in r.spec.serves}
 
-    async def models(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._authorize(request)
+            headers = dict(scope["headers"])
+            self._authorize(headers.get(b"authorization", b""))
+            method, path = scope["method"], scope["path"]
+            if path == "/v1/models" and method in ("GET", "HEAD"):
+                await send_json(send, 200, {"object": "list", "data": self._models()})
+                return
+            if path == "/v1/models" or method != "POST":
+                raise DoorError(405, "invalid_request_error", f"{method} is not allowed on {path}")
+            body = await read_body(receive)
+            runner = self._route(body)
+            load_s = await self._ready(runner)
+            await self._relay(scope, send, body, runner, load_s)
         except DoorError as exc:
-            return exc.response()
+            await exc.send(send)
+
+    def _models(self) -> list[dict[str, Any]]:
         runners = self.sup.runners
-        data = [
+        return [
             {"id": model, "object": "model", "created": 0, "owned_by": name, "state": runners[name].state.value}
             for model, name in self.owners().items()
         ]
-        return Response(msgspec.json.encode({"object": "list", "data": data}), media_type="application/json")
-
-    async def forward(self, request: Request) -> Response:
-        try:
-            self._authorize(request)
-            body = await request.body()
-            runner = self._route(body)
-            started = time.monotonic()
-            load_s = await self._ready(runner)
-            return await self._relay(request, body, runner, load_s, started)
-        except DoorError as exc:
-            return exc.response()
 
     # --- the steps ----------------------------------------------------------------------
 
-    def _authorize(self, request: Request) -> None:
-        given = request.headers.get("authorization", "")
-        scheme, _, credential = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self.token):
+    def _authorize(self, given: bytes) -> None:
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
             raise DoorError(
                 401, "invalid_request_error", "send Authorization: Bearer <the token in <runtime_dir>/http.token>"
             )
@@ -151,6 +171,14 @@ class Door:
             raise load.error
         return time.monotonic() - started
 
+    @staticmethod
+    def _cold_start(runner: Runner, load_s: float) -> str:
+        """Where a cold request's wait went: admission (and making room), spawning the
+        command, loading until READY; seconds."""
+        run = runner.current_run
+        spawn, ready = run.spawn_s or 0.0, run.time_to_ready_s or 0.0
+        return f"admission={max(0.0, load_s - spawn - ready):.4f}; spawn={spawn:.4f}; load={ready:.4f}"
+
     async def _load(self, name: str, load: SharedLoad) -> None:
         try:
             await self.sup.load(name, make_room=self.cfg.make_room)
@@ -170,55 +198,64 @@ class Door:
             del self._loads[name]
             load.done.set()
 
-    async def _relay(self, request: Request, body: bytes, runner: Runner, load_s: float, started: float) -> Response:
+    async def _relay(self, scope: Scope, send: Send, body: bytes, runner: Runner, load_s: float) -> None:
         endpoint = runner.endpoint
         base = endpoint.url if endpoint is not None else None
         if base is None:
             raise DoorError(503, "server_error", f"{runner.name} stopped before the request could be sent")
-        headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP]
-        client = self._open()
-        url = base.rstrip("/") + request.url.path
-        upstream_request = client.build_request("POST", url, headers=headers, content=body)
+        query = scope["query_string"]
+        url = base.rstrip("/").encode() + scope["raw_path"] + (b"?" + query if query else b"")
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        extensions = {"timeout": {"connect": 10.0, "read": self.cfg.read_timeout_s, "write": 60.0, "pool": 60.0}}
         runner.in_flight += 1
         runner.last_used = time.monotonic()
+        started = False
         try:
-            upstream = await client.send(upstream_request, stream=True)
-        except Exception as exc:  # connection refused or reset, a timeout: the server failed us
-            self._done(runner)
-            raise DoorError(502, "server_error", f"{runner.name}: {type(exc).__name__}: {exc}") from None
-        out = [(k, v) for k, v in upstream.headers.raw if k.lower() not in HOP_BY_HOP]
-        out.append((b"x-ironcliw-component", runner.name.encode()))
+            async with self._open().stream("POST", url, headers=headers, content=body, extensions=extensions) as up:
+                out = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP]
+                out += self._our_headers(runner, load_s)
+                length = next((v for k, v in up.headers if k.lower() == b"content-length"), b"")
+                if length.isdigit() and int(length) <= WHOLE_BODY_BYTES:  # a plain answer: one write
+                    content = await up.aread()
+                    out.append((b"content-length", str(len(content)).encode()))
+                    started = True
+                    await send({"type": "http.response.start", "status": up.status, "headers": out})
+                    await send({"type": "http.response.body", "body": content})
+                    return
+                started = True
+                await send({"type": "http.response.start", "status": up.status, "headers": out})
+                async for chunk in up.aiter_stream():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            if started:  # the answer has begun: cut it short, the client sees the stream end
+                log.warning("door_stream_cut", component=runner.name, error=f"{type(exc).__name__}: {exc}")
+                return
+            status = 504 if isinstance(exc, httpcore.TimeoutException) else 502
+            raise DoorError(status, "server_error", f"{runner.name}: {type(exc).__name__}: {exc}") from None
+        finally:
+            runner.in_flight -= 1
+            runner.last_used = time.monotonic()
+
+    def _our_headers(self, runner: Runner, load_s: float) -> list[tuple[bytes, bytes]]:
+        out = [(b"x-ironcliw-component", runner.name.encode())]
         if load_s:
             out.append((b"x-ironcliw-load-s", f"{load_s:.3f}".encode()))
-        return StreamingResponse(self._chunks(upstream, runner), upstream.status_code, _headers(out))
+            out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
+        return out
 
-    async def _chunks(self, upstream: httpx.Response, runner: Runner) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
-        finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-            self._done(runner)
-
-    def _done(self, runner: Runner) -> None:
-        runner.in_flight -= 1
-        runner.last_used = time.monotonic()
-
-    def _open(self) -> httpx.AsyncClient:
-        if self._client is None:
-            import httpx
-
-            timeout = httpx.Timeout(10.0, read=self.cfg.read_timeout_s)
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            self._client = httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits)
-        return self._client
+    def _open(self) -> httpcore.AsyncConnectionPool:
+        if self._pool is None:
+            self._pool = httpcore.AsyncConnectionPool(max_connections=256, max_keepalive_connections=64)
+        return self._pool
 
 
-def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Starlette takes a mapping; repeated names (Set-Cookie) are joined, as HTTP allows."""
-    joined: dict[str, str] = {}
-    for key, value in raw:
-        name, text = key.decode("latin-1"), value.decode("latin-1")
-        joined[name] = f"{joined[name]}, {text}" if name in joined else text
-    return joined
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise DoorError(400, "invalid_request_error", "the client went away")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

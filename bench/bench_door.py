@@ -1,0 +1,234 @@
+"""The OpenAI-compatible door, against going to the same server directly, in the same run.
+
+    .venv/bin/python bench/bench_door.py [--seconds 10] [--requests 300]
+
+1. A trivial upstream (bench/trivial_openai.py: the same small JSON answer to every POST, so
+   the door is what is measured): requests per second with 16 keep-alive connections (wrk,
+   `apt-get install wrk`), directly and through the door; the monitor's sampling interval
+   while the door is loaded (its own counter in /metrics: `ironcliw_monitor_samples_total`).
+   Target: at least 2,000 requests/s through the door, with sampling on schedule.
+2. The same upstream, one request at a time, door and direct interleaved: the latency the
+   door adds, p50 and p99 (target: p99 at most 1 ms added).
+3. A real llama.cpp server (components/llama_server.py on a random-weight GGUF; needs the
+   `models` extra): the cold start through the door split into admission, spawn, load and
+   first token; then door and direct interleaved, a non-streamed completion (max_tokens 1)
+   and the time to the first streamed byte, p50 and p99 of each and of the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, free_port, pct, short_tmpdir, start_ironcliw, stop_gracefully, wait_until  # noqa: E402
+
+BODY = {"model": "trivial", "messages": [{"role": "user", "content": "hi"}]}
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+"""
+
+
+class Stack:
+    def __init__(self, components: str, sample_interval_s: float = 0.5) -> None:
+        self.port = free_port()
+        self.work = short_tmpdir("icwd-")
+        config = (
+            f"[memory]\nsample_interval_s = {sample_interval_s}\n[http]\nport = {self.port}\n"
+            f"[proxy]\nenabled = true\nqueue = 64\n{components}"
+        )
+        (self.work / "c.toml").write_text(config)
+        self.proc = start_ironcliw(self.work, self.work / "c.toml")
+        wait_until(lambda: (self.work / "run" / "http.token").exists() and self._answers(), timeout=60, interval=0.1)
+        self.token = (self.work / "run" / "http.token").read_text().strip()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def components(self) -> dict[str, dict[str, object]]:
+        rows = httpx.get(f"{self.base}/memory/components", timeout=10, trust_env=False).json()["components"]
+        return {row["name"]: row for row in rows}
+
+    def samples(self) -> float:
+        text = httpx.get(f"{self.base}/metrics", timeout=10, trust_env=False).text
+        return float(re.search(r"^ironcliw_monitor_samples_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        stop_gracefully(self.proc, 60)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def wrk(url: str, token: str, seconds: float, connections: int = 16) -> tuple[float, float, int]:
+    """(requests/s, p99 ms, non-2xx or socket errors) from wrk on 2 threads."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.format(body=json.dumps(BODY), token=token))
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
+    Path(script.name).unlink()
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)] if p99 else float("nan")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return rate, p99_ms, errors
+
+
+def interleaved(
+    door: httpx.Client, direct: httpx.Client, send: Callable[[httpx.Client], float | None], n: int
+) -> tuple[list[float], list[float]]:
+    """n timings each way (ms), alternating door and direct so both see the same machine: the
+    whole call, or the seconds `send` returns (a time to first byte)."""
+    through: list[float] = []
+    straight: list[float] = []
+    for i in range(n):
+        for client, out in ((door, through), (direct, straight)) if i % 2 else ((direct, straight), (door, through)):
+            t = time.perf_counter()
+            measured = send(client)
+            out.append((measured if measured is not None else time.perf_counter() - t) * 1000)
+    return through, straight
+
+
+def post_body(body: dict[str, object]) -> Callable[[httpx.Client], float | None]:
+    def post(client: httpx.Client) -> None:
+        client.post("/v1/chat/completions", json=body).raise_for_status()
+
+    return post
+
+
+def first_byte(body: dict[str, object]) -> Callable[[httpx.Client], float | None]:
+    def stream(client: httpx.Client) -> float:
+        t = time.perf_counter()
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as answer:
+            next(answer.iter_raw())
+            took = time.perf_counter() - t
+            for _ in answer.iter_raw():
+                pass
+        return took
+
+    return stream
+
+
+def row(label: str, through: list[float], straight: list[float]) -> str:
+    diffs = [a - b for a, b in zip(through, straight, strict=True)]
+    return (
+        f"{label:<34} {pct(straight, 50):>9.2f} {pct(through, 50):>9.2f} {pct(through, 50) - pct(straight, 50):>+9.2f}"
+        f" {pct(straight, 99):>9.2f} {pct(through, 99):>9.2f} {pct(through, 99) - pct(straight, 99):>+9.2f}"
+        f" {pct(diffs, 50):>+9.2f} {pct(diffs, 99):>+9.2f}"
+    )
+
+
+HEADER = (
+    f"{'ms':<34} {'direct':>9} {'door':>9} {'added':>9} {'direct':>9} {'door':>9} {'added':>9} {'pair':>9} {'pair':>9}\n"
+    f"{'':<34} {'p50':>9} {'p50':>9} {'p50':>9} {'p99':>9} {'p99':>9} {'p99':>9} {'p50':>9} {'p99':>9}"
+)
+
+
+def trivial(seconds: float, requests: int) -> None:
+    command = json.dumps(["python", str(REPO / "bench" / "trivial_openai.py"), "--port", "${PORT}"])
+    stack = Stack(f'[components.trivial]\ncommand = {command}\nserves = ["trivial"]\nready = {{ http = "/health" }}\n')
+    try:
+        wait_until(lambda: stack.components()["trivial"]["state"] == "READY", timeout=30)
+        upstream = f"http://127.0.0.1:{stack.components()['trivial']['port']}"
+        print(f"1. {seconds:g} s of wrk, 16 keep-alive connections, POST /v1/chat/completions\n")
+        print(f"{'':<28} {'req/s':>9} {'p99 ms':>9} {'errors':>7} {'sample interval':>16}")
+        for label, url in (("direct to the upstream", upstream), ("through the door", stack.base)):
+            s0, t0 = stack.samples(), time.monotonic()
+            rate, p99, errors = wrk(url + "/v1/chat/completions", stack.token, seconds)
+            interval = (time.monotonic() - t0) / max(1.0, stack.samples() - s0)
+            print(f"{label:<28} {rate:>9.0f} {p99:>9.2f} {errors:>7} {interval:>14.2f} s")
+        print(f"{'(configured sample_interval_s)':<28} {'':>9} {'':>9} {'':>7} {0.5:>14.2f} s\n")
+
+        headers = {"Authorization": f"Bearer {stack.token}"}
+        with (
+            httpx.Client(base_url=stack.base, headers=headers, trust_env=False) as door,
+            httpx.Client(base_url=upstream, trust_env=False) as direct,
+        ):
+            post = post_body(BODY)
+            interleaved(door, direct, post, 50)  # warm-up: connections, caches
+            through, straight = interleaved(door, direct, post, requests)
+        print(f"2. {requests} requests each way, one at a time, interleaved\n")
+        print(HEADER)
+        print(row("trivial completion", through, straight) + "\n")
+    finally:
+        stack.close()
+
+
+def llama(requests: int) -> None:
+    from components.random_gguf import write
+
+    models = Path(tempfile.mkdtemp(prefix="icwd-models-"))
+    write(models / "tiny.gguf")
+    command = ["python", "-m", "components.llama_server", "--model", str(models / "tiny.gguf"), "--port", "${PORT}"]
+    command += ["--model-alias", "tiny"]
+    stack = Stack(
+        f"[components.llm]\ncommand = {json.dumps(command)}\ncwd = {json.dumps(str(REPO))}\n"
+        'serves = ["tiny"]\nautostart = false\nready = { http = "/health", timeout_s = 120 }\n'
+    )
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "the model"}], "max_tokens": 1, "seed": 1}
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    try:
+        with httpx.Client(base_url=stack.base, headers=headers, trust_env=False, timeout=120) as door:
+            t = time.perf_counter()
+            with door.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as cold:
+                next(cold.iter_raw())
+                first_byte_s = time.perf_counter() - t
+                split = dict(part.strip().split("=") for part in cold.headers["x-ironcliw-cold-start"].split(";"))
+                waited = float(cold.headers["x-ironcliw-load-s"])
+                cold.read()
+            print("3. llama.cpp server (llama-cpp-python, random 12 MB model): the first request, cold\n")
+            parts = [(k, float(v) * 1000) for k, v in split.items()]
+            parts.append(("first token", (first_byte_s - waited) * 1000))
+            print("   " + "   ".join(f"{k} {v:.1f} ms" for k, v in parts) + f"   = {first_byte_s * 1000:.1f} ms\n")
+            upstream = f"http://127.0.0.1:{stack.components()['llm']['port']}"
+            with httpx.Client(base_url=upstream, trust_env=False, timeout=120) as direct:
+                interleaved(door, direct, post_body(body), 10)
+                completion = interleaved(door, direct, post_body(body), requests)
+                streamed = interleaved(door, direct, first_byte(body), requests)
+        print(f"   {requests} requests each way, interleaved\n")
+        print(HEADER)
+        print(row("completion, max_tokens 1", *completion))
+        print(row("first streamed byte", *streamed))
+    finally:
+        stack.close()
+        shutil.rmtree(models, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench_door needs wrk: apt-get install wrk")
+    trivial(args.seconds, args.requests)
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("3. skipped: llama-cpp-python is not installed (bin/test --models installs it)")
+        return
+    llama(args.requests)
+
+
+if __name__ == "__main__":
+    main()
