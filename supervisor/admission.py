@@ -19,6 +19,7 @@ from .model import MIB, GpuLimits, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
 from .predictor import Prediction, predict
+from .profiles import history_key, order, with_profile
 from .runner import Runner
 
 log = structlog.get_logger("ironcliw.admission")
@@ -52,17 +53,22 @@ class Admission:
     # --- predictions ---------------------------------------------------------------------
 
     def prediction(self, name: str) -> Prediction:
+        """For the profile it runs (or will next run) in."""
+        return self.prediction_in(name, self._runner(name).profile)
+
+    def prediction_in(self, name: str, profile: str | None) -> Prediction:
         """Cached for PREDICTION_TTL_S (the policy asks on every decision, up to 50 times a
         second under pressure); a finished run invalidates it at once (`forget`)."""
-        cached = self._predictions.get(name)
+        key = history_key(name, profile)
+        cached = self._predictions.get(key)
         now = time.monotonic()
         if cached is not None and now - cached[0] < PREDICTION_TTL_S:
             return cached[1]
-        spec = self._runner(name).spec
+        spec = with_profile(self._runner(name).spec, profile)
         # Runs that never became ready (crash loops, bad configs) say little about a load's need.
-        runs = [r for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        runs = [r for r in self.history.runs(key) if r.time_to_ready_s is not None]
         pred = predict(runs, spec.estimated_mb, inputs_bytes(spec))
-        self._predictions[name] = (now, pred)
+        self._predictions[key] = (now, pred)
         return pred
 
     def run_ended(self, name: str, record: RunRecord) -> None:
@@ -79,16 +85,18 @@ class Admission:
         )
 
     def forget(self, name: str) -> int:
-        """Clear the component's history; the next prediction rests on its estimate."""
-        self._runner(name)
-        forgotten = self.history.forget(name)
-        self._predictions.pop(name, None)
+        """Clear the component's history (every profile's); the next prediction rests on its estimate."""
+        forgotten = 0
+        for profile in order(self._runner(name).spec):
+            forgotten += self.history.forget(history_key(name, profile))
+            self._predictions.pop(history_key(name, profile), None)
         log.info("history_forgotten", component=name, runs=forgotten)
         return forgotten
 
     def time_to_ready(self, name: str) -> float:
         """The median time to READY of the recorded runs (1 s without any)."""
-        times = [r.time_to_ready_s for r in self.history.runs(name) if r.time_to_ready_s is not None]
+        key = history_key(name, self._runner(name).profile)
+        times = [r.time_to_ready_s for r in self.history.runs(key) if r.time_to_ready_s is not None]
         return sorted(times)[len(times) // 2] if times else 1.0
 
     # --- admission -----------------------------------------------------------------------
@@ -131,17 +139,38 @@ class Admission:
         peak is above what the OS lets the GPU hold (None when it fits or nobody says)."""
         return gpu_refusal(name, self._runner(name).spec.gpu, self.prediction(name), self.gpu)
 
-    async def make_room(self, name: str, pred: Prediction, room: int) -> None:
-        """Unload lower-priority components (never equal or higher) until the load fits."""
+    def choose_profile(self, name: str, make_room: bool) -> str | None:
+        """The most preferred profile that fits now, or once lower priorities are unloaded
+        when `make_room`; its own table (None) when none does (admit then refuses)."""
+        runner = self._runner(name)
+        if not runner.spec.profiles or runner.child is not None:
+            return runner.profile
+        room = self.memory.headroom_bytes(self._fresh_snapshot())
+        for profile in order(runner.spec):
+            pred = self.prediction_in(name, profile)
+            if gpu_refusal(name, runner.spec.gpu, pred, self.gpu) is not None:
+                continue
+            if pred.peak_mb * MIB <= room:
+                return profile
+            if make_room and self._room_plan(name, pred, room)[1] >= int(pred.peak_mb * MIB) - room:
+                return profile
+        return None
+
+    def _room_plan(self, name: str, pred: Prediction, room: int) -> tuple[list[str], int]:
+        """Which lower priorities (never equal or higher) to unload for the load, and what that frees."""
         target = self._runner(name).spec.priority
         candidates = [
             (r.name, r.spec.priority, r.memory.usage.memory_bytes, self.time_to_ready(r.name), r.last_used)
             for r in self.runners.values()
             if r.child is not None and r.spec.priority.rank > target.rank and r.state.is_running
         ]
+        return plan_make_room(int(pred.peak_mb * MIB) - room, candidates)
+
+    async def make_room(self, name: str, pred: Prediction, room: int) -> None:
+        """Unload lower-priority components (never equal or higher) until the load fits."""
         needs = f"needs ~{size(pred.peak_mb * MIB)}"
         shortfall = int(pred.peak_mb * MIB) - room
-        chosen, freed = plan_make_room(shortfall, candidates)
+        chosen, freed = self._room_plan(name, pred, room)
         if freed < shortfall:
             raise Refused(
                 f"{name} {needs}, {size(max(room, 0))} free before WARNING; unloading every lower priority"

@@ -56,6 +56,16 @@ def without_command(table: dict[str, Any], adopt_pid: int | None) -> dict[str, A
     return {**table, "command": command, "restart": "never", "autostart": False}
 
 
+class ProfileSpec(Table, frozen=True):
+    """An alternative way to run a component, needing less memory (profiles.py); what it
+    leaves out is the component's own."""
+
+    command: Annotated[list[str], Meta(min_length=1)] | None = None
+    env: dict[str, str] = {}  # on top of the component's
+    estimated_mb: Megabytes | None = None
+    inputs: list[str] | None = None
+
+
 class ComponentSpec(Table, frozen=True):
     command: Annotated[list[str], Meta(min_length=1)]
     name: str | None = None  # the table's key; if given it must match
@@ -85,6 +95,7 @@ class ComponentSpec(Table, frozen=True):
     port: Port | None = None
     proxy: str | None = None  # the root URL of its API (the door forwards there), e.g. "http://127.0.0.1:${PORT}"
     serves: list[str] = []  # the model names the door routes to it (a request's `model` field)
+    profiles: dict[str, ProfileSpec] = {}  # smaller ways to run it, in order of preference (profiles.py)
     idle_ttl_s: NonNegSeconds | None = None  # unloaded when idle this long, pressure or not; 0: never
     inputs: list[str] = []  # files whose size predicts its memory (e.g. the model it loads); relative to cwd
     gpu: bool = False  # holds its model in GPU memory: a load predicted above the GPU's ceiling is refused
@@ -248,6 +259,14 @@ def decode_component(file: str, name: str, table: dict[str, object]) -> Componen
     try:
         return msgspec.convert(table, ComponentSpec)
     except msgspec.ValidationError as exc:
+        profiles = table.get("profiles")
+        if "profiles[...]" in str(exc) and isinstance(profiles, dict):  # name the profile, as msgspec does not
+            for profile, body in profiles.items():
+                try:
+                    msgspec.convert(body, ProfileSpec)
+                except msgspec.ValidationError as inner:
+                    where = f"$.components.{name}.profiles.{profile}"
+                    raise _validation_error(file, str(inner), prefix=where) from None
         raise _validation_error(file, str(exc), prefix=f"$.components.{name}") from None
 
 
@@ -281,6 +300,7 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
     trim = probespec.check_trim(file, at, spec.trim, spec.trim_signal, spec.stop_signal, TRIM_SIGNAL_NAMES)
     spec = msgspec.structs.replace(spec, trim=trim, trim_signal=trim.signal if trim is not None else None)
     _check_process_strings(file, at, spec)
+    _check_profiles(file, at, spec)
     if spec.backoff_max_s < spec.backoff_initial_s:
         raise ConfigError(file, f"{at}.backoff_max_s", "a value at least backoff_initial_s")
     ready = spec.ready
@@ -307,6 +327,15 @@ def check_component(file: str, base_dir: Path, name: str, spec: ComponentSpec) -
             f"an existing directory, got {str(cwd)!r} ({'not a directory' if cwd.exists() else 'no such directory'})",
         )
     return msgspec.structs.replace(spec, name=name, cwd=str(cwd))
+
+
+def _check_profiles(file: str, at: str, spec: ComponentSpec) -> None:
+    for profile, table in spec.profiles.items():
+        if not NAME_PATTERN.match(profile):
+            expected = f"profile names of letters, digits, '_', '.', '-'; got {profile!r}"
+            raise ConfigError(file, f"{at}.profiles", expected)
+        own = {"command": table.command or spec.command, "env": table.env, "inputs": table.inputs or []}
+        _check_process_strings(file, f"{at}.profiles.{profile}", msgspec.structs.replace(spec, **own))
 
 
 def _check_process_strings(file: str, at: str, spec: ComponentSpec) -> None:

@@ -29,6 +29,7 @@ from .logfiles import tail_lines
 from .model import ComponentState, ComponentStatus, MemoryState, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .ordering import start_in_order, stop_in_order
+from .profiles import with_profile
 from .record import ProcessRecord
 from .registry import Registry
 from .report import component_rows, status, supervisor_about, with_gpu
@@ -97,7 +98,7 @@ class Supervisor:
                 orphans_of=lambda name: orphans.find(self.memory.leaders()).get(name, []),
                 run_context=lambda name: (
                     self.admission.prediction(name).peak_mb,
-                    inputs_bytes(self.config.components[name]),
+                    inputs_bytes(with_profile(self.runners[name].spec, self.runners[name].profile)),
                 ),
                 taken_ports=lambda: {r.endpoint.port for r in self.runners.values() if r.endpoint and r.endpoint.port},
             ),
@@ -221,10 +222,19 @@ class Supervisor:
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
+        self._choose_profile(runner, make_room)
         shortfall = self.admission.admit(name, make_room)
         if shortfall is not None:
             await self.admission.make_room(name, *shortfall)
         return await self._start_ready(runner)
+
+    def _choose_profile(self, runner: Runner, make_room: bool) -> None:
+        profile = self.admission.choose_profile(runner.name, make_room)
+        if profile != runner.profile and runner.child is None:
+            pred = self.admission.prediction_in(runner.name, profile)
+            log.info("profile_chosen", component=runner.name, profile=profile, predicted_mb=pred.peak_mb)
+            self.bus.publish("action", component=runner.name, kind="PROFILE", outcome=profile or "default")
+            runner.profile = profile
 
     async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
         runner = self.runner(name)

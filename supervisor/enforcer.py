@@ -9,6 +9,8 @@
   HTTP is sent first, in the background (a request may take its timeout).
 - An UNLOAD of a server with `unload` requests sends them and keeps the process (measured
   like a trim); one whose models were already unloaded and not used since is stopped.
+- An UNLOAD by the policy of a component with a smaller profile restarts it in that profile
+  instead, when the profile's estimate is below what it holds (profiles.py).
 - `dry_run` logs and publishes the actions (each at most once per DRY_RUN_REPEAT_S) and
   does nothing else.
 
@@ -26,6 +28,7 @@ import anyio.abc
 import msgspec
 import structlog
 
+from . import profiles
 from .config import MemorySection
 from .events import EventBus
 from .model import MIB, Action, ActionKind, MemoryState, state_rank
@@ -100,6 +103,10 @@ class Enforcer:
                 if runner.levers.can_unload_models(runner.last_used):
                     tg.start_soon(self._unload_models, runner)
                     return "unloading_models"
+                smaller = smaller_profile(runner, action)
+                if smaller is not None:
+                    tg.start_soon(self._switch_profile, runner, action, smaller)
+                    return "switching_profile"
                 tg.start_soon(self._unload, runner, action)
                 return "unloading"
             case ActionKind.RELOAD:
@@ -117,6 +124,20 @@ class Enforcer:
                 f"with {action.rss_mb:.0f} MB ({action.rule})"
             )
             await runner.stop(reason)  # keeps unloaded_by_policy; only start() clears it
+        finally:
+            self.busy.discard(runner.name)
+
+    async def _switch_profile(self, runner: Runner, action: Action, profile: str) -> None:
+        """A rung before unloading: restart it in its next, smaller profile."""
+        try:
+            reason = (
+                f"restarted in profile {profile} at {action.state.value} {action.percent_used:.0f} %"
+                f" with {action.rss_mb:.0f} MB ({action.rule})"
+            )
+            log.info("profile_switch", component=runner.name, old=runner.profile, new=profile, reason=reason)
+            await runner.stop(reason)
+            runner.profile = profile
+            await runner.start()
         finally:
             self.busy.discard(runner.name)
 
@@ -205,3 +226,15 @@ class Enforcer:
     @staticmethod
     def _short(action: Action) -> str:
         return f"{action.rule} at {action.state.value} {action.percent_used:.1f} %"
+
+
+def smaller_profile(runner: Runner, action: Action) -> str | None:
+    """The profile an unload by the policy restarts it in instead: the next one, if it runs
+    and that profile's estimate is below what it holds now (a person's unload unloads)."""
+    if action.requested_by is not None or runner.child is None or not runner.spec.profiles:
+        return None
+    smaller = profiles.smaller(runner.spec, runner.profile)
+    if smaller is None:
+        return None
+    estimate = profiles.with_profile(runner.spec, smaller).estimated_mb
+    return smaller if estimate * MIB < runner.memory.usage.memory_bytes else None

@@ -125,6 +125,7 @@ class ComponentStatus(msgspec.Struct, frozen=True, gc=False):  # scalars only: n
     last_exit: str | None
     waiting: str | None = None  # WAITING: what for ("waits for 420 MB, 180 MB free before WARNING")
     port: int | None = None  # the port its run was given (`${PORT}`) or its fixed `port`, while it runs
+    profile: str | None = None  # the profile it runs (or will next run) in; None: its own table
 
 
 class KernelPressure(enum.Enum):

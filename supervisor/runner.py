@@ -30,6 +30,7 @@ from .levers import Levers
 from .logfiles import ProblemCallback, RotatingLog
 from .model import MIB, ComponentState, ComponentStatus, ExitInfo, RunRecord
 from .probes import RunEndpoint, port_for_run
+from .profiles import history_key, with_profile
 from .runoutput import RunOutput
 from .runwatch import RunWatch
 
@@ -48,6 +49,7 @@ class RunStats:
         self.inputs_bytes = inputs_bytes
         self.time_to_ready_s: float | None = None
         self.spawn_s: float | None = None  # what launching the command took (fork, exec, the launcher)
+        self.profile: str | None = None  # the profile it ran in
 
 
 def _unit_random() -> float:
@@ -111,6 +113,7 @@ class Runner:
         self.in_process = spec.command == IN_PROCESS_COMMAND  # its owner loads an object (inprocess.py)
         self.waiting_reason: str | None = None  # what it waits for, while WAITING
         self.in_flight = 0  # requests the door is forwarding to it (idle TTL waits for none)
+        self.profile: str | None = None  # which of its profiles the next run uses (None: its own table)
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
         self._want = False
@@ -164,7 +167,8 @@ class Runner:
         child, on_run_end = self.child, self._hooks.on_run_end
         if on_run_end is not None and self.current_run.started_unix is not None:
             exit_peak = child.exit_peak_bytes if child is not None else None
-            on_run_end(self.name, run_record(self.current_run, self.memory, exit_peak, exit_reason))
+            record = run_record(self.current_run, self.memory, exit_peak, exit_reason)
+            on_run_end(history_key(self.name, self.current_run.profile), record)
 
     # --- the lifecycle task ------------------------------------------------------------
 
@@ -210,7 +214,8 @@ class Runner:
             endpoint = RunEndpoint(self.spec, self.spec.port)
         else:
             try:
-                endpoint = RunEndpoint(self.spec, port_for_run(self.spec, self._hooks.taken_ports))
+                spec = with_profile(self.spec, self.profile)
+                endpoint = RunEndpoint(spec, port_for_run(spec, self._hooks.taken_ports))
                 child = launcher.spawn(endpoint.spec, self._extra_env)
             except SpawnError as exc:
                 self.spawn_error = exc
@@ -251,6 +256,7 @@ class Runner:
         context = self._hooks.run_context
         predicted, inputs = context(self.name) if context else (None, None)
         self.current_run = RunStats(started_unix=time.time(), predicted_mb=predicted, inputs_bytes=inputs)
+        self.current_run.profile = self.profile
         self.memory.begin_run(child.pid)
         self.levers.run_ended()
         self._hooks.on_change(self.name)
@@ -393,7 +399,7 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
     a new uptime, so `status` of N components stays a short C-level pass per row."""
     child, usage = runner.child, runner.memory.usage
     waiting = runner.waiting_reason if runner.state is ComponentState.WAITING else None
-    key = (runner.state, child, runner.restarts, runner.last_exit, usage, waiting)
+    key = (runner.state, child, runner.restarts, runner.last_exit, usage, waiting, runner.profile)
     cached = runner.status_cache
     if cached is None or cached[0] != key:
         row = ComponentStatus(
@@ -410,6 +416,7 @@ def component_status(runner: Runner, now: float) -> ComponentStatus:
             last_exit=runner.last_exit,
             waiting=waiting,
             port=runner.endpoint.port if runner.endpoint is not None else None,
+            profile=runner.profile,
         )
         cached = runner.status_cache = (key, row)
     started = runner.started_at

@@ -19,6 +19,7 @@ LAYERS = {
     "protocol": 1,
     "restart": 2,
     "predictor": 2,
+    "profiles": 1.1,  # a component's smaller profiles
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3,
     "procs": 3.1,  # the macOS backend calls the kernel through platform.mach

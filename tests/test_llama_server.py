@@ -299,3 +299,114 @@ def test_the_door_starts_a_llama_server_on_the_first_request_and_relays_its_stre
     finally:
         client.close()
     assert stack.close() == []
+
+
+class LlamaDoor:
+    """A stack with the door on, over llama servers, and a client with the token."""
+
+    def __init__(self, make_stack: StackFactory, text: str) -> None:
+        import httpx
+
+        from tests.test_door import free_port
+
+        port = free_port()
+        self.stack = make_stack(f"[http]\nenabled = true\nport = {port}\n{text}")
+        self.stack.up()
+        token = (self.stack.runtime / "http.token").read_text().strip()
+        self.base = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=60, trust_env=False
+        )
+
+    def chat(self, model: str) -> Any:
+        body = {"model": model, "messages": [{"role": "user", "content": "the model"}], "max_tokens": 4}
+        return self.client.post("/v1/chat/completions", json=body)
+
+    def close(self) -> None:
+        self.client.close()
+        assert self.stack.close() == []
+
+
+def llama(name: str, model: Path, alias: str, **keys: str) -> str:
+    keys.setdefault("autostart", "false")
+    return ours(name, model, "--model-alias", alias, serves=json.dumps([alias]), **keys)
+
+
+def test_the_door_on_llama_refuses_with_numbers_and_falls_back_to_a_smaller_profile(
+    make_stack: StackFactory, models: dict[str, Path]
+) -> None:
+    small_command = ["python", "-m", "components.llama_server", "--model", str(models["small"])]
+    small_command += ["--model-alias", "big", "--port", "${PORT}"]
+    door = LlamaDoor(
+        make_stack,
+        "[memory]\nbudget_mb = 300\n[proxy]\nenabled = true\nmake_room = false\n"
+        + llama("big", models["big"], "big", estimated_mb="260")
+        + f"[components.big.profiles.small]\ncommand = {json.dumps(small_command)}\nestimated_mb = 130\n"
+        + llama("huge", models["big"], "huge", estimated_mb="4000"),
+    )
+    import httpx
+
+    anonymous = httpx.post(f"{door.base}/v1/chat/completions", json={"model": "big"}, trust_env=False, timeout=10)
+    assert anonymous.status_code == 401
+    answer = door.chat("big")  # 260 MB does not fit below WARNING (210 of 300); its small profile does
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-ironcliw-profile"] == "small" and answer.json()["choices"]
+    row = door.stack.component("big")
+    door.stack.reaper.track_tree(row["pid"])
+    assert row["profile"] == "small"
+    refused = door.chat("huge")
+    assert refused.status_code == 507
+    error = refused.json()["error"]
+    assert error["predicted_mb"] >= 4000 and error["room_mb"] < 210 and "free before WARNING" in error["message"]
+    door.close()
+
+
+def test_the_door_on_llama_makes_room_by_priority_and_unloads_after_the_ttl(
+    make_stack: StackFactory, models: dict[str, Path]
+) -> None:
+    door = LlamaDoor(
+        make_stack,
+        "[memory]\nbudget_mb = 300\nsample_interval_s = 0.2\nused_cpu_percent = 90\n"
+        "[proxy]\nenabled = true\nmake_room = true\nidle_ttl_s = 3\n"
+        + llama("low", models["small"], "low", priority='"LOW"', estimated_mb="150")
+        + llama("high", models["small"], "high", priority='"HIGH"', estimated_mb="150"),
+    )
+    assert door.chat("low").status_code == 200
+    low = door.stack.component("low")
+    door.stack.reaper.track_tree(low["pid"])
+    wait_until(lambda: door.stack.component("low")["rss_mb"] > 60, 10, what="low measured")
+    answer = door.chat("high")  # 150 MB beside low's does not fit below 210: low goes
+    assert answer.status_code == 200, answer.text
+    high = door.stack.component("high")
+    door.stack.reaper.track_tree(high["pid"])
+    rows = {c["name"]: c for c in door.stack.call("status")["components"]}
+    assert rows["low"]["state"] == "STOPPED" and "to make room for high" in rows["low"]["last_exit"]
+    stopped = door.stack.wait_state("high", "STOPPED", timeout=20)  # idle 3 s: unloaded
+    assert stopped["last_exit"].startswith("idle for ")
+    door.close()
+
+
+def test_the_door_on_llama_shares_one_cold_load_and_bounds_the_queue(
+    make_stack: StackFactory, models: dict[str, Path]
+) -> None:
+    door = LlamaDoor(make_stack, "[proxy]\nenabled = true\nqueue = 2\n" + llama("llm", models["small"], "tiny"))
+    answers: list[Any] = []
+
+    def ask() -> None:
+        import httpx
+
+        with httpx.Client(base_url=door.base, headers=door.client.headers, timeout=60, trust_env=False) as client:
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+            answers.append(client.post("/v1/chat/completions", json=body))
+
+    threads = [threading.Thread(target=ask) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    row = door.stack.component("llm")
+    door.stack.reaper.track_tree(row["pid"])
+    assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503]
+    spawned = [e for e in door.stack.log_events() if e.get("event") == "spawned" and e["component"] == "llm"]
+    assert len(spawned) == 1
+    door.close()

@@ -239,6 +239,8 @@ class Door:
 
     def _our_headers(self, runner: Runner, load_s: float) -> list[tuple[bytes, bytes]]:
         out = [(b"x-ironcliw-component", runner.name.encode())]
+        if runner.profile is not None:  # a smaller profile than the one it prefers
+            out.append((b"x-ironcliw-profile", runner.profile.encode()))
         if load_s:
             out.append((b"x-ironcliw-load-s", f"{load_s:.3f}".encode()))
             out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
