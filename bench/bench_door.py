@@ -122,9 +122,10 @@ def first_byte(body: dict[str, object]) -> Callable[[httpx.Client], float | None
     def stream(client: httpx.Client) -> float:
         t = time.perf_counter()
         with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as answer:
-            next(answer.iter_raw())
+            chunks = answer.iter_raw()
+            next(chunks)
             took = time.perf_counter() - t
-            for _ in answer.iter_raw():
+            for _ in chunks:
                 pass
         return took
 
@@ -193,11 +194,13 @@ def llama(requests: int) -> None:
         with httpx.Client(base_url=stack.base, headers=headers, trust_env=False, timeout=120) as door:
             t = time.perf_counter()
             with door.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as cold:
-                next(cold.iter_raw())
+                chunks = cold.iter_raw()
+                next(chunks)
                 first_byte_s = time.perf_counter() - t
                 split = dict(part.strip().split("=") for part in cold.headers["x-ironcliw-cold-start"].split(";"))
                 waited = float(cold.headers["x-ironcliw-load-s"])
-                cold.read()
+                for _ in chunks:
+                    pass
             print("3. llama.cpp server (llama-cpp-python, random 12 MB model): the first request, cold\n")
             parts = [(k, float(v) * 1000) for k, v in split.items()]
             parts.append(("first token", (first_byte_s - waited) * 1000))

@@ -156,6 +156,16 @@ class Admission:
                 return profile
         return None
 
+    def apply_profile(self, name: str, make_room: bool) -> None:
+        """Before a load: run it in the profile `choose_profile` picks, and say so when it changes."""
+        runner = self._runner(name)
+        profile = self.choose_profile(name, make_room)
+        if profile != runner.profile and runner.child is None:
+            pred = self.prediction_in(name, profile)
+            log.info("profile_chosen", component=name, profile=profile, predicted_mb=pred.peak_mb)
+            self.memory.bus.publish("action", component=name, kind="PROFILE", outcome=profile or "default")
+            runner.profile = profile
+
     def _room_plan(self, name: str, pred: Prediction, room: int) -> tuple[list[str], int]:
         """Which lower priorities (never equal or higher) to unload for the load, and what that frees."""
         target = self._runner(name).spec.priority

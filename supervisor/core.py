@@ -222,19 +222,11 @@ class Supervisor:
     async def load(self, name: str, make_room: bool = False) -> ComponentStatus:
         runner = self.runner(name)
         self._refuse_while_stopping()
-        self._choose_profile(runner, make_room)
+        self.admission.apply_profile(name, make_room)
         shortfall = self.admission.admit(name, make_room)
         if shortfall is not None:
             await self.admission.make_room(name, *shortfall)
         return await self._start_ready(runner)
-
-    def _choose_profile(self, runner: Runner, make_room: bool) -> None:
-        profile = self.admission.choose_profile(runner.name, make_room)
-        if profile != runner.profile and runner.child is None:
-            pred = self.admission.prediction_in(runner.name, profile)
-            log.info("profile_chosen", component=runner.name, profile=profile, predicted_mb=pred.peak_mb)
-            self.bus.publish("action", component=runner.name, kind="PROFILE", outcome=profile or "default")
-            runner.profile = profile
 
     async def unload(self, name: str, reason: str = "unloaded") -> ComponentStatus:
         runner = self.runner(name)

@@ -86,13 +86,10 @@ class Runner:
         hooks: RunnerHooks,
     ) -> None:
         assert spec.name is not None
-        self.name = spec.name
-        self.spec = spec
-        self.log_path = log_path
-        self._log_limits = log_limits  # (max bytes, backups)
-        self._bus = bus
+        self.name, self.spec = spec.name, spec
+        self.log_path, self._log_limits = log_path, log_limits  # limits: (max bytes, backups)
+        self._bus, self._hooks = bus, hooks
         self._extra_env = {**extra_env, "IRONCLIW_COMPONENT": spec.name}
-        self._hooks = hooks
 
         self.state = ComponentState.STOPPED
         self.child: launcher.Child | None = None
@@ -116,11 +113,8 @@ class Runner:
         self.profile: str | None = None  # which of its profiles the next run uses (None: its own table)
         self._to_adopt: launcher.Child | None = None
         self._history = restart.RestartHistory()
-        self._want = False
-        self._stop_reason = "stopped"
-        self._wake = anyio.Event()
-        self._changed = anyio.Event()
-        self._stop_requested = anyio.Event()
+        self._want, self._stop_reason = False, "stopped"
+        self._wake, self._changed, self._stop_requested = anyio.Event(), anyio.Event(), anyio.Event()
 
     # --- commands ----------------------------------------------------------------------
 

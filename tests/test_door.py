@@ -207,3 +207,36 @@ def test_a_long_stream_keeps_its_server_loaded_past_the_ttl(make_stack: StackFac
     row = door.stack.wait_state("llm", "STOPPED", timeout=15)
     assert row["last_exit"].startswith("idle for ")
     door.close()
+
+
+def test_openai_client_library_works_with_the_token_as_api_key(make_stack: StackFactory) -> None:
+    import openai
+
+    door = Door(make_stack, "", server("llm", ["tiny"]))
+    client = openai.OpenAI(base_url=f"{door.base}/v1", api_key=door.token, max_retries=0, timeout=30)
+    listed = client.models.list()
+    assert [m.id for m in listed.data] == ["tiny"]
+    done = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert done.choices[0].message.content == "ok"
+    door.track("llm")
+    pieces = [
+        chunk.choices[0].delta.content
+        for chunk in client.chat.completions.create(model="tiny", messages=[], stream=True)
+    ]
+    assert "".join(p or "" for p in pieces) == "w0 w1 w2 w3 w4 "
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{door.base}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-5", messages=[])
+    door.close()
+
+
+def test_request_bodies_are_bounded_by_max_body_mb(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "max_body_mb = 2", server("llm", ["tiny"]))
+    prompt = "x" * (1536 << 10)  # 1.5 MB: above the API's own 1 MiB, within the door's 2 MB
+    fits = door.chat("tiny", extra_prompt=prompt)
+    assert fits.status_code == 200, fits.text[:200]
+    door.track("llm")
+    too_big = door.chat("tiny", extra_prompt=prompt * 2)
+    assert too_big.status_code == 413
+    door.close()
