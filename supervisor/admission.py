@@ -64,10 +64,7 @@ class Admission:
         now = time.monotonic()
         if cached is not None and now - cached[0] < PREDICTION_TTL_S:
             return cached[1]
-        spec = with_profile(self._runner(name).spec, profile)
-        # Runs that never became ready (crash loops, bad configs) say little about a load's need.
-        runs = [r for r in self.history.runs(key) if r.time_to_ready_s is not None]
-        pred = predict(runs, spec.estimated_mb, inputs_bytes(spec))
+        pred = predict_component(with_profile(self._runner(name).spec, profile), self.history.runs(key))
         self._predictions[key] = (now, pred)
         return pred
 
@@ -213,6 +210,13 @@ def gpu_refusal(name: str, gpu: bool, pred: Prediction, limits: GpuLimits) -> st
         f"{name} needs ~{size(pred.peak_mb * MIB)} ({evidence(pred)}), more than the GPU may hold:"
         f" {size(ceiling)} ({source}); unloading others cannot help"
     )
+
+
+def predict_component(spec: ComponentSpec, history: list[RunRecord]) -> Prediction:
+    """Its predicted peak from its recorded runs, its estimate and its inputs' size."""
+    # Runs that never became ready (crash loops, bad configs) say little about a load's need.
+    runs = [r for r in history if r.time_to_ready_s is not None]
+    return predict(runs, spec.estimated_mb, inputs_bytes(spec))
 
 
 def inputs_bytes(spec: ComponentSpec) -> int | None:

@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     sub.add_parser("check", help="validate the config without starting anything")
+    export = sub.add_parser("export", help="the stack as another engine's manifests (kubernetes)")
+    export.add_argument("target", choices=["kubernetes"])
+    export.add_argument("-o", "--output", help="write one file per object into this directory (default: stdout)")
+    export.add_argument("--namespace", default="ironcliw", help="the namespace of the objects (default ironcliw)")
+    export.add_argument("--image", default="ironcliw-stack:latest", help="the image every component runs in")
+    export.add_argument(
+        "--image-root", default="/app", help="where the image holds the directory above the config file's"
+    )
     return parser
 
 
@@ -123,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "up":
         return cmd_up(config, paths, args.log_format)
+    if args.command == "export":
+        from .export.cli import export_kubernetes
+
+        return export_kubernetes(config, paths, args)
     try:
         if args.command == "top":
             from .top import run_top

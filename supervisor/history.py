@@ -36,22 +36,33 @@ class History:
         self.set_aside: Path | None = None
         self.dirty = False  # runs recorded since the last successful write
 
-    def load(self) -> None:
+    def load(self, set_aside: bool = True) -> None:
+        """Read the file; a corrupt or unreadable one is set aside (renamed), or only ignored
+        by a reader that must change nothing (`export`)."""
+        error = self._read()
+        if error is None:
+            return
+        if set_aside:
+            self._set_aside(error)
+        else:
+            log.warning("history_ignored", path=str(self.path), error=error)
+
+    def _read(self) -> str | None:
+        """Why the file cannot be used, or None (read, or absent)."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:  # a directory, unreadable, an I/O error: set aside like a corrupt file
-            self._set_aside(f"cannot be read: {exc.strerror or exc}")
-            return
+            return f"cannot be read: {exc.strerror or exc}"
         try:
             decoded = msgspec.json.decode(raw, type=HistoryFile)
             if decoded.schema != SCHEMA_VERSION:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            self._set_aside(str(exc))
-            return
+            return str(exc)
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
+        return None
 
     def _set_aside(self, error: str) -> None:
         try:

@@ -60,6 +60,7 @@ LAYERS = {
     "control": 6,
     "client": 6,
     "http": 6,
+    "export": 6,  # `export kubernetes`: reads the config and the history, writes manifests
     "api": 6.5,
     "logsetup": 6.5,
     "top": 6.5,

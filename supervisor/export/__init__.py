@@ -1,0 +1,1 @@
+"""`ironcliw export`: the stack as another engine's manifests (kubernetes.py)."""
