@@ -274,7 +274,7 @@ class ControlServer:
                 case Ping():
                     result = {"pong": True, "pid": os.getpid()}
                 case Status():
-                    result = sup.status()
+                    result = sup.status(msgpack_rows=True)
                 case Components():
                     result = sup.components()
                 case Load(args=args):

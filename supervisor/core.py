@@ -208,9 +208,10 @@ class Supervisor:
         snap = self._fresh_sample()
         return self.status_rows.rows(self.runners.values(), snap.time, time.monotonic())
 
-    def status(self) -> dict[str, Any]:
+    def status(self, msgpack_rows: bool = False) -> dict[str, Any]:  # msgpack_rows: pre-encoded, for the socket
         about = supervisor_about(self.started_at, self.config.source, self.paths.runtime_dir, self._stopping)
-        return status(about, self.component_statuses(), self.memory.summary(), self.disk.warnings())
+        out = status(about, self.component_statuses(), self.memory.summary(), self.disk.warnings())
+        return out | {"components": self.status_rows.msgpack()} if msgpack_rows else out
 
     def components(self) -> dict[str, Any]:
         return {"components": component_rows(self.component_statuses(), self.runners)}
@@ -256,9 +257,8 @@ class Supervisor:
         return {"name": name, "runs_forgotten": forgotten, "prediction": self.admission.prediction(name).detail}
 
     def touch(self, name: str) -> ComponentStatus:
-        runner = self.runner(name)
-        runner.last_used = time.monotonic()  # idle unloading goes by the time since the last use
-        return component_status(runner, time.monotonic())
+        (runner := self.runner(name)).last_used = now = time.monotonic()  # idle unloading goes by the last use
+        return component_status(runner, now)
 
     def memory_status(self) -> dict[str, Any]:  # the newest sample while fresh: pollers do not multiply sampling
         return self.memory.summary(self._fresh_sample())

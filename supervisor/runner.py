@@ -375,6 +375,7 @@ class StatusRows:
         self._generation = 0
         self._key: tuple[int, float, int, int] | None = None
         self._rows: list[ComponentStatus] = []
+        self._msgpack: msgspec.Raw | None = None  # the rows encoded, for the control socket
 
     def changed(self) -> None:
         self._generation += 1
@@ -383,8 +384,15 @@ class StatusRows:
         key = (self._generation, reading_time, int(now), len(runners))  # a registration adds one
         if key != self._key:
             self._rows = [component_status(r, now) for r in runners]
-            self._key = key
+            self._key, self._msgpack = key, None
         return self._rows
+
+    def msgpack(self) -> msgspec.Raw:
+        """The current rows as msgpack, encoded once while they stand: a poll of 1,000
+        components then copies bytes instead of encoding 1,000 rows (bench_scale)."""
+        if self._msgpack is None:
+            self._msgpack = msgspec.Raw(msgspec.msgpack.encode(self._rows))
+        return self._msgpack
 
 
 def component_status(runner: Runner, now: float) -> ComponentStatus:

@@ -59,3 +59,22 @@ def test_the_rows_are_kept_whole_until_something_they_show_changes(tmp_path: Pat
     kept = rows.rows([a, b], reading_time=10.5, now=100.9)
     assert rows.rows([a, b], reading_time=10.5, now=101.0) is not kept  # the next second: new uptimes
     assert len(rows.rows([a, b, runner(tmp_path)], reading_time=10.5, now=101.0)) == 3  # a registration
+
+
+def test_the_encoded_rows_are_the_rows_and_follow_every_change(tmp_path: Path) -> None:
+    import msgspec
+
+    from supervisor.runner import StatusRows
+
+    r = runner(tmp_path)
+    rows = StatusRows()
+    listed = rows.rows([r], 1.0, 100.0)
+    first = rows.msgpack()
+    assert msgspec.msgpack.decode(first) == msgspec.to_builtins(listed)
+    assert rows.msgpack() is first  # nothing changed: the same bytes
+    r.state = ComponentState.READY
+    rows.changed()
+    again = rows.rows([r], 1.0, 100.0)
+    assert msgspec.msgpack.decode(rows.msgpack())[0]["state"] == "READY" == again[0].state.value
+    rows.rows([r], 1.0, 101.0)  # a new second: rows (uptimes) built again, and their bytes
+    assert rows.msgpack() is not first
