@@ -214,8 +214,9 @@ def gpu_refusal(name: str, gpu: bool, pred: Prediction, limits: GpuLimits) -> st
 
 def predict_component(spec: ComponentSpec, history: list[RunRecord]) -> Prediction:
     """Its predicted peak from its recorded runs, its estimate and its inputs' size."""
-    # Runs that never became ready (crash loops, bad configs) say little about a load's need.
-    runs = [r for r in history if r.time_to_ready_s is not None]
+    # Runs that never became ready (crash loops, bad configs) say little about a load's need;
+    # a run that ended by itself with status 0 is a whole run (a batch job) whatever its readiness.
+    runs = [r for r in history if r.time_to_ready_s is not None or r.clean_exit]
     return predict(runs, spec.estimated_mb, inputs_bytes(spec))
 
 

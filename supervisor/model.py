@@ -256,3 +256,4 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     exit_reason: str | None = None
     inputs_bytes: int | None = None  # total size of the declared inputs at start
     predicted_mb: float | None = None  # what was predicted for this run
+    clean_exit: bool = False  # it ended by itself with status 0 (a batch job: a whole run, ready or not)

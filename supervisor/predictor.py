@@ -10,8 +10,12 @@ Peak prediction (`predict`):
   fitted as `fixed + per_byte * size` (least squares, recency-weighted) and evaluated at the
   current size, so a model that grows from 1 GB to 4 GB is predicted from the relation, not
   from a stale history;
-- after an under-prediction (the last run peaked above what was predicted for it), the next
-  prediction is at least max(actual + 100 MB, actual x 1.2), as Kubernetes VPA records an OOM.
+- without history but with declared `inputs`: the estimate plus the inputs' size (the
+  program, and each input byte read or mapped once), not the estimate alone;
+- after a real under-prediction (the last run peaked more than BUMP_TOLERANCE above what
+  was predicted for it), the next prediction is at least max(actual + 100 MB, actual x 1.2),
+  as Kubernetes VPA records an OOM; a run a little over its prediction is no OOM, and the
+  bump lasts as long as the overrun is the newest run.
 
 Trend (`theil_sen`, `time_to_reach`): the median of pairwise slopes, robust to the spikes a
 sawtooth makes; a steady leak is growth over LEAK_WINDOW_S with a small spread.
@@ -33,6 +37,7 @@ MARGIN_FLOOR = 0.05
 SPREAD_WEIGHT = 1.5
 OOM_BUMP_MB = 100.0
 OOM_BUMP_FACTOR = 1.2
+BUMP_TOLERANCE = 0.10  # a run more than this above its prediction counts as an overrun
 LEAK_WINDOW_S = 120.0
 LEAK_MIN_MB_PER_MIN = 1.0
 
@@ -59,6 +64,10 @@ def margin_for(runs: int) -> float:
 
 def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | None = None) -> Prediction:
     if not runs:
+        if inputs_bytes:
+            inputs_mb = inputs_bytes / 1048576
+            detail = f"no history: the estimate {estimated_mb:g} MB plus its inputs' {inputs_mb:.0f} MB"
+            return Prediction(round(estimated_mb + inputs_mb, 1), 0.0, 0, 0.0, "estimate+inputs", detail)
         return Prediction(
             float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB"
         )
@@ -79,7 +88,7 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
     if basis == "inputs" and inputs_bytes is not None:
         detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
-    if last.predicted_mb is not None and last.peak_mb > last.predicted_mb:
+    if last.predicted_mb is not None and last.peak_mb > last.predicted_mb * (1.0 + BUMP_TOLERANCE):
         bumped = max(last.peak_mb + OOM_BUMP_MB, last.peak_mb * OOM_BUMP_FACTOR)
         if bumped > peak:
             peak, basis = bumped, basis + "+bump"

@@ -157,11 +157,11 @@ class Runner:
             self.waiting_reason = reason
             self._set_state(ComponentState.WAITING, reason)
 
-    def _end_run(self, exit_reason: str) -> None:
+    def _end_run(self, exit_reason: str, clean_exit: bool) -> None:
         child, on_run_end = self.child, self._hooks.on_run_end
         if on_run_end is not None and self.current_run.started_unix is not None:
             exit_peak = child.exit_peak_bytes if child is not None else None
-            record = run_record(self.current_run, self.memory, exit_peak, exit_reason)
+            record = run_record(self.current_run, self.memory, exit_peak, exit_reason, clean_exit)
             on_run_end(history_key(self.name, self.current_run.profile), record)
 
     # --- the lifecycle task ------------------------------------------------------------
@@ -221,13 +221,13 @@ class Runner:
         output = self.run_output = RunOutput(
             endpoint.spec, self._bus, self._hooks.echo, ready_already=adopting, ready_probe=endpoint.ready
         )
-        ended = "supervisor stopped"
+        ended, clean = "supervisor stopped", False
         try:
             info, requested = await self._supervise(child, endpoint, sink, output)
-            ended = info.reason
+            ended, clean = info.reason, info.code == 0 and not requested
             return info, requested
         finally:
-            self._end_run(ended)
+            self._end_run(ended, clean)
             with anyio.CancelScope(shield=True):
                 if child.returncode is None or child.tree():
                     await self._stop_tree(child, self.state is ComponentState.FROZEN)
@@ -346,7 +346,9 @@ async def first_of(child: launcher.Child, *events: anyio.Event) -> bool:
     return exited
 
 
-def run_record(run: RunStats, memory: ComponentMemory, exit_peak: int | None, exit_reason: str) -> RunRecord:
+def run_record(
+    run: RunStats, memory: ComponentMemory, exit_peak: int | None, exit_reason: str, clean_exit: bool = False
+) -> RunRecord:
     """A finished run as the history keeps it: its peak (sampled, the kernel's marks, and the
     leader's own lifetime peak from wait4), its size when ready and steady, what trims freed."""
     peak, source = memory.run_peak(exit_peak)
@@ -362,6 +364,7 @@ def run_record(run: RunStats, memory: ComponentMemory, exit_peak: int | None, ex
         exit_reason=exit_reason,
         inputs_bytes=run.inputs_bytes,
         predicted_mb=run.predicted_mb,
+        clean_exit=clean_exit,
     )
 
 

@@ -261,3 +261,23 @@ def test_forget_clears_a_runaways_history_so_it_can_load_again(make_stack: Stack
     forgot = stack.cli("forget", "runaway")
     assert forgot.returncode == 0 and "forgot 0 runs" in forgot.stdout
     assert stack.cli("forget", "nobody").returncode != 0
+
+
+def test_a_short_batch_job_teaches_its_prediction(make_stack: StackFactory) -> None:
+    """Ended (status 0) before the default readiness of 1 s alive: still a whole run."""
+    stack = make_stack(
+        f"""
+        [components.batch]
+        command = {python_command("data = b'x' * (120 << 20)")}
+        estimated_mb = 20
+        restart = "never"
+        """
+    )
+    stack.up()
+    row = stack.wait_state("batch", "EXITED")
+    assert "exited 0" in row["last_exit"]
+    wait_until(lambda: (stack.state / "history.json").exists(), 10, what="the history")
+    (record,) = json.loads((stack.state / "history.json").read_text())["components"]["batch"]
+    assert record["clean_exit"] and record["time_to_ready_s"] is None and record["peak_mb"] >= 120
+    predicted = next(c for c in stack.call("report")["components"] if c["name"] == "batch")["predicted_mb"]
+    assert predicted >= 120  # not its 20 MB estimate

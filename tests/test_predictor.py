@@ -93,3 +93,30 @@ def test_the_quick_leak_precheck_never_rules_out_a_leak_that_trend_reports() -> 
         points = [(i * step, 100.0 + rate * i * step + rng.uniform(-noise, noise)) for i in range(rng.randint(3, 300))]
         if trend(points, idle=True).leak:
             assert leak_possible(points, idle=True), points[:5]
+
+
+def test_the_first_run_of_a_component_with_inputs_counts_their_size() -> None:
+    p = predict([], estimated_mb=100, inputs_bytes=120 * MB)  # sort of a 120 MB file peaked at 211 MB
+    assert (p.peak_mb, p.basis) == (220.0, "estimate+inputs")
+    assert "plus its inputs' 120 MB" in p.detail
+
+
+def test_a_small_miss_is_no_oom_but_a_real_overrun_bumps() -> None:
+    history = [run(20)] * 5
+    small = predict([*history, run(21.9, predicted=21.0)], 20)  # 0.9 MB over: within the tolerance
+    assert not small.basis.endswith("+bump") and small.peak_mb < 40
+    real = predict([*history, run(30, predicted=21.0)], 20)  # 43 % over
+    assert real.basis.endswith("+bump") and real.peak_mb >= 130
+    after = predict([*history, run(30, predicted=21.0), run(22, predicted=130.0)], 20)
+    assert not after.basis.endswith("+bump")  # the next run was fine: the bump is gone
+
+
+def test_a_clean_short_run_counts_and_a_crash_before_ready_does_not() -> None:
+    from supervisor.admission import predict_component
+    from supervisor.config import parse_config
+
+    spec = parse_config('[components.job]\ncommand = ["x"]\nestimated_mb = 20\n', "s.toml").components["job"]
+    batch = RunRecord(started_unix=0.0, peak_mb=160.0, clean_exit=True)  # lived 0.3 s, never READY
+    crash = RunRecord(started_unix=0.0, peak_mb=900.0, exit_reason="exited 1")
+    assert predict_component(spec, [batch, batch]).peak_mb >= 160
+    assert predict_component(spec, [crash]).basis == "estimate"
