@@ -18,7 +18,7 @@ from .history import History
 from .model import MIB, GpuLimits, RunRecord, Snapshot
 from .monitor import MemoryMonitor
 from .policy import plan_make_room
-from .predictor import Prediction, predict
+from .predictor import COVERAGE, Prediction, predict
 from .profiles import history_key, order, with_profile
 from .runner import Runner
 
@@ -64,7 +64,8 @@ class Admission:
         now = time.monotonic()
         if cached is not None and now - cached[0] < PREDICTION_TTL_S:
             return cached[1]
-        pred = predict_component(with_profile(self._runner(name).spec, profile), self.history.runs(key))
+        spec, coverage = with_profile(self._runner(name).spec, profile), self.memory.cfg.prediction_coverage
+        pred = predict_component(spec, self.history.runs(key), coverage)
         self._predictions[key] = (now, pred)
         return pred
 
@@ -212,12 +213,12 @@ def gpu_refusal(name: str, gpu: bool, pred: Prediction, limits: GpuLimits) -> st
     )
 
 
-def predict_component(spec: ComponentSpec, history: list[RunRecord]) -> Prediction:
+def predict_component(spec: ComponentSpec, history: list[RunRecord], coverage: float = COVERAGE) -> Prediction:
     """Its predicted peak from its recorded runs, its estimate and its inputs' size."""
     # Runs that never became ready (crash loops, bad configs) say little about a load's need;
     # a run that ended by itself with status 0 is a whole run (a batch job) whatever its readiness.
     runs = [r for r in history if r.time_to_ready_s is not None or r.clean_exit]
-    return predict(runs, spec.estimated_mb, inputs_bytes(spec))
+    return predict(runs, spec.estimated_mb, inputs_bytes(spec), coverage)
 
 
 def inputs_bytes(spec: ComponentSpec) -> int | None:

@@ -146,6 +146,8 @@ class MemorySection(Table, frozen=True):
     wake_settle_s: NonNegSeconds = 5.0  # after the machine wakes from sleep, act only after this
     dry_run: bool = False  # log and publish actions without carrying them out
     early_freeze_s: NonNegSeconds = 3.0  # WARNING freezes a LOW component set to reach CRITICAL sooner than this
+    # The share of runs a prediction should cover once its margin is calibrated (predictor.py)
+    prediction_coverage: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.95
 
 
 class HttpSection(Table, frozen=True):

@@ -38,6 +38,8 @@ SPREAD_WEIGHT = 1.5
 OOM_BUMP_MB = 100.0
 OOM_BUMP_FACTOR = 1.2
 BUMP_TOLERANCE = 0.10  # a run more than this above its prediction counts as an overrun
+COVERAGE = 0.95  # the share of runs a calibrated prediction should cover ([memory] prediction_coverage)
+MIN_CALIBRATION = 5  # walk-forward ratios needed before the margin is calibrated
 LEAK_WINDOW_S = 120.0
 LEAK_MIN_MB_PER_MIN = 1.0
 
@@ -62,7 +64,9 @@ def margin_for(runs: int) -> float:
     return max(MARGIN_FLOOR, MARGIN_FIRST / math.sqrt(runs))
 
 
-def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | None = None) -> Prediction:
+def predict(
+    runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | None = None, coverage: float = COVERAGE
+) -> Prediction:
     if not runs:
         if inputs_bytes:
             inputs_mb = inputs_bytes / 1048576
@@ -72,18 +76,13 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
             float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB"
         )
     n = len(runs)
-    w = _weights(n)
-    total_w = sum(w)
-    peaks = [r.peak_mb for r in runs]
-    mean = sum(wi * p for wi, p in zip(w, peaks, strict=True)) / total_w
-    var = sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks, strict=True)) / total_w
-    spread = math.sqrt(var)
-    base, basis = mean + SPREAD_WEIGHT * spread, "history"
-    fitted = _fit_inputs(runs, w, inputs_bytes)
-    if fitted is not None:
-        base, basis = fitted, "inputs"
-    margin = margin_for(n)
-    peak = base * (1.0 + margin)
+    base, basis, mean, spread = _base(runs, inputs_bytes)
+    calibrated = calibrated_margin(runs, coverage)
+    if calibrated is not None:  # the margin over the center that covered `coverage` of past runs
+        margin, peak = calibrated, _center(runs, inputs_bytes)[0] * (1.0 + calibrated)
+    else:
+        margin = margin_for(n)
+        peak = base * (1.0 + margin)
     last = runs[-1]
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
     if basis == "inputs" and inputs_bytes is not None:
@@ -96,13 +95,51 @@ def predict(runs: Sequence[RunRecord], estimated_mb: float, inputs_bytes: int | 
     if n == 1:
         detail += "; rests on one run (`ironcliw forget NAME` clears a misleading one)"
     confidence = min(1.0, n / 10.0) * (1.0 / (1.0 + spread / max(mean, 1.0)))
+    how = f"calibrated for {coverage:.0%} of runs" if calibrated is not None else "by run count"
     return Prediction(
-        round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%}"
+        round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%} ({how})"
     )
 
 
-def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | None) -> float | None:
-    """peak = fixed + per_byte * size, weighted least squares; None when it cannot be fitted."""
+def _base(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float, str, float, float]:
+    """(base before the margin, basis, weighted mean, weighted spread) of a history."""
+    center, basis, mean, spread = _center(runs, inputs_bytes)
+    return center + SPREAD_WEIGHT * spread, basis, mean, spread
+
+
+def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float, str, float, float]:
+    """(the central estimate: the weighted mean, or the input fit at this size; basis; the
+    weighted mean; the spread around the center)."""
+    w = _weights(len(runs))
+    total_w = sum(w)
+    peaks = [r.peak_mb for r in runs]
+    mean = sum(wi * p for wi, p in zip(w, peaks, strict=True)) / total_w
+    spread = math.sqrt(sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks, strict=True)) / total_w)
+    fitted = _fit_inputs(runs, w, inputs_bytes)
+    if fitted is not None:
+        return fitted[0], "inputs", mean, fitted[1]
+    return mean, "history", mean, spread
+
+
+def calibrated_margin(runs: Sequence[RunRecord], coverage: float) -> float | None:
+    """The margin that would have covered `coverage` of the past runs (split conformal):
+    each run from the third on is predicted walk-forward from the runs before it, and the
+    margin is the ceil((m + 1) x coverage)-th smallest of the m ratios actual / base, less
+    one. None while there are too few ratios for that rank (the run-count schedule then)."""
+    ratios = []
+    for i in range(2, len(runs)):
+        center = _center(runs[:i], runs[i].inputs_bytes)[0]
+        if center > 0:
+            ratios.append(runs[i].peak_mb / center)
+    rank = math.ceil((len(ratios) + 1) * coverage)
+    if len(ratios) < MIN_CALIBRATION or rank > len(ratios):
+        return None
+    return sorted(ratios)[rank - 1] - 1.0
+
+
+def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | None) -> tuple[float, float] | None:
+    """peak = fixed + per_byte * size, weighted least squares: (the fit at `inputs_bytes`, the
+    residual spread); None when it cannot be fitted."""
     if inputs_bytes is None:
         return None
     points = [
@@ -116,7 +153,7 @@ def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | N
         # scaled as if all of the peak grew with them (an upper bound); smaller ones are not.
         (seen,) = sizes
         if seen > 0 and inputs_bytes > seen:
-            return max(y for _, _, y in points) * inputs_bytes / seen
+            return max(y for _, _, y in points) * inputs_bytes / seen, 0.0
         return None
     sw = sum(wi for wi, _, _ in points)
     mx = sum(wi * x for wi, x, _ in points) / sw
@@ -128,7 +165,7 @@ def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | N
     slope = max(0.0, slope)  # memory does not shrink as inputs grow
     fixed = my - slope * mx
     residual = math.sqrt(sum(wi * (y - (fixed + slope * x)) ** 2 for wi, x, y in points) / sw)
-    return max(0.0, fixed + slope * inputs_bytes) + SPREAD_WEIGHT * residual
+    return max(0.0, fixed + slope * inputs_bytes), residual
 
 
 # --- trend ----------------------------------------------------------------------------------

@@ -25,7 +25,10 @@ HEADER = (
 def export_kubernetes(config: Config, paths: Paths, args: argparse.Namespace) -> int:
     history = History(paths.state_dir)
     history.load(set_aside=False)
-    predictions = {name: predict_component(spec, history.runs(name)) for name, spec in config.components.items()}
+    coverage = config.memory.prediction_coverage
+    predictions = {
+        name: predict_component(spec, history.runs(name), coverage) for name, spec in config.components.items()
+    }
     options = Options(image=args.image, namespace=args.namespace, image_root=args.image_root)
     try:
         objects = manifests(config, predictions, options)
