@@ -26,6 +26,9 @@ class RunMemory:
         self.ready_peak_bytes: int | None = None  # the peak up to READY
         self.ready_samples: list[int] = []
         self.trim_freed_mb: list[float] = []
+        self.anon_peak_bytes = 0  # the highest sampled anonymous and file-backed parts
+        self.file_peak_bytes = 0
+        self.hot_file_bytes: int | None = None  # the most file-backed memory touched in one window since READY
 
 
 class ComponentMemory:
@@ -64,6 +67,9 @@ class ComponentMemory:
         self.usage = readings[-1][1]
         values = [u.memory_bytes for _, u in readings]
         self.peak_sampled_bytes = max(self.peak_sampled_bytes, *values)
+        run = self.run
+        run.anon_peak_bytes = max(run.anon_peak_bytes, *(u.anon_bytes for _, u in readings))
+        run.file_peak_bytes = max(run.file_peak_bytes, *(u.file_bytes for _, u in readings))
         if ready:
             kept = self.run.ready_samples
             kept.extend(values[: READY_SAMPLES_KEPT - len(kept)])
@@ -88,6 +94,18 @@ class ComponentMemory:
         """The kernel's high-water mark of the tree, read now, into this run's peak."""
         if hwm_bytes is not None:
             self.run.hwm_bytes = max(self.run.hwm_bytes or 0, hwm_bytes)
+
+    def last_look(self, hwm_bytes: int | None, hot_bytes: int | None) -> None:
+        """Before the run's processes go: their high-water mark, and the file-backed memory
+        touched since the previous look (a window only once READY)."""
+        self.fold_hwm(hwm_bytes)
+        if self.run.ready_peak_bytes is not None:
+            self.fold_hot_file(hot_bytes)
+
+    def fold_hot_file(self, hot_bytes: int | None) -> None:
+        """File-backed memory touched in the window that just ended (procs.tree_hot_file_bytes)."""
+        if hot_bytes is not None:
+            self.run.hot_file_bytes = max(self.run.hot_file_bytes or 0, hot_bytes)
 
     # --- the enforcer: a trim's effect ---------------------------------------------------
 

@@ -150,6 +150,9 @@ class InProcess(Child):
     def tree_hwm_bytes(self) -> int | None:
         return None
 
+    def hot_file_bytes(self) -> int | None:
+        return None  # the caller's own process: its pages' bits are not ours to clear
+
     async def freeze(self, verify_s: float) -> tuple[list[int], list[int]]:
         return [], []  # cannot be frozen: the policy does not ask (ComponentView.can_freeze)
 

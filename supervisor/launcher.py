@@ -180,6 +180,10 @@ class Child:
         """The kernel's high-water mark of the tree while the leader runs (None once it has exited)."""
         return procs.tree_hwm_bytes(self.pid) if self.returncode is None else None
 
+    def hot_file_bytes(self) -> int | None:
+        """File-backed memory the tree touched since the previous call (procs.tree_hot_file_bytes)."""
+        return procs.tree_hot_file_bytes(self.pid) if self.returncode is None else None
+
     async def freeze(self, verify_s: float) -> tuple[list[int], list[int]]:
         """SIGSTOP the tree and wait up to `verify_s` for the kernel to show each process
         stopped; returns (PIDs signalled, PIDs seen stopped)."""

@@ -257,3 +257,17 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     inputs_bytes: int | None = None  # total size of the declared inputs at start
     predicted_mb: float | None = None  # what was predicted for this run
     clean_exit: bool = False  # it ended by itself with status 0 (a batch job: a whole run, ready or not)
+    # The sampled anonymous and file-backed peaks, and the file-backed memory it kept touching
+    # once ready (None where unmeasured): mapped pages it read once are not a need.
+    anon_peak_mb: float | None = None
+    file_peak_mb: float | None = None
+    hot_file_mb: float | None = None
+
+    @property
+    def need_mb(self) -> float:
+        """The peak less the file-backed pages it did not keep touching (clean, re-readable:
+        the kernel drops them before anything is short); the whole peak where unmeasured."""
+        if self.file_peak_mb is None or self.hot_file_mb is None:
+            return self.peak_mb
+        cold = max(0.0, self.file_peak_mb - self.hot_file_mb)
+        return max(self.anon_peak_mb or 0.0, self.peak_mb - cold)

@@ -3,7 +3,9 @@ Pure functions over plain data; time arrives as an argument.
 
 Peak prediction (`predict`):
 - no history: the configured `estimated_mb`, with no confidence;
-- with history: the recency-weighted mean of past peaks (weights halve every
+- each run counts by its need (`RunRecord.need_mb`): its peak less the file-backed pages it
+  mapped and did not keep touching once ready (read once, they are clean and re-readable);
+- with history: the recency-weighted mean of past needs (weights halve every
   HALF_LIFE_RUNS runs) plus a spread term, times a safety margin that shrinks as runs
   accumulate (MARGIN_FIRST at one run, falling as 1/sqrt(n) to MARGIN_FLOOR);
 - with declared `inputs` (file sizes): when past runs saw different input sizes, the peak is
@@ -87,11 +89,11 @@ def predict(
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
     if basis == "inputs" and inputs_bytes is not None:
         detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
-    if last.predicted_mb is not None and last.peak_mb > last.predicted_mb * (1.0 + BUMP_TOLERANCE):
-        bumped = max(last.peak_mb + OOM_BUMP_MB, last.peak_mb * OOM_BUMP_FACTOR)
+    if last.predicted_mb is not None and last.need_mb > last.predicted_mb * (1.0 + BUMP_TOLERANCE):
+        bumped = max(last.need_mb + OOM_BUMP_MB, last.need_mb * OOM_BUMP_FACTOR)
         if bumped > peak:
             peak, basis = bumped, basis + "+bump"
-            detail += f"; last run peaked {last.peak_mb:.0f} MB over its prediction {last.predicted_mb:.0f} MB"
+            detail += f"; last run needed {last.need_mb:.0f} MB, over its prediction {last.predicted_mb:.0f} MB"
     if n == 1:
         detail += "; rests on one run (`ironcliw forget NAME` clears a misleading one)"
     confidence = min(1.0, n / 10.0) * (1.0 / (1.0 + spread / max(mean, 1.0)))
@@ -112,7 +114,7 @@ def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float,
     weighted mean; the spread around the center)."""
     w = _weights(len(runs))
     total_w = sum(w)
-    peaks = [r.peak_mb for r in runs]
+    peaks = [r.need_mb for r in runs]
     mean = sum(wi * p for wi, p in zip(w, peaks, strict=True)) / total_w
     spread = math.sqrt(sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks, strict=True)) / total_w)
     fitted = _fit_inputs(runs, w, inputs_bytes)
@@ -130,7 +132,7 @@ def calibrated_margin(runs: Sequence[RunRecord], coverage: float) -> float | Non
     for i in range(2, len(runs)):
         center = _center(runs[:i], runs[i].inputs_bytes)[0]
         if center > 0:
-            ratios.append(runs[i].peak_mb / center)
+            ratios.append(runs[i].need_mb / center)
     rank = math.ceil((len(ratios) + 1) * coverage)
     if len(ratios) < MIN_CALIBRATION or rank > len(ratios):
         return None
@@ -143,7 +145,7 @@ def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | N
     if inputs_bytes is None:
         return None
     points = [
-        (wi, float(r.inputs_bytes), r.peak_mb) for wi, r in zip(w, runs, strict=True) if r.inputs_bytes is not None
+        (wi, float(r.inputs_bytes), r.need_mb) for wi, r in zip(w, runs, strict=True) if r.inputs_bytes is not None
     ]
     sizes = {x for _, x, _ in points}
     if not points:

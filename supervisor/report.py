@@ -107,6 +107,10 @@ def _component_row(
         "idle_s": round(now - r.last_used, 1) if r.last_used else None,
         "estimated_mb": r.spec.estimated_mb,
         "trim_freed_mb": list(memory.trim_freed_mb),
+        # this run's sampled peaks apart, and the file-backed memory it keeps touching since READY
+        "anon_peak_mb": round(memory.run.anon_peak_bytes / MIB, 1),
+        "file_peak_mb": round(memory.run.file_peak_bytes / MIB, 1),
+        "hot_file_mb": round(hot / MIB, 1) if (hot := memory.run.hot_file_bytes) is not None else None,
         "output": {
             "mb": round(r.run_output.stats.bytes / MIB, 1),
             "dropped_mb": round(r.run_output.stats.dropped_bytes / MIB, 1),

@@ -281,13 +281,14 @@ class Runner:
     def _became_ready(self, child: launcher.Child) -> None:
         if self.state is ComponentState.STARTING:
             self.memory.fold_hwm(child.tree_hwm_bytes())  # the peak while loading
+            child.hot_file_bytes()  # what loading read is not "hot": the windows start now
             self.memory.mark_ready()
             self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
             self._set_state(ComponentState.READY)
 
     async def _stop_run(self, child: launcher.Child, why: str, requested: bool) -> ExitInfo:
         """Stop the tree of a running run: asked for (`requested`), or not ready or not alive."""
-        self.memory.fold_hwm(child.tree_hwm_bytes())  # the last chance: the counters go with the processes
+        self.memory.last_look(child.tree_hwm_bytes(), child.hot_file_bytes())  # the counters go with the processes
         # A component that stopped answering may be stopped (SIGSTOP) from outside: SIGCONT
         # with the stop signal lets it exit cleanly, as a frozen one does.
         resume = self.state is ComponentState.FROZEN or not requested
@@ -365,6 +366,9 @@ def run_record(
         inputs_bytes=run.inputs_bytes,
         predicted_mb=run.predicted_mb,
         clean_exit=clean_exit,
+        anon_peak_mb=round(memory.run.anon_peak_bytes / MIB, 1) if memory.run.anon_peak_bytes else None,
+        file_peak_mb=round(memory.run.file_peak_bytes / MIB, 1) if memory.run.file_peak_bytes else None,
+        hot_file_mb=round(hot / MIB, 1) if (hot := memory.run.hot_file_bytes) is not None else None,
     )
 
 

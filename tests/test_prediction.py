@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -281,3 +282,45 @@ def test_a_short_batch_job_teaches_its_prediction(make_stack: StackFactory) -> N
     assert record["clean_exit"] and record["time_to_ready_s"] is None and record["peak_mb"] >= 120
     predicted = next(c for c in stack.call("report")["components"] if c["name"] == "batch")["predicted_mb"]
     assert predicted >= 120  # not its 20 MB estimate
+
+
+MAPS_A_FILE = """
+import mmap, sys, time
+f = open(sys.argv[1], "rb")
+m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+total = sum(m[i] for i in range(0, len(m), 4096))  # the whole input, read once while loading
+print("ready", flush=True)
+while True:  # then only its first 8 MB, over and over
+    total += sum(m[i] for i in range(0, 8 << 20, 4096))
+    time.sleep(0.02)
+"""
+
+
+def test_mapped_pages_read_once_are_not_counted_as_need(make_stack: StackFactory, tmp_path: Path) -> None:
+    """Anonymous and file-backed apart: a process that maps a 96 MB input and keeps reading
+    8 MB of it needs its own memory and those 8 MB, not the 96."""
+    data = tmp_path / "input.bin"
+    data.write_bytes(bytes(range(256)) * (96 << 12))  # 96 MB
+    command = json.loads(python_command(MAPS_A_FILE)) + [str(data)]
+    stack = make_stack(
+        f"""
+        [components.mapper]
+        command = {json.dumps(command)}
+        estimated_mb = 20
+        ready = {{ log_pattern = "^ready" }}
+        """
+    )
+    stack.up()
+    stack.wait_state("mapper", "READY")
+    wait_until(lambda: stack.component("mapper")["rss_mb"] > 96, 10, what="the mapped input resident")
+    time.sleep(1.5)  # a window of re-reading
+    row = next(c for c in stack.call("report")["components"] if c["name"] == "mapper")
+    assert row["file_peak_mb"] > 90 and row["anon_peak_mb"] < 40, row
+    stack.cli("unload", "mapper")
+    stack.wait_state("mapper", "STOPPED")
+    wait_until(lambda: (stack.state / "history.json").exists(), 10, what="the history")
+    (record,) = json.loads((stack.state / "history.json").read_text())["components"]["mapper"]
+    assert record["file_peak_mb"] > 90 and record["peak_mb"] > 96
+    assert 4 <= record["hot_file_mb"] <= 40, record  # the 8 MB it kept reading, and its libraries
+    predicted = next(c for c in stack.call("report")["components"] if c["name"] == "mapper")["predicted_mb"]
+    assert predicted < record["peak_mb"] - 40, (predicted, record)  # not the 96 MB it read once

@@ -165,3 +165,30 @@ def test_cpu_seconds_of_a_tree(backend: types.ModuleType) -> None:
         busy.wait()
         busy.stdout.close()  # type: ignore[union-attr]
     assert backend.tree_cpu_seconds(busy.pid) is None  # gone
+
+
+def test_hot_file_bytes_count_only_what_is_touched_after_the_previous_call(backend: types.ModuleType) -> None:
+    code = (
+        "import mmap, sys, time\n"
+        "f = open(sys.executable, 'rb')\n"
+        "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+        "print(sum(m[i] for i in range(0, len(m), 4096)), flush=True)\n"  # every page of the file, once
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        first = backend.tree_hot_file_bytes(proc.pid)
+        if first is None:  # where the OS does not tell (psutil, macOS): the whole peak counts
+            assert backend.__name__.endswith(("_portable", "_darwin"))
+            return
+        assert first > 0  # the interpreter and the file it read since it started
+        again = backend.tree_hot_file_bytes(proc.pid)
+        assert again is not None and again < first  # asleep since: little touched after the clear
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert backend.tree_hot_file_bytes(proc.pid) is None  # gone

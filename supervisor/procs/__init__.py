@@ -57,6 +57,7 @@ peer_uid = _backend.peer_uid
 pidfd_open = _backend.pidfd_open
 process_state = _backend.process_state
 tree_cpu_seconds = _backend.tree_cpu_seconds
+tree_hot_file_bytes = _backend.tree_hot_file_bytes
 tree_hwm_bytes = _backend.tree_hwm_bytes
 
 BACKEND = _backend.__name__.rsplit("._", 1)[-1]  # "linux", "darwin" or "portable"
@@ -91,6 +92,7 @@ __all__ = [
     "signal_identity",
     "signal_name",
     "tree_cpu_seconds",
+    "tree_hot_file_bytes",
     "tree_hwm_bytes",
     "tree_pids",
     "tree_usage",

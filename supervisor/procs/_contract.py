@@ -64,6 +64,13 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     raise NotImplementedError
 
 
+def tree_hot_file_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
+    """File-backed memory the tree touched since the previous call (its pages' referenced
+    bits), and the bits cleared for the next window: the hot share of its mapped files. None
+    where the OS does not tell."""
+    raise NotImplementedError
+
+
 def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
     """User + system CPU seconds the tree's processes have used so far (`pids` if already
     known); None if none of them could be read."""

@@ -89,6 +89,10 @@ def descendant_pids(pid: int) -> list[int]:
     return found
 
 
+def tree_hot_file_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
+    return None  # macOS does not expose pages' referenced bits; the footprint leaves out clean file pages anyway
+
+
 def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     """The sum of each process's lifetime peak footprint over the tree."""
     total, seen = 0, False

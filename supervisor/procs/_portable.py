@@ -85,6 +85,10 @@ def tree_hwm_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
     return None  # no per-process high-water mark outside Linux
 
 
+def tree_hot_file_bytes(root: int, pids: Iterable[int] | None = None) -> int | None:
+    return None  # no referenced bits to read outside Linux
+
+
 def tree_cpu_seconds(root: int, pids: Iterable[int] | None = None) -> float | None:
     total, seen = 0.0, False
     for pid in [root, *descendant_pids(root)] if pids is None else pids:
