@@ -5,7 +5,8 @@ Peak prediction (`predict`):
 - no history: the configured `estimated_mb`, with no confidence;
 - each run counts by its need (`RunRecord.need_mb`): its peak less the file-backed pages it
   mapped and did not keep touching once ready (read once, they are clean and re-readable);
-- with history: the recency-weighted mean of past needs (weights halve every
+- with history: the recency-weighted mean of past needs (carried one run ahead on a steady
+  rise: `run_drift`) (weights halve every
   HALF_LIFE_RUNS runs) plus a spread term, times a safety margin that shrinks as runs
   accumulate (MARGIN_FIRST at one run, falling as 1/sqrt(n) to MARGIN_FLOOR);
 - with declared `inputs` (file sizes): when past runs saw different input sizes, the peak is
@@ -120,7 +121,26 @@ def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float,
     fitted = _fit_inputs(runs, w, inputs_bytes)
     if fitted is not None:
         return fitted[0], "inputs", mean, fitted[1]
+    drift = run_drift(peaks)
+    if drift > 0:  # a steady rise run after run: the mean lags it, so carry it one run ahead,
+        # with the spread around that line (the rise itself is not noise)
+        recent = peaks[-8:]
+        line = [peaks[-1] - drift * (len(recent) - 1 - i) for i in range(len(recent))]
+        around = math.sqrt(sum((v - f) ** 2 for v, f in zip(recent, line, strict=True)) / len(recent))
+        return max(mean, peaks[-1] + drift), "history+trend", mean, around
     return mean, "history", mean, spread
+
+
+def run_drift(values: Sequence[float], window: int = 8) -> float:
+    """MB per run of a steady rise over the last `window` runs: the Theil-Sen slope when at
+    least 80 % of the pairs rise (growing data, a slow creep), else 0 (noise, two modes)."""
+    recent = list(values[-window:])
+    if len(recent) < 5:
+        return 0.0
+    slopes = [(b - a) / (j - i) for i, a in enumerate(recent) for j, b in enumerate(recent) if j > i]
+    if sum(1 for x in slopes if x > 0) < 0.8 * len(slopes):
+        return 0.0
+    return max(0.0, sorted(slopes)[len(slopes) // 2])
 
 
 def calibrated_margin(runs: Sequence[RunRecord], coverage: float) -> float | None:

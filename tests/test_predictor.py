@@ -156,3 +156,11 @@ def test_one_outlier_no_longer_inflates_a_calibrated_prediction_for_long() -> No
     history = [RunRecord(started_unix=float(i), peak_mb=p) for i, p in enumerate(peaks)]
     after = predict(history[:50], 400)  # 29 runs after the outlier, 50 kept
     assert after.peak_mb < 600, after
+
+
+def test_a_steady_rise_is_carried_one_run_ahead_and_noise_is_not_a_rise() -> None:
+    rising = [run(100 * 1.015**i) for i in range(12)]  # slow growth, 1.5 % a run
+    p = predict(rising, 100)
+    assert p.basis == "history+trend" and p.peak_mb > rising[-1].peak_mb * 1.015
+    flat = [run(100 + (3 if i % 2 else -3)) for i in range(12)]
+    assert predict(flat, 100).basis == "history"
