@@ -180,7 +180,14 @@ def explanation(
         pred = predict(row["name"]) if predict else None
         row["predicted_mb"] = pred.peak_mb if pred else None
         row["prediction"] = pred.detail if pred else None
-        t = trend(list(runners[row["name"]].memory.trend_points), idle=False)
+        memory = runners[row["name"]].memory
+        hot = memory.run.hot_file_bytes
+        row["anon_mb"], row["file_mb"] = (
+            round(memory.usage.anon_bytes / MIB, 1),
+            round(memory.usage.file_bytes / MIB, 1),
+        )
+        row["hot_file_mb"] = round(hot / MIB, 1) if hot is not None else None  # the file-backed part that counts
+        t = trend(list(memory.trend_points), idle=False)
         row["trend_mb_per_min"] = t.slope_mb_per_min
         row["time_to_next_threshold_s"] = time_to_next_threshold(snap, cfg, t.slope_mb_per_min)
     return out

@@ -316,6 +316,8 @@ def test_mapped_pages_read_once_are_not_counted_as_need(make_stack: StackFactory
     time.sleep(1.5)  # a window of re-reading
     row = next(c for c in stack.call("report")["components"] if c["name"] == "mapper")
     assert row["file_peak_mb"] > 90 and row["anon_peak_mb"] < 40, row
+    candidate = next(c for c in stack.call("explain")["candidates"] if c["name"] == "mapper")
+    assert candidate["file_mb"] > 90 and candidate["anon_mb"] < 40, candidate  # the split, in explain too
     stack.cli("unload", "mapper")
     stack.wait_state("mapper", "STOPPED")
     wait_until(lambda: (stack.state / "history.json").exists(), 10, what="the history")
