@@ -6,7 +6,8 @@ Peak prediction (`predict`):
 - each run counts by its need (`RunRecord.need_mb`): its peak less the file-backed pages it
   mapped and did not keep touching once ready (read once, they are clean and re-readable);
 - with history: the recency-weighted mean of past needs (carried one run ahead on a steady
-  rise: `run_drift`) (weights halve every
+  rise: `run_drift`; a lone one-off run far above the others left out once the run after
+  it was bumped: `_lone_peak`) (weights halve every
   HALF_LIFE_RUNS runs) plus a spread term, times a safety margin that shrinks as runs
   accumulate (MARGIN_FIRST at one run, falling as 1/sqrt(n) to MARGIN_FLOOR);
 - with declared `inputs` (file sizes): when past runs saw different input sizes, the peak is
@@ -114,8 +115,11 @@ def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float,
     """(the central estimate: the weighted mean, or the input fit at this size; basis; the
     weighted mean; the spread around the center)."""
     w = _weights(len(runs))
-    total_w = sum(w)
     peaks = [r.need_mb for r in runs]
+    lone = _lone_peak(peaks)
+    if lone is not None:  # one run far above all others: the bump answered it; it is not the spread
+        w[lone] = 0.0
+    total_w = sum(w)
     mean = sum(wi * p for wi, p in zip(w, peaks, strict=True)) / total_w
     spread = math.sqrt(sum(wi * (p - mean) ** 2 for wi, p in zip(w, peaks, strict=True)) / total_w)
     fitted = _fit_inputs(runs, w, inputs_bytes)
@@ -129,6 +133,21 @@ def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float,
         around = math.sqrt(sum((v - f) ** 2 for v, f in zip(recent, line, strict=True)) / len(recent))
         return max(mean, peaks[-1] + drift), "history+trend", mean, around
     return mean, "history", mean, spread
+
+
+LONE_PEAK_FACTOR = 1.5
+
+
+def _lone_peak(values: Sequence[float]) -> int | None:
+    """The index of a single run at least LONE_PEAK_FACTOR above every other one, among at
+    least 5 and not the newest (the bump covers the run right after it): a one-off, which
+    would otherwise inflate the spread, and so every prediction, for many runs. Two such runs
+    are a mode, not a one-off."""
+    if len(values) < 5:
+        return None
+    top = max(range(len(values) - 1), key=values.__getitem__)
+    rest = max(v for i, v in enumerate(values) if i != top)
+    return top if values[top] >= LONE_PEAK_FACTOR * rest else None
 
 
 def run_drift(values: Sequence[float], window: int = 8) -> float:

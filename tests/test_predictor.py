@@ -164,3 +164,11 @@ def test_a_steady_rise_is_carried_one_run_ahead_and_noise_is_not_a_rise() -> Non
     assert p.basis == "history+trend" and p.peak_mb > rising[-1].peak_mb * 1.015
     flat = [run(100 + (3 if i % 2 else -3)) for i in range(12)]
     assert predict(flat, 100).basis == "history"
+
+
+def test_a_lone_peak_stops_counting_after_the_run_it_bumped_but_a_second_mode_counts() -> None:
+    steady = [run(120 + (i % 3)) for i in range(6)]
+    after = predict([*steady, run(370), *steady[:4]], 100)  # one 3x run, four runs ago
+    assert after.peak_mb < 160, after  # not mean + 1.5 SD inflated by the one-off
+    modes = [run(240 if i % 3 == 0 else 140) for i in range(11)]  # the long context, a third of the time
+    assert predict(modes, 100).peak_mb >= 240  # recurring: a mode the prediction must cover
