@@ -173,8 +173,41 @@ def trivial(seconds: float, requests: int) -> None:
         print(f"2. {requests} requests each way, one at a time, interleaved\n")
         print(HEADER)
         print(row("trivial completion", through, straight) + "\n")
+        client_layers(upstream, requests)
     finally:
         stack.close()
+
+
+def client_layers(upstream: str, requests: int) -> None:
+    """What the door's own client costs: the same POST from an asyncio program through httpx's
+    AsyncClient and through httpcore's pool (the layer under httpx, which the door uses)."""
+    import anyio
+    import httpcore
+
+    url = f"{upstream}/v1/chat/completions"
+    body = json.dumps(BODY).encode()
+    headers = [(b"content-type", b"application/json")]
+
+    async def timed() -> tuple[list[float], list[float]]:
+        with_httpx: list[float] = []
+        with_httpcore: list[float] = []
+        async with httpx.AsyncClient(trust_env=False) as client, httpcore.AsyncConnectionPool() as pool:
+            for i in range(requests + 50):
+                t = time.perf_counter()
+                (await client.post(url, content=body, headers=dict(headers))).raise_for_status()
+                if i >= 50:
+                    with_httpx.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                await pool.request("POST", url, content=body, headers=headers)
+                if i >= 50:
+                    with_httpcore.append((time.perf_counter() - t) * 1000)
+        return with_httpx, with_httpcore
+
+    with_httpx, with_httpcore = anyio.run(timed)
+    print(f"   the door's client alone, {requests} requests each, interleaved (ms a request)\n")
+    print(f"   {'':<30} {'p50':>9} {'p99':>9}")
+    print(f"   {'httpx AsyncClient':<30} {pct(with_httpx, 50):>9.2f} {pct(with_httpx, 99):>9.2f}")
+    print(f"   {'httpcore pool (the door)':<30} {pct(with_httpcore, 50):>9.2f} {pct(with_httpcore, 99):>9.2f}\n")
 
 
 def llama(requests: int) -> None:
