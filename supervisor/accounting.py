@@ -7,13 +7,14 @@ and end, the enforcer a trim's effect. No clock and no OS: times arrive with the
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .model import MIB, TreeUsage
 
 GROWTH_WINDOW_S = 1.0  # `growing` compares the readings of this last second
 RATE_WINDOW_S = 0.3  # `growth_bytes_s` is measured over this
 GROWTH_NOISE_BYTES = 1 << 20
+HOT_FILE_MIN_BYTES = 32 * MIB  # file-backed memory below this is not measured for its hot share
 READY_SAMPLES_KEPT = 4096  # the run's readings while READY, for its steady (median) size
 TREND_POINTS_KEPT = 300  # one point every TREND_EVERY_S (monitor.py): 10 minutes
 
@@ -29,6 +30,7 @@ class RunMemory:
         self.anon_peak_bytes = 0  # the highest sampled anonymous and file-backed parts
         self.file_peak_bytes = 0
         self.hot_file_bytes: int | None = None  # the most file-backed memory touched in one window since READY
+        self.hot_window_open = False  # the referenced bits were cleared at a look: the next one measures
 
 
 class ComponentMemory:
@@ -95,12 +97,25 @@ class ComponentMemory:
         if hwm_bytes is not None:
             self.run.hwm_bytes = max(self.run.hwm_bytes or 0, hwm_bytes)
 
-    def last_look(self, hwm_bytes: int | None, hot_bytes: int | None) -> None:
+    def wants_hot_window(self) -> bool:
+        """Whether to read which mapped pages it touches (smaps and clear_refs cost a walk of
+        its page tables): only once READY, and only while it maps enough for the answer to
+        change a prediction; a small process's libraries are not worth the reads."""
+        return self.run.ready_peak_bytes is not None and self.usage.file_bytes >= HOT_FILE_MIN_BYTES
+
+    def hot_window(self, touched_bytes: int | None) -> None:
+        """A look's reading (procs.tree_hot_file_bytes, which also starts the next window): it
+        counts if a window was open; the first one only opens it (it saw the load, too)."""
+        if self.run.hot_window_open:
+            self.fold_hot_file(touched_bytes)
+        self.run.hot_window_open = touched_bytes is not None
+
+    def last_look(self, hwm_bytes: int | None, read_hot: Callable[[], int | None]) -> None:
         """Before the run's processes go: their high-water mark, and the file-backed memory
-        touched since the previous look (a window only once READY)."""
+        touched since the previous look if a window is open (`read_hot` is called only then)."""
         self.fold_hwm(hwm_bytes)
-        if self.run.ready_peak_bytes is not None:
-            self.fold_hot_file(hot_bytes)
+        if self.run.hot_window_open:
+            self.fold_hot_file(read_hot())
 
     def fold_hot_file(self, hot_bytes: int | None) -> None:
         """File-backed memory touched in the window that just ended (procs.tree_hot_file_bytes)."""

@@ -4,10 +4,14 @@ free one at each start). The grammar of targets is probespec.py's."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from .config import ComponentSpec
-from .probespec import PORT_MACRO, HttpAction, as_list, mentions_port, table_texts
+from .probespec import PORT_MACRO, HttpAction, Trim, as_list, mentions_port, table_texts
+
+R = TypeVar("R", HttpAction, Trim)
 
 
 def uses_port_macro(spec: ComponentSpec) -> bool:
@@ -30,13 +34,11 @@ def with_port(spec: ComponentSpec, port: int | None) -> ComponentSpec:
     def sub(text: str) -> str:
         return text.replace(PORT_MACRO, str(port))
 
-    def sub_action(action: HttpAction) -> HttpAction:
-        return msgspec.structs.replace(
-            action,
-            http=sub(action.http),
-            body=sub(action.body) if action.body is not None else None,
-            headers={k: sub(v) for k, v in action.headers.items()},
-        )
+    def sub_request(request: R) -> R:  # an unload request, or a trim by HTTP: the same three fields
+        body = sub(request.body) if request.body is not None else None
+        headers = {k: sub(v) for k, v in request.headers.items()}
+        http = sub(request.http) if request.http is not None else None  # a Trim's may be unset (a signal)
+        return msgspec.structs.replace(request, http=http, body=body, headers=headers)
 
     ready = spec.ready
     if ready.http is not None:
@@ -50,12 +52,7 @@ def with_port(spec: ComponentSpec, port: int | None) -> ComponentSpec:
         )
     trim = spec.trim
     if trim is not None and trim.http is not None:
-        trim = msgspec.structs.replace(
-            trim,
-            http=sub(trim.http),
-            body=sub(trim.body) if trim.body is not None else None,
-            headers={k: sub(v) for k, v in trim.headers.items()},
-        )
+        trim = sub_request(trim)
     return msgspec.structs.replace(
         spec,
         port=port,
@@ -64,7 +61,7 @@ def with_port(spec: ComponentSpec, port: int | None) -> ComponentSpec:
         ready=ready,
         alive=alive,
         trim=trim,
-        unload=[sub_action(a) for a in unload_actions(spec)] or None,
+        unload=[sub_request(a) for a in unload_actions(spec)] or None,
         proxy=sub(spec.proxy) if spec.proxy is not None else None,
     )
 

@@ -308,8 +308,8 @@ def look_at_trees(
         if child.returncode is None and runner.memory.pid == child.pid:
             tree = members.get(child.pid)
             runner.memory.fold_hwm(procs.tree_hwm_bytes(child.pid, tree))
-            if runner.memory.run.ready_peak_bytes is not None:  # windows count from READY on
-                runner.memory.fold_hot_file(procs.tree_hot_file_bytes(child.pid, tree))
+            if runner.memory.wants_hot_window():
+                runner.memory.hot_window(procs.tree_hot_file_bytes(child.pid, tree))
             cpu = procs.tree_cpu_seconds(child.pid, tree) if cfg.used_cpu_percent else None
             if runner.memory.busy_since_last_look(cpu, now, cfg.used_cpu_percent / 100):
                 runner.last_used = now

@@ -281,14 +281,13 @@ class Runner:
     def _became_ready(self, child: launcher.Child) -> None:
         if self.state is ComponentState.STARTING:
             self.memory.fold_hwm(child.tree_hwm_bytes())  # the peak while loading
-            child.hot_file_bytes()  # what loading read is not "hot": the windows start now
             self.memory.mark_ready()
             self.current_run.time_to_ready_s = time.monotonic() - (self.started_at or time.monotonic())
             self._set_state(ComponentState.READY)
 
     async def _stop_run(self, child: launcher.Child, why: str, requested: bool) -> ExitInfo:
         """Stop the tree of a running run: asked for (`requested`), or not ready or not alive."""
-        self.memory.last_look(child.tree_hwm_bytes(), child.hot_file_bytes())  # the counters go with the processes
+        self.memory.last_look(child.tree_hwm_bytes(), child.hot_file_bytes)  # the counters go with the processes
         # A component that stopped answering may be stopped (SIGSTOP) from outside: SIGCONT
         # with the stop signal lets it exit cleanly, as a frozen one does.
         resume = self.state is ComponentState.FROZEN or not requested

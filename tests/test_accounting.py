@@ -71,3 +71,29 @@ def test_a_tree_at_work_counts_as_used() -> None:
     assert not m.busy_since_last_look(9.0, now=50.0, busy_share=0.02)  # and the next look starts afresh
     m.begin_run(200)  # a new process: its CPU counter starts from zero, not a fall
     assert not m.busy_since_last_look(0.1, now=60.0, busy_share=0.02)
+
+
+def test_hot_file_windows_only_for_large_mappings_after_ready_and_the_first_only_opens() -> None:
+    from supervisor.accounting import HOT_FILE_MIN_BYTES, ComponentMemory
+
+    m = ComponentMemory()
+    m.begin_run(1)
+    big = TreeUsage(rss_bytes=HOT_FILE_MIN_BYTES + 10 * MIB, processes=1, anon_bytes=10 * MIB)
+    m.record([(1.0, big)], ready=False, trend_times=set())
+    assert not m.wants_hot_window()  # not READY yet: what loading reads is not hot
+    m.mark_ready()
+    assert m.wants_hot_window()
+    m.hot_window(300 * MIB)  # the first reading saw everything since exec: it only opens the window
+    assert m.run.hot_file_bytes is None and m.run.hot_window_open
+    m.hot_window(8 * MIB)
+    assert m.run.hot_file_bytes == 8 * MIB
+    calls: list[int] = []
+    m.last_look(None, lambda: calls.append(1) or 5 * MIB)  # type: ignore[func-returns-value]
+    assert calls == [1] and m.run.hot_file_bytes == 8 * MIB  # the largest window counts
+    small = ComponentMemory()
+    small.begin_run(2)
+    small.record([(1.0, TreeUsage(rss_bytes=6 * MIB, processes=1, anon_bytes=2 * MIB))], ready=True, trend_times=set())
+    small.mark_ready()
+    assert not small.wants_hot_window()  # a small process's libraries: no smaps read at all
+    small.last_look(None, lambda: calls.append(2) or 0)  # type: ignore[func-returns-value]
+    assert calls == [1]  # no window opened: nothing read at the stop either
