@@ -60,6 +60,8 @@ class RotatingLog:
         self._pending_bytes = 0
         self._dropped_bytes = 0
         self._line_open = False  # the file ends inside a line
+        self._note_rest: bytes | None = None  # the unwritten end of a note the disk cut short
+        self._noted_bytes = 0  # the dropped bytes that note counts
         self._retry_at = 0.0
         self._backoff = RETRY_INITIAL_S
         try:
@@ -94,13 +96,7 @@ class RotatingLog:
             while self._pending:
                 item = self._pending[0]
                 if item is None:  # where output was dropped: say so, on a line of its own
-                    note = (
-                        f"[ironcliw: {self._dropped_bytes} bytes of output were not kept"
-                        f" while the log could not be written ({self.problem})]\n"
-                    )
-                    self._write(("\n" if self._line_open else "").encode() + note.encode(), whole=True)
-                    self._dropped_bytes = 0
-                    self._pending.popleft()
+                    self._write_note()
                     continue
                 try:
                     self._write(item)
@@ -122,9 +118,28 @@ class RotatingLog:
             self._on_problem(str(self.path), None)
         return True
 
-    def _write(self, data: bytes, whole: bool = False) -> None:
-        """Write all of `data`, or raise _WriteFailed with the part that was not written
-        (`whole`: a note, written entirely or not at all as far as the file's size allows)."""
+    def _write_note(self) -> None:
+        """Write the note standing where output was dropped. A note the disk cut short is
+        finished where it stopped, so the file never holds a fragment of one."""
+        if self._note_rest is None:
+            self._noted_bytes = self._dropped_bytes
+            note = (
+                f"[ironcliw: {self._noted_bytes} bytes of output were not kept"
+                f" while the log could not be written ({self.problem})]\n"
+            )
+            self._note_rest = ("\n" if self._line_open else "").encode() + note.encode()
+        try:
+            self._write(self._note_rest)
+        except _WriteFailed as failed:
+            self._note_rest = failed.rest
+            raise
+        self._note_rest = None
+        self._dropped_bytes -= self._noted_bytes
+        if self._dropped_bytes == 0:  # else more was dropped meanwhile: the marker stays for a second note
+            self._pending.popleft()
+
+    def _write(self, data: bytes) -> None:
+        """Write all of `data`, or raise _WriteFailed with the part that was not written."""
         try:
             if self._size + len(data) > self.max_bytes and self._size > 0:
                 self._rotate()
@@ -134,9 +149,7 @@ class RotatingLog:
         while view:
             try:
                 written = os.write(self._fd, view)
-            except OSError as exc:
-                if whole and len(view) < len(data):  # cut the half-written note off its line
-                    self._line_open = True
+            except OSError as exc:  # _line_open already says whether the file ends mid-line
                 raise _WriteFailed(exc, bytes(view)) from None
             self._size += written
             if written:

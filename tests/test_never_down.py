@@ -235,6 +235,52 @@ def test_rotating_log_keeps_the_newest_output_and_notes_what_it_dropped(
     log.close()
 
 
+def test_a_disk_that_fills_at_any_byte_leaves_only_whole_lines_and_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills mid-line, output is dropped, and space returns a few bytes at a time:
+    whatever byte the disk stops at, the file never gains an empty line or a stray fragment."""
+    import errno
+
+    from supervisor import logfiles
+
+    monkeypatch.setattr(logfiles, "PENDING_MAX_BYTES", 1000)
+    real_write = os.write
+    for room_at_retry in range(0, 120):
+        path = tmp_path / f"c{room_at_retry}.log"
+        log = logfiles.RotatingLog(path, 10_000_000, 1)
+        room = [10_000 + 30]  # the disk fills 30 bytes into a line
+
+        def write(fd: int, data: Any, log: logfiles.RotatingLog = log, room: list[int] = room) -> int:
+            if fd != log._fd:
+                return real_write(fd, data)
+            if room[0] <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written = real_write(fd, bytes(data[: room[0]]))
+            room[0] -= written
+            return written
+
+        monkeypatch.setattr(logfiles.os, "write", write)
+        for i in range(400):
+            log.write(f"line {i:03d} {'.' * 40}\n".encode())
+        assert log.problem == "no space left"
+        room[0] = room_at_retry  # a little space returns: the note may be cut anywhere
+        log.retry()
+        room[0] = 0
+        for i in range(400, 450):  # more output while the note is cut short: more is dropped
+            log.write(f"line {i:03d} {'.' * 40}\n".encode())
+        room[0] = 1 << 30
+        assert log.retry()
+        monkeypatch.setattr(logfiles.os, "write", real_write)
+        log.close()
+        lines = path.read_bytes().splitlines()
+        assert lines[-1] == b"line 449 " + b"." * 40
+        for i, line in enumerate(lines):
+            whole = line.startswith(b"line ") and len(line) == 49
+            cut = i + 1 < len(lines) and lines[i + 1].startswith(b"[ironcliw: ")  # its end was dropped
+            assert whole or line.startswith(b"[ironcliw: ") or (cut and line), (room_at_retry, i, line)
+
+
 # --- reading logs back ------------------------------------------------------------------------
 
 
