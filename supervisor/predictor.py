@@ -16,6 +16,9 @@ Peak prediction (`predict`):
   from a stale history;
 - without history but with declared `inputs`: the estimate plus the inputs' size (the
   program, and each input byte read or mapped once), not the estimate alone;
+- the margin is calibrated once there are enough runs (`calibrated_margin`: split conformal
+  at the stated coverage, never under MARGIN_FLOOR); until then it follows the run count,
+  and the prediction is never below what one of the last RECENT_TOP_RUNS runs needed;
 - after a real under-prediction (the last run peaked more than BUMP_TOLERANCE above what
   was predicted for it), the next prediction is at least max(actual + 100 MB, actual x 1.2),
   as Kubernetes VPA records an OOM; a run a little over its prediction is no OOM, and the
@@ -44,6 +47,7 @@ OOM_BUMP_FACTOR = 1.2
 BUMP_TOLERANCE = 0.10  # a run more than this above its prediction counts as an overrun
 COVERAGE = 0.95  # the share of runs a calibrated prediction should cover ([memory] prediction_coverage)
 MIN_CALIBRATION = 5  # walk-forward ratios needed before the margin is calibrated
+SETTLED_RUNS = 5  # runs before a center is settled: trend and one-off detection need 5
 LEAK_WINDOW_S = 120.0
 LEAK_MIN_MB_PER_MIN = 1.0
 
@@ -91,6 +95,10 @@ def predict(
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
     if basis == "inputs" and inputs_bytes is not None:
         detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
+    seen = recent_top_need(runs, inputs_bytes)
+    if calibrated is None and seen > peak:  # until calibrated, never below what a recent run
+        peak = seen  # needed (a one-off apart); then the stated coverage rules
+        detail += f"; raised to the {seen:.0f} MB a recent run needed"
     if last.predicted_mb is not None and last.need_mb > last.predicted_mb * (1.0 + BUMP_TOLERANCE):
         bumped = max(last.need_mb + OOM_BUMP_MB, last.need_mb * OOM_BUMP_FACTOR)
         if bumped > peak:
@@ -136,6 +144,23 @@ def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float,
 
 
 LONE_PEAK_FACTOR = 1.5
+RECENT_TOP_RUNS = 20
+
+
+def recent_top_need(runs: Sequence[RunRecord], inputs_bytes: int | None, window: int = RECENT_TOP_RUNS) -> float:
+    """The largest need among the last `window` runs (five half-lives: older runs weigh under
+    3 % in the mean), a lone one-off peak left out, and runs on larger inputs than these too."""
+    needs = [r.need_mb for r in runs]
+    lone = _lone_peak(needs)
+    start = len(runs) - window
+    return max(
+        (
+            r.need_mb
+            for i, r in enumerate(runs)
+            if i >= start and i != lone and (inputs_bytes is None or (r.inputs_bytes or 0) <= inputs_bytes)
+        ),
+        default=0.0,
+    )
 
 
 def _lone_peak(values: Sequence[float]) -> int | None:
@@ -164,18 +189,25 @@ def run_drift(values: Sequence[float], window: int = 8) -> float:
 
 def calibrated_margin(runs: Sequence[RunRecord], coverage: float) -> float | None:
     """The margin that would have covered `coverage` of the past runs (split conformal):
-    each run from the third on is predicted walk-forward from the runs before it, and the
-    margin is the ceil((m + 1) x coverage)-th smallest of the m ratios actual / base, less
-    one. None while there are too few ratios for that rank (the run-count schedule then)."""
+    each run is predicted walk-forward from the runs before it, and the margin is the
+    ceil((m + 1) x coverage)-th smallest of the m ratios actual / center, less one. None
+    while there are too few ratios for that rank (the run-count schedule then).
+
+    Only runs predicted from SETTLED_RUNS runs or more count: before that the center has no
+    trend and no one-off detection, so its misses (a rise not yet seen as one) say nothing
+    of today's center and, as the largest ratios, would set the margin for dozens of runs.
+    A lone one-off peak (`_lone_peak`) does not count either: the bump after it answered it,
+    and its ratio alone would triple every later prediction; a second such run is a mode and counts."""
+    lone = _lone_peak([r.need_mb for r in runs])
     ratios = []
-    for i in range(2, len(runs)):
+    for i in range(SETTLED_RUNS, len(runs)):
         center = _center(runs[:i], runs[i].inputs_bytes)[0]
-        if center > 0:
+        if center > 0 and i != lone:
             ratios.append(runs[i].need_mb / center)
     rank = math.ceil((len(ratios) + 1) * coverage)
     if len(ratios) < MIN_CALIBRATION or rank > len(ratios):
         return None
-    return sorted(ratios)[rank - 1] - 1.0
+    return max(MARGIN_FLOOR, sorted(ratios)[rank - 1] - 1.0)
 
 
 def _fit_inputs(runs: Sequence[RunRecord], w: list[float], inputs_bytes: int | None) -> tuple[float, float] | None:

@@ -172,3 +172,35 @@ def test_a_lone_peak_stops_counting_after_the_run_it_bumped_but_a_second_mode_co
     assert after.peak_mb < 160, after  # not mean + 1.5 SD inflated by the one-off
     modes = [run(240 if i % 3 == 0 else 140) for i in range(11)]  # the long context, a third of the time
     assert predict(modes, 100).peak_mb >= 240  # recurring: a mode the prediction must cover
+
+
+def test_a_calibrated_margin_counts_neither_a_one_off_nor_the_runs_before_the_trend_was_seen() -> None:
+    from supervisor.predictor import MARGIN_FLOOR, calibrated_margin
+
+    rng = random.Random(5)
+    # A steady rise from the first run: the first few runs are predicted before a trend can be
+    # seen (it needs five), and their misses are not today's.
+    rising = [run(50 + 5 * i * rng.uniform(0.98, 1.02)) for i in range(30)]
+    assert calibrated_margin(rising, 0.95) is not None
+    assert calibrated_margin(rising, 0.95) <= 0.08, calibrated_margin(rising, 0.95)
+    # One 3x run among 30 steady ones: the bump after it answered it; its ratio is not the margin.
+    steady = [run(120 * rng.uniform(0.98, 1.02)) for _ in range(30)]
+    steady[12] = run(360)
+    margin = calibrated_margin(steady, 0.95)
+    assert margin is not None and margin < 0.1, margin
+    assert predict(steady, 100).peak_mb < 140
+    # A perfectly repeatable program still keeps the floor margin: a page more is no OOM.
+    same = [run(200)] * 30
+    assert calibrated_margin(same, 0.95) == MARGIN_FLOOR
+    assert predict(same, 100).peak_mb == 210.0
+
+
+def test_until_calibrated_a_prediction_is_never_below_a_recent_need() -> None:
+    # Nine runs near 100 MB and one at 140 MB (not a one-off: under 1.5x the others), newest last.
+    history = [run(100 + (i % 2)) for i in range(9)]
+    history.insert(3, run(140))
+    p = predict(history, 100)
+    assert "by run count" in p.detail and p.peak_mb >= 140, p
+    # A run on a larger input than today's does not bound today's prediction.
+    sized = [run(100 + 10 * i, inputs_mb=100 + 10 * i) for i in range(6)]
+    assert predict(sized, 100, inputs_bytes=100 * MB).peak_mb < 150
