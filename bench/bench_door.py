@@ -208,6 +208,52 @@ def client_layers(upstream: str, requests: int) -> None:
     print(f"   {'':<30} {'p50':>9} {'p99':>9}")
     print(f"   {'httpx AsyncClient':<30} {pct(with_httpx, 50):>9.2f} {pct(with_httpx, 99):>9.2f}")
     print(f"   {'httpcore pool (the door)':<30} {pct(with_httpcore, 50):>9.2f} {pct(with_httpcore, 99):>9.2f}\n")
+    concurrent_client(upstream)
+
+
+def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> None:
+    """The client alone under the wrk run's concurrency: 16 tasks in one asyncio program, each
+    sending the next POST when its answer is in; requests/s and the program's CPU a request,
+    httpcore's stock pool against the door's (supervisor/http/upstream.py)."""
+    import resource
+
+    import anyio
+    import httpcore
+
+    from supervisor.http.upstream import connection_pool
+
+    url = f"{upstream}/v1/chat/completions".encode()
+    body = json.dumps(BODY).encode()
+    headers = [(b"content-type", b"application/json")]
+
+    async def load(pool: httpcore.AsyncConnectionPool) -> tuple[float, float]:
+        count = 0
+
+        async def worker(deadline: float) -> None:
+            nonlocal count
+            while time.monotonic() < deadline:
+                async with pool.stream("POST", url, headers=headers, content=body) as answer:
+                    await answer.aread()
+                count += 1
+
+        async with pool:
+            start, used = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+            async with anyio.create_task_group() as group:
+                for _ in range(tasks):
+                    group.start_soon(worker, start + seconds)
+            wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+        return count / wall, cpu / count * 1e6
+
+    print(f"   the client alone, {tasks} concurrent tasks for {seconds:g} s\n")
+    print(f"   {'':<30} {'req/s':>9} {'CPU us/req':>11}")
+    for label, make in (
+        ("httpcore's stock pool", lambda: httpcore.AsyncConnectionPool(max_connections=256)),
+        ("the door's pool", connection_pool),
+    ):
+        rate, cpu_us = anyio.run(load, make())
+        print(f"   {label:<30} {rate:>9.0f} {cpu_us:>11.0f}")
+    print()
 
 
 def llama(requests: int) -> None:

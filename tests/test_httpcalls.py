@@ -94,3 +94,49 @@ def _sleepers() -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_the_doors_pool_sees_a_kept_alive_connection_the_server_closed() -> None:
+    """The door's pool (supervisor/http/upstream.py) answers httpcore's "is it readable" from
+    the socket it kept at connect: an idle connection is not readable, and once the server
+    closes it, it is, so the next request opens a new connection instead of failing."""
+    from supervisor.http.upstream import connection_pool
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def scenario() -> tuple[list[bool], list[int]]:
+        readable, statuses = [], []
+        async with connection_pool() as pool:
+            url = f"http://127.0.0.1:{port}/x"
+            statuses.append((await pool.request("GET", url)).status)
+            (connection,) = pool.connections
+            stream = connection._connection._network_stream  # type: ignore[union-attr]
+            readable.append(stream.get_extra_info("is_readable"))
+            accepted[0].close()  # the server drops the kept-alive connection
+            await anyio.sleep(0.05)
+            readable.append(stream.get_extra_info("is_readable"))
+            statuses.append((await pool.request("GET", url)).status)
+        return readable, statuses
+
+    try:
+        readable, statuses = anyio.run(scenario)
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    server.join(5)
+    assert readable == [False, True] and statuses == [200, 200] and len(accepted) == 2

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
+from .upstream import connection_pool
 
 if TYPE_CHECKING:
     from ..core import Supervisor
@@ -248,7 +249,7 @@ class Door:
 
     def _open(self) -> httpcore.AsyncConnectionPool:
         if self._pool is None:
-            self._pool = httpcore.AsyncConnectionPool(max_connections=256, max_keepalive_connections=64)
+            self._pool = connection_pool()
         return self._pool
 
 
