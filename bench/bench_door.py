@@ -220,13 +220,13 @@ def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> N
     import anyio
     import httpcore
 
-    from supervisor.http.upstream import connection_pool
+    from supervisor.http.upstream import UpstreamPool
 
     url = f"{upstream}/v1/chat/completions".encode()
     body = json.dumps(BODY).encode()
     headers = [(b"content-type", b"application/json")]
 
-    async def load(pool: httpcore.AsyncConnectionPool) -> tuple[float, float]:
+    async def load(pool: httpcore.AsyncConnectionPool | UpstreamPool) -> tuple[float, float]:
         count = 0
 
         async def worker(deadline: float) -> None:
@@ -236,21 +236,22 @@ def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> N
                     await answer.aread()
                 count += 1
 
-        async with pool:
-            start, used = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
-            async with anyio.create_task_group() as group:
-                for _ in range(tasks):
-                    group.start_soon(worker, start + seconds)
-            wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF)
+        start, used = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+        async with anyio.create_task_group() as group:
+            for _ in range(tasks):
+                group.start_soon(worker, start + seconds)
+        wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF)
+        await pool.aclose()
         cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
         return count / wall, cpu / count * 1e6
 
     print(f"   the client alone, {tasks} concurrent tasks for {seconds:g} s\n")
     print(f"   {'':<30} {'req/s':>9} {'CPU us/req':>11}")
-    for label, make in (
+    pools: tuple[tuple[str, Callable[[], httpcore.AsyncConnectionPool | UpstreamPool]], ...] = (
         ("httpcore's stock pool", lambda: httpcore.AsyncConnectionPool(max_connections=256)),
-        ("the door's pool", connection_pool),
-    ):
+        ("the door's pool", UpstreamPool),
+    )
+    for label, make in pools:
         rate, cpu_us = anyio.run(load, make())
         print(f"   {label:<30} {rate:>9.0f} {cpu_us:>11.0f}")
     print()

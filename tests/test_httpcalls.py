@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -96,11 +97,11 @@ def _sleepers() -> list[int]:
     return found
 
 
-def test_the_doors_pool_sees_a_kept_alive_connection_the_server_closed() -> None:
-    """The door's pool (supervisor/http/upstream.py) answers httpcore's "is it readable" from
-    the socket it kept at connect: an idle connection is not readable, and once the server
-    closes it, it is, so the next request opens a new connection instead of failing."""
-    from supervisor.http.upstream import connection_pool
+def test_the_doors_pool_keeps_connections_alive_and_sees_one_the_server_closed() -> None:
+    """The door's pool (supervisor/http/upstream.py): connections are kept alive and reused,
+    one request on each at a time; an idle connection polls as not readable and, once the
+    server closes it, as readable, so the next request opens a new one instead of failing."""
+    from supervisor.http.upstream import UpstreamPool
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -108,35 +109,52 @@ def test_the_doors_pool_sees_a_kept_alive_connection_the_server_closed() -> None
     port = listener.getsockname()[1]
     accepted: list[socket.socket] = []
 
+    def answer(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
     def serve() -> None:
-        for _ in range(2):
-            conn, _ = listener.accept()
-            accepted.append(conn)
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/x".encode()
 
-    async def scenario() -> tuple[list[bool], list[int]]:
-        readable, statuses = [], []
-        async with connection_pool() as pool:
-            url = f"http://127.0.0.1:{port}/x"
-            statuses.append((await pool.request("GET", url)).status)
-            (connection,) = pool.connections
-            stream = connection._connection._network_stream  # type: ignore[union-attr]
-            readable.append(stream.get_extra_info("is_readable"))
-            accepted[0].close()  # the server drops the kept-alive connection
-            await anyio.sleep(0.05)
-            readable.append(stream.get_extra_info("is_readable"))
-            statuses.append((await pool.request("GET", url)).status)
-        return readable, statuses
+    async def get(pool: UpstreamPool) -> int:
+        async with pool.stream("GET", url) as got:
+            await got.aread()
+            return got.status
+
+    async def scenario() -> tuple[list[int], list[int], list[bool]]:
+        pool = UpstreamPool()
+        statuses, opened, readable = [], [], []
+        async with anyio.create_task_group() as group:  # two at once: two connections
+            for _ in range(2):
+                group.start_soon(get, pool)
+        opened.append(len(accepted))
+        for _ in range(4):  # one at a time: the kept ones again
+            statuses.append(await get(pool))
+        opened.append(len(accepted))
+        (idle,) = [p for p in pool._idle.values() if p]
+        stream = idle[-1].connections[0]._connection._network_stream  # type: ignore[union-attr]
+        readable.append(stream.get_extra_info("is_readable"))
+        for conn in list(accepted):
+            conn.shutdown(socket.SHUT_RDWR)  # the server drops every kept-alive connection
+        await anyio.sleep(0.05)
+        readable.append(stream.get_extra_info("is_readable"))
+        statuses.append(await get(pool))
+        opened.append(len(accepted))
+        await pool.aclose()
+        return statuses, opened, readable
 
     try:
-        readable, statuses = anyio.run(scenario)
+        statuses, opened, readable = anyio.run(scenario)
     finally:
         listener.close()
         for conn in accepted:
             conn.close()
-    server.join(5)
-    assert readable == [False, True] and statuses == [200, 200] and len(accepted) == 2
+    assert statuses == [200] * 5 and opened == [2, 2, 3] and readable == [False, True]

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
-from .upstream import connection_pool
+from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from ..core import Supervisor
@@ -98,7 +98,7 @@ class Door:
         self.sup, self.cfg, self.token = supervisor, cfg, token.encode()
         self.waiting = 0  # requests waiting for a load, all models together
         self._loads: dict[str, SharedLoad] = {}
-        self._pool: httpcore.AsyncConnectionPool | None = None
+        self._pool: UpstreamPool | None = None
 
     def owners(self) -> dict[str, str]:
         """Model name -> the component serving it (registered components included)."""
@@ -247,9 +247,9 @@ class Door:
             out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
         return out
 
-    def _open(self) -> httpcore.AsyncConnectionPool:
+    def _open(self) -> UpstreamPool:
         if self._pool is None:
-            self._pool = connection_pool()
+            self._pool = UpstreamPool()
         return self._pool
 
 
