@@ -14,8 +14,8 @@ budget (llama-swap's proxy, Ollama's scheduler, with Ironcliw's admission).
   on that clock (idlettl.py), never while a request is in flight.
 
 It is a plain ASGI app in front of the API's Starlette routes, and forwards with httpcore,
-the connection pool under httpx: a request through httpx's AsyncClient cost 1.8 ms here
-against 1.1 ms through httpcore's pool (bench/bench_door.py).
+the connection pool under httpx, through upstream.py's pool (bench/bench_door.py: "the
+door's client alone" against httpx's AsyncClient and httpcore's stock pool).
 """
 
 from __future__ import annotations
