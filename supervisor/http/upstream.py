@@ -18,6 +18,7 @@ import contextlib
 import select
 import socket
 import ssl
+import time
 import typing
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -79,6 +80,7 @@ class KeptSocketBackend(httpcore.AnyIOBackend):
 
 
 KEEP_IDLE = 64  # kept-alive connections per upstream; more are closed when their request ends
+SWEEP_EVERY_S = 5.0  # at most this often a request first closes the dead kept connections
 
 
 class UpstreamPool:
@@ -90,20 +92,36 @@ class UpstreamPool:
         self._backend = KeptSocketBackend()
         self._idle: dict[bytes, list[httpcore.AsyncConnectionPool]] = {}
         self._closed = False
+        self._sweep_at = 0.0
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, url: bytes, **options: Any) -> AsyncIterator[httpcore.Response]:
         origin = _origin(url)
+        if time.monotonic() >= self._sweep_at:
+            await self._sweep()
         idle = self._idle.setdefault(origin, [])
         pool = idle.pop() if idle else httpcore.AsyncConnectionPool(max_connections=1, network_backend=self._backend)
         try:
             async with pool.stream(method, url, **options) as answer:
                 yield answer
         finally:
+            idle = self._idle.setdefault(origin, [])  # a sweep meanwhile may have dropped the list
             if self._closed or len(idle) >= KEEP_IDLE or not pool.connections:
                 await pool.aclose()
             else:
                 idle.append(pool)
+
+    async def _sweep(self) -> None:
+        """Close kept connections the server closed or that expired, whatever their upstream:
+        a model server restarted on a new ${PORT} is never asked again at its old address."""
+        self._sweep_at = time.monotonic() + SWEEP_EVERY_S
+        for origin, idle in list(self._idle.items()):
+            dead = [p for p in idle if not p.connections or p.connections[0].has_expired()]
+            for pool in dead:
+                idle.remove(pool)
+                await pool.aclose()
+            if not idle:
+                del self._idle[origin]
 
     async def aclose(self) -> None:
         self._closed = True
