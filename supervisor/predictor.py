@@ -95,9 +95,9 @@ def predict(
     detail = f"from {n} run{'s' if n != 1 else ''}: weighted mean {mean:.0f} MB, spread {spread:.0f} MB"
     if basis == "inputs" and inputs_bytes is not None:
         detail = f"from {n} runs, fitted to input size {inputs_bytes / 1048576:.0f} MB: {base:.0f} MB"
-    seen = recent_top_need(runs, inputs_bytes)
-    if calibrated is None and seen > peak:  # until calibrated, never below what a recent run
-        peak = seen  # needed (a one-off apart); then the stated coverage rules
+    # Until calibrated, never below what a recent run needed; then the stated coverage rules.
+    if calibrated is None and (seen := recent_top_need(runs, inputs_bytes)) > peak:
+        peak = seen
         detail += f"; raised to the {seen:.0f} MB a recent run needed"
     if last.predicted_mb is not None and last.need_mb > last.predicted_mb * (1.0 + BUMP_TOLERANCE):
         bumped = max(last.need_mb + OOM_BUMP_MB, last.need_mb * OOM_BUMP_FACTOR)
@@ -149,7 +149,7 @@ RECENT_TOP_RUNS = 20
 
 def recent_top_need(runs: Sequence[RunRecord], inputs_bytes: int | None, window: int = RECENT_TOP_RUNS) -> float:
     """The largest need among the last `window` runs (five half-lives: older runs weigh under
-    3 % in the mean), a lone one-off peak left out, and runs on larger inputs than these too."""
+    3 % in the mean), leaving out a lone one-off peak and runs on larger inputs than `inputs_bytes`."""
     needs = [r.need_mb for r in runs]
     lone = _lone_peak(needs)
     start = len(runs) - window
