@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -180,60 +180,91 @@ def trivial(seconds: float, requests: int) -> None:
 
 def client_layers(upstream: str, requests: int) -> None:
     """What the door's own client costs: the same POST from an asyncio program through httpx's
-    AsyncClient and through httpcore's pool (the layer under httpx, which the door uses)."""
+    AsyncClient and through the door's client (aiohttp, supervisor/http/upstream.py)."""
     import anyio
-    import httpcore
+
+    from supervisor.http.upstream import Upstreams
 
     url = f"{upstream}/v1/chat/completions"
     body = json.dumps(BODY).encode()
-    headers = [(b"content-type", b"application/json")]
+    headers = {"content-type": "application/json"}
 
     async def timed() -> tuple[list[float], list[float]]:
         with_httpx: list[float] = []
-        with_httpcore: list[float] = []
-        async with httpx.AsyncClient(trust_env=False) as client, httpcore.AsyncConnectionPool() as pool:
+        with_door: list[float] = []
+        upstreams = Upstreams(read_timeout_s=60)
+        async with httpx.AsyncClient(trust_env=False) as client:
             for i in range(requests + 50):
                 t = time.perf_counter()
-                (await client.post(url, content=body, headers=dict(headers))).raise_for_status()
+                (await client.post(url, content=body, headers=headers)).raise_for_status()
                 if i >= 50:
                     with_httpx.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                await pool.request("POST", url, content=body, headers=headers)
+                async with upstreams.session().post(url, data=body, headers=headers) as answer:
+                    await answer.read()
                 if i >= 50:
-                    with_httpcore.append((time.perf_counter() - t) * 1000)
-        return with_httpx, with_httpcore
+                    with_door.append((time.perf_counter() - t) * 1000)
+        await upstreams.aclose()
+        return with_httpx, with_door
 
-    with_httpx, with_httpcore = anyio.run(timed)
+    with_httpx, with_door = anyio.run(timed)
     print(f"   the door's client alone, {requests} requests each, interleaved (ms a request)\n")
     print(f"   {'':<30} {'p50':>9} {'p99':>9}")
     print(f"   {'httpx AsyncClient':<30} {pct(with_httpx, 50):>9.2f} {pct(with_httpx, 99):>9.2f}")
-    print(f"   {'httpcore pool (the door)':<30} {pct(with_httpcore, 50):>9.2f} {pct(with_httpcore, 99):>9.2f}\n")
+    print(f"   {'aiohttp (the door)':<30} {pct(with_door, 50):>9.2f} {pct(with_door, 99):>9.2f}\n")
     concurrent_client(upstream)
 
 
 def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> None:
     """The client alone under the wrk run's concurrency: 16 tasks in one asyncio program, each
     sending the next POST when its answer is in; requests/s and the program's CPU a request,
-    httpcore's stock pool against the door's (supervisor/http/upstream.py)."""
+    for httpx's AsyncClient, httpcore's pool (the layer under it) and the door's client."""
     import resource
 
     import anyio
     import httpcore
 
-    from supervisor.http.upstream import UpstreamPool
+    from supervisor.http.upstream import Upstreams
 
-    url = f"{upstream}/v1/chat/completions".encode()
+    url = f"{upstream}/v1/chat/completions"
     body = json.dumps(BODY).encode()
-    headers = [(b"content-type", b"application/json")]
+    headers = [("content-type", "application/json")]
 
-    async def load(pool: httpcore.AsyncConnectionPool | UpstreamPool) -> tuple[float, float]:
+    async def with_httpx() -> tuple[float, float]:
+        async with httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=256)) as client:
+
+            async def one() -> None:
+                (await client.post(url, content=body, headers=headers)).raise_for_status()
+
+            return await load(one)
+
+    async def with_httpcore() -> tuple[float, float]:
+        async with httpcore.AsyncConnectionPool(max_connections=256) as pool:
+
+            async def one() -> None:
+                await pool.request("POST", url, content=body, headers=headers)
+
+            return await load(one)
+
+    async def with_door() -> tuple[float, float]:
+        upstreams = Upstreams(read_timeout_s=60)
+
+        async def one() -> None:
+            async with upstreams.session().post(url, data=body, headers=headers) as answer:
+                await answer.read()
+
+        try:
+            return await load(one)
+        finally:
+            await upstreams.aclose()
+
+    async def load(one: Callable[[], Awaitable[None]]) -> tuple[float, float]:
         count = 0
 
         async def worker(deadline: float) -> None:
             nonlocal count
             while time.monotonic() < deadline:
-                async with pool.stream("POST", url, headers=headers, content=body) as answer:
-                    await answer.aread()
+                await one()
                 count += 1
 
         start, used = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
@@ -241,18 +272,18 @@ def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> N
             for _ in range(tasks):
                 group.start_soon(worker, start + seconds)
         wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF)
-        await pool.aclose()
         cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
         return count / wall, cpu / count * 1e6
 
     print(f"   the client alone, {tasks} concurrent tasks for {seconds:g} s\n")
     print(f"   {'':<30} {'req/s':>9} {'CPU us/req':>11}")
-    pools: tuple[tuple[str, Callable[[], httpcore.AsyncConnectionPool | UpstreamPool]], ...] = (
-        ("httpcore's stock pool", lambda: httpcore.AsyncConnectionPool(max_connections=256)),
-        ("the door's pool", UpstreamPool),
+    clients = (
+        ("httpx AsyncClient", with_httpx),
+        ("httpcore's pool (under httpx)", with_httpcore),
+        ("aiohttp (the door)", with_door),
     )
-    for label, make in pools:
-        rate, cpu_us = anyio.run(load, make())
+    for label, measure in clients:
+        rate, cpu_us = anyio.run(measure)
         print(f"   {label:<30} {rate:>9.0f} {cpu_us:>11.0f}")
     print()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import socket
 import threading
@@ -100,22 +101,27 @@ def _sleepers() -> list[int]:
     return found
 
 
-def test_the_doors_pool_keeps_connections_alive_and_sees_one_the_server_closed() -> None:
-    """The door's pool (supervisor/http/upstream.py): connections are kept alive and reused,
-    one request on each at a time; an idle connection polls as not readable and, once the
-    server closes it, as readable, so the next request opens a new one instead of failing."""
-    from supervisor.http.upstream import UpstreamPool
+def test_the_doors_client_keeps_connections_alive_adds_nothing_and_survives_a_server_closing_them() -> None:
+    """The door's upstream client (supervisor/http/upstream.py) on a real socket server:
+    connections are kept alive and reused; once the server closes the kept ones, the next
+    request opens a new one instead of failing; a request carries only the headers it was
+    given (plus Host and Content-Length), and a gzip answer comes back as gzip."""
+    from supervisor.http.upstream import Upstreams
 
+    gzipped = gzip.compress(b"ok" * 100)
+    answer_bytes = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(gzipped)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
     accepted: list[socket.socket] = []
+    heads: list[bytes] = []
 
     def answer(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while conn.recv(65536):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            while data := conn.recv(65536):
+                heads.append(data.split(b"\r\n\r\n")[0])
+                conn.sendall(answer_bytes + gzipped)
 
     def serve() -> None:
         with contextlib.suppress(OSError):
@@ -125,42 +131,36 @@ def test_the_doors_pool_keeps_connections_alive_and_sees_one_the_server_closed()
                 threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{port}/x".encode()
+    url = f"http://127.0.0.1:{port}/x"
 
-    async def get(pool: UpstreamPool) -> int:
-        async with pool.stream("GET", url) as got:
-            await got.aread()
-            return got.status
+    async def post(upstreams: Upstreams) -> tuple[int, bytes]:
+        async with upstreams.session().post(url, data=b"{}", headers=[("X-Mine", "1")]) as got:
+            return got.status, await got.read()
 
-    async def scenario() -> tuple[list[int], list[int], list[bool]]:
-        pool = UpstreamPool()
-        statuses, opened, readable = [], [], []
+    async def scenario() -> tuple[list[tuple[int, bytes]], list[int]]:
+        upstreams = Upstreams(read_timeout_s=5.0)
+        answers, opened = [], []
         async with anyio.create_task_group() as group:  # two at once: two connections
             for _ in range(2):
-                group.start_soon(get, pool)
+                group.start_soon(post, upstreams)
         opened.append(len(accepted))
         for _ in range(4):  # one at a time: the kept ones again
-            statuses.append(await get(pool))
+            answers.append(await post(upstreams))
         opened.append(len(accepted))
-        (idle,) = [p for p in pool._idle.values() if p]
-        stream = idle[-1].connections[0]._connection._network_stream  # type: ignore[union-attr]
-        readable.append(stream.get_extra_info("is_readable"))
         for conn in list(accepted):
             conn.shutdown(socket.SHUT_RDWR)  # the server drops every kept-alive connection
         await anyio.sleep(0.05)
-        readable.append(stream.get_extra_info("is_readable"))
-        pool._sweep_at = 0.0  # the next request first closes what the server closed
-        statuses.append(await get(pool))
+        answers.append(await post(upstreams))
         opened.append(len(accepted))
-        kept = [p for idle in pool._idle.values() for p in idle]
-        readable.append(len(kept) == 1 and not kept[0].connections[0].has_expired())
-        await pool.aclose()
-        return statuses, opened, readable
+        await upstreams.aclose()
+        return answers, opened
 
     try:
-        statuses, opened, readable = anyio.run(scenario)
+        answers, opened = anyio.run(scenario)
     finally:
         listener.close()
         for conn in accepted:
             conn.close()
-    assert statuses == [200] * 5 and opened == [2, 2, 3] and readable == [False, True, True]
+    assert answers == [(200, gzipped)] * 5 and opened == [2, 2, 3]
+    names = sorted(line.split(b":")[0].lower() for line in heads[-1].split(b"\r\n")[1:])
+    assert heads[-1].startswith(b"POST /x HTTP/1.1") and names == [b"content-length", b"host", b"x-mine"]

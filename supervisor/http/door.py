@@ -13,9 +13,8 @@ budget (llama-swap's proxy, Ollama's scheduler, with Ironcliw's admission).
 - Each request marks its component used, at its start and its end; `idle_ttl_s` unloads
   on that clock (idlettl.py), never while a request is in flight.
 
-It is a plain ASGI app in front of the API's Starlette routes, and forwards with httpcore,
-the connection pool under httpx, through upstream.py's pool (bench/bench_door.py: "the
-door's client alone" against httpx's AsyncClient and httpcore's stock pool).
+It is a plain ASGI app in front of the API's Starlette routes, and forwards with aiohttp's
+client (upstream.py says why not httpx, with bench/bench_door.py's "client alone" figures).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpcore
 import msgspec
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
-from .upstream import UpstreamPool
+from .upstream import Upstreams
 
 if TYPE_CHECKING:
     from ..core import Supervisor
@@ -92,13 +90,16 @@ class DoorFront:
         else:
             await self.app(scope, receive, send)
 
+    async def aclose(self) -> None:
+        await self.door.upstreams.aclose()
+
 
 class Door:
     def __init__(self, supervisor: Supervisor, cfg: ProxySection, token: str) -> None:
         self.sup, self.cfg, self.token = supervisor, cfg, token.encode()
         self.waiting = 0  # requests waiting for a load, all models together
         self._loads: dict[str, SharedLoad] = {}
-        self._pool: UpstreamPool | None = None
+        self.upstreams = Upstreams(cfg.read_timeout_s)
 
     def owners(self) -> dict[str, str]:
         """Model name -> the component serving it (registered components included)."""
@@ -200,24 +201,27 @@ class Door:
             load.done.set()
 
     async def _relay(self, scope: Scope, send: Send, body: bytes, runner: Runner, load_s: float) -> None:
+        import aiohttp
+        import yarl
+
         endpoint = runner.endpoint
         base = endpoint.url if endpoint is not None else None
         if base is None:
             raise DoorError(503, "server_error", f"{runner.name} stopped before the request could be sent")
         query = scope["query_string"]
-        url = base.rstrip("/").encode() + scope["raw_path"] + (b"?" + query if query else b"")
-        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
-        extensions = {"timeout": {"connect": 10.0, "read": self.cfg.read_timeout_s, "write": 60.0, "pool": 60.0}}
+        target = (scope["raw_path"] + (b"?" + query if query else b"")).decode("latin-1")
+        url = yarl.URL(base.rstrip("/") + target, encoded=True)  # the client's path as it sent it
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP_BY_HOP]
         runner.in_flight += 1
         runner.last_used = time.monotonic()
         started = False
         try:
-            async with self._open().stream("POST", url, headers=headers, content=body, extensions=extensions) as up:
-                out = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP]
+            async with self.upstreams.session().post(url, data=body, headers=headers) as up:
+                out = [(k, v) for k, v in up.raw_headers if k.lower() not in HOP_BY_HOP]
                 out += self._our_headers(runner, load_s)
-                length = next((v for k, v in up.headers if k.lower() == b"content-length"), b"")
-                if length.isdigit() and int(length) <= WHOLE_BODY_BYTES:  # a plain answer: one write
-                    content = await up.aread()
+                length = up.content_length
+                if length is not None and length <= WHOLE_BODY_BYTES:  # a plain answer: one write
+                    content = await up.read()
                     out.append((b"content-length", str(len(content)).encode()))
                     started = True
                     await send({"type": "http.response.start", "status": up.status, "headers": out})
@@ -225,14 +229,14 @@ class Door:
                     return
                 started = True
                 await send({"type": "http.response.start", "status": up.status, "headers": out})
-                async for chunk in up.aiter_stream():
+                async for chunk in up.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if started:  # the answer has begun: cut it short, the client sees the stream end
                 log.warning("door_stream_cut", component=runner.name, error=f"{type(exc).__name__}: {exc}")
                 return
-            status = 504 if isinstance(exc, httpcore.TimeoutException) else 502
+            status = 504 if isinstance(exc, TimeoutError) else 502
             raise DoorError(status, "server_error", f"{runner.name}: {type(exc).__name__}: {exc}") from None
         finally:
             runner.in_flight -= 1
@@ -246,11 +250,6 @@ class Door:
             out.append((b"x-ironcliw-load-s", f"{load_s:.3f}".encode()))
             out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
         return out
-
-    def _open(self) -> UpstreamPool:
-        if self._pool is None:
-            self._pool = UpstreamPool()
-        return self._pool
 
 
 async def read_body(receive: Receive) -> bytes:

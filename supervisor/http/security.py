@@ -48,6 +48,12 @@ class Guard:
         self.app = app
         self.token = token.encode()
 
+    async def aclose(self) -> None:
+        """Close what the app holds open (the door's upstream connections), if anything."""
+        closer = getattr(self.app, "aclose", None)
+        if closer is not None:
+            await closer()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -33,6 +33,7 @@ from ..core import Supervisor
 from ..errors import IroncliwError
 from .slots import BUSY, HEAD_TIMEOUT_S, IDLE, MAX_CONNECTIONS, Slot, Slots
 from .token import create_token
+from .upstream import preload
 
 log = structlog.get_logger("ironcliw.http")
 
@@ -264,6 +265,13 @@ class _BuiltOnFirstRequest:
             self._app = self._build()  # synchronous: no other request can start a second build
         await self._app(scope, receive, send)
 
+    async def aclose(self) -> None:
+        """Once the server has stopped: the app closes what it holds open (the door's upstream
+        connections), so nothing is left for the garbage collector to complain about."""
+        closer = getattr(self._app, "aclose", None)
+        if closer is not None:
+            await closer()
+
 
 async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     cfg = supervisor.config.http
@@ -282,9 +290,16 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
 
     proxy = supervisor.config.proxy  # the door's requests carry prompts: its own body limit
     max_body = max(MAX_BODY, int(proxy.max_body_mb * MAX_BODY)) if proxy.enabled else MAX_BODY
-    async with anyio.create_task_group() as tg:
-        await tg.start(partial(serve_app, max_body=max_body), _BuiltOnFirstRequest(build), cfg.host, cfg.port)
-        task_status.started()
+    app = _BuiltOnFirstRequest(build)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(partial(serve_app, max_body=max_body), app, cfg.host, cfg.port)
+            if proxy.enabled:
+                tg.start_soon(partial(anyio.to_thread.run_sync, preload, abandon_on_cancel=True))
+            task_status.started()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            await app.aclose()
 
 
 def asgi_scope(request: h11.Request, client: tuple[str, int] | None, server: tuple[str, int] | None) -> dict[str, Any]:
