@@ -200,7 +200,7 @@ def client_layers(upstream: str, requests: int) -> None:
                 if i >= 50:
                     with_httpx.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                async with upstreams.session().post(url, data=body, headers=headers) as answer:
+                async with upstreams.post(url, body, headers) as answer:
                     await answer.read()
                 if i >= 50:
                     with_door.append((time.perf_counter() - t) * 1000)
@@ -250,7 +250,7 @@ def concurrent_client(upstream: str, tasks: int = 16, seconds: float = 4.0) -> N
         upstreams = Upstreams(read_timeout_s=60)
 
         async def one() -> None:
-            async with upstreams.session().post(url, data=body, headers=headers) as answer:
+            async with upstreams.post(url, body, headers) as answer:
                 await answer.read()
 
         try:

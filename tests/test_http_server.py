@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from supervisor.errors import IroncliwError
-from supervisor.http import server
+from supervisor.http import http1, server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -100,6 +100,78 @@ def test_body_is_delivered_and_an_oversized_one_gets_413() -> None:
     assert big.startswith(b"HTTP/1.1 413 ")
 
 
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_pipelined_requests_are_answered_in_order_and_heads_get_no_body() -> None:
+    """Three requests in one write (the last asks to close): three answers in order, then the
+    end of the connection; HEAD gets the head only."""
+
+    def client(port: int) -> bytes:
+        with connect(port) as s:
+            s.sendall(
+                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"HEAD /two HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            )
+            return read_all(s)
+
+    data = run_with_server(echo_app, client)
+    answers = data.split(b"HTTP/1.1 200 OK\r\n")
+    assert answers[0] == b"" and len(answers) == 4, data
+    assert answers[1].endswith(b"\r\n\r\nGET /one  0")
+    assert answers[2].endswith(b"\r\n\r\n") and b"content-length: 12" in answers[2]  # HEAD: no body
+    assert answers[3].endswith(b"POST /three  3") and b"connection: close" in answers[3]
+
+
+def test_http_1_0_streams_end_with_the_connection_and_expect_gets_100_continue() -> None:
+    async def stream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"got " + body, "more_body": True})
+        await send({"type": "http.response.body", "body": b" end"})
+
+    def client(port: int) -> tuple[bytes, bytes, bytes]:
+        with connect(port) as s:  # HTTP/1.0: no chunks, the body ends with the connection
+            s.sendall(b"POST /a HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi")
+            old = read_all(s)
+        with connect(port) as s:  # curl's Expect: the server says go on before the body comes
+            s.sendall(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            go_on = s.recv(65536)
+            s.sendall(b"yo")
+            data = b""
+            while not data.endswith(b"0\r\n\r\n"):
+                data += s.recv(65536)
+        return old, go_on, data
+
+    old, go_on, chunked = run_with_server(stream_app, client)
+    assert old.startswith(b"HTTP/1.1 200 ") and old.endswith(b"\r\n\r\ngot hi end")
+    assert b"connection: close" in old and b"transfer-encoding" not in old
+    assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert chunked.endswith(b"\r\n\r\n6\r\ngot yo\r\n4\r\n end\r\n0\r\n\r\n")
+
+
+def test_a_head_too_large_gets_431_and_a_header_with_a_line_break_is_never_sent() -> None:
+    async def bad_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            big = exchange(s, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * http1.MAX_HEAD + b"\r\n\r\n")
+        with connect(port) as s:
+            injected = exchange(s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return big, injected
+
+    big, injected = run_with_server(bad_app, client)
+    assert big.startswith(b"HTTP/1.1 431 ")
+    assert injected.startswith(b"HTTP/1.1 500 ") and b"set-cookie" not in injected
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -124,7 +196,7 @@ def test_a_bad_request_gets_its_error_and_the_server_keeps_serving(request_bytes
 
 
 def test_a_silent_client_is_closed_after_the_head_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(http1, "HEAD_TIMEOUT_S", 0.3)
 
     def client(port: int) -> tuple[bytes, float]:
         with connect(port) as s:
@@ -176,8 +248,8 @@ def test_a_port_in_use_is_a_clear_error() -> None:
 
 
 def test_a_kept_alive_connection_waits_longer_than_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(server, "KEEPALIVE_S", 5.0)
+    monkeypatch.setattr(http1, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(http1, "KEEPALIVE_S", 5.0)
 
     def client(port: int) -> tuple[bytes, bytes]:
         with connect(port) as s:

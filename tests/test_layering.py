@@ -137,7 +137,7 @@ def layer_problems(package: Path) -> list[str]:
             problems.append(f"{where} is a pure module but imports {sorted(external & FORBIDDEN_IN_PURE)}")
         if "psutil" in external and int(LAYERS[me]) != 3:
             problems.append(f"{where} imports psutil outside layer 3")
-        if me != "http" and external & {"starlette", "h11", "prometheus_client"}:
+        if me != "http" and external & {"starlette", "h11", "httptools", "aiohttp", "prometheus_client"}:
             problems.append(f"{where} imports the web stack outside supervisor/http/")
     return problems
 

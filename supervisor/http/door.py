@@ -216,7 +216,7 @@ class Door:
         runner.last_used = time.monotonic()
         started = False
         try:
-            async with self.upstreams.session().post(url, data=body, headers=headers) as up:
+            async with self.upstreams.post(url, body, headers) as up:
                 out = [(k, v) for k, v in up.raw_headers if k.lower() not in HOP_BY_HOP]
                 out += self._our_headers(runner, load_s)
                 length = up.content_length

@@ -17,7 +17,7 @@ The decisions are pure functions over the slots (`victim`, `too_slow`); `Slots` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 import structlog
@@ -35,10 +35,10 @@ HEAD, IDLE, BUSY = "head", "idle", "busy"  # sending a request / kept alive betw
 
 
 class Slot:
-    __slots__ = ("scope", "phase", "since", "received")
+    __slots__ = ("close", "phase", "since", "received")
 
-    def __init__(self, now: float, scope: anyio.CancelScope | None = None) -> None:
-        self.scope = scope  # cancelled to close the connection (None only in tests of the decisions)
+    def __init__(self, now: float, close: Callable[[], None] | None = None) -> None:
+        self.close = close  # closes the connection (None only in tests of the decisions)
         self.phase = HEAD  # a new connection owes its first request head
         self.since = now  # when the phase began
         self.received = 0  # bytes of the head so far
@@ -78,7 +78,7 @@ class Slots:
         self.evicted = 0
         self._heads_waiting: anyio.Event | None = None  # the sweeper sleeps on it while no head is due
 
-    def admit(self, now: float) -> Slot | None:
+    def admit(self, now: float, close: Callable[[], None]) -> Slot | None:
         """A slot for a new connection (evicting one if need be), or None: answer 503."""
         if len(self.taken) >= self.capacity:
             loser = victim(self.taken, now)
@@ -93,7 +93,7 @@ class Slots:
                 age_s=round(now - loser.since, 2),
                 head_bytes=loser.received,
             )
-        slot = Slot(now, anyio.CancelScope())
+        slot = Slot(now, close)
         self.taken.add(slot)
         self.heading(slot, now)
         return slot
@@ -123,5 +123,5 @@ class Slots:
 
 
 def _close(slot: Slot) -> None:
-    if slot.scope is not None:
-        slot.scope.cancel()
+    if slot.close is not None:
+        slot.close()

@@ -10,7 +10,9 @@ door's target (2,000 requests/s relayed) is out of reach with the others.
 What is set here and why:
 - Nothing is added to or changed in what passes: no default User-Agent, Accept,
   Accept-Encoding or Content-Type, and answers are not decompressed (a gzip answer goes
-  to the client as gzip).
+  to the client as gzip). A redirect goes back to the client, not followed here.
+- No cookie jar: the session is shared by every client, so a cookie one answer set must
+  not ride along with another client's request (a jar also costs time on every request).
 - Kept-alive connections per upstream are reused; aiohttp drops one the server closed
   before it is reused, and closes idle ones after KEEPALIVE_S, so a model server restarted
   on a new ${PORT} leaves nothing behind at its old address for long.
@@ -24,10 +26,11 @@ held the event loop for ~0.25 s, and every request in flight with it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import aiohttp
+    import yarl
 
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15.0  # an idle kept-alive connection to a model server is closed after this
@@ -59,6 +62,7 @@ class Upstreams:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=NOT_ADDED,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=CONNECT_TIMEOUT_S, sock_read=self.read_timeout_s or None
@@ -66,6 +70,10 @@ class Upstreams:
                 trust_env=False,  # never through a proxy from the environment: upstreams are local
             )
         return self._session
+
+    def post(self, url: str | yarl.URL, body: bytes, headers: list[tuple[str, str]]) -> Any:
+        """`async with` it for the answer (aiohttp's ClientResponse)."""
+        return self.session().post(url, data=body, headers=headers, allow_redirects=False)
 
     async def aclose(self) -> None:
         if self._session is not None:
