@@ -28,7 +28,7 @@ STEPS = [
         "the supervisor (core, control, cli)",
         "import supervisor.cli, supervisor.core, supervisor.control, supervisor.logsetup",
     ),
-    ("the HTTP server (h11)", "import supervisor.http.server"),
+    ("the HTTP server (httptools)", "import supervisor.http.server"),
     ("first request: Starlette and the app", "import supervisor.http.app, supervisor.http.security"),
     ("first scrape: prometheus_client", "import supervisor.http.metrics"),
 ]

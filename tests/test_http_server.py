@@ -128,6 +128,33 @@ def test_pipelined_requests_are_answered_in_order_and_heads_get_no_body() -> Non
     assert answers[3].endswith(b"POST /three  3") and b"connection: close" in answers[3]
 
 
+def test_a_half_closed_client_gets_its_answers_and_a_bad_request_waits_its_turn() -> None:
+    """A client may stop sending after its requests (shutdown(SHUT_WR)): they are answered,
+    the last says `connection: close`. A malformed request behind a good one gets its 400
+    after the good one's answer, not in the middle of it."""
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await anyio.sleep(0.2)  # the bad request is parsed while this one is being served
+        await echo_app(scope, receive, send)
+
+    def client(port: int) -> tuple[bytes, bytes]:
+        with connect(port) as s:
+            s.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            half = read_all(s)
+        with connect(port) as s:
+            s.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+            bad = read_all(s)
+        return half, bad
+
+    half, bad = run_with_server(slow_app, client)
+    one, two = half.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert one.endswith(b"GET /one  0") and b"connection: close" not in one
+    assert two.endswith(b"GET /two  0") and b"connection: close" in two
+    good, _, refused = bad.partition(b"HTTP/1.1 400 ")
+    assert good.startswith(b"HTTP/1.1 200 ") and good.endswith(b"GET /one  0") and refused
+
+
 def test_http_1_0_streams_end_with_the_connection_and_expect_gets_100_continue() -> None:
     async def stream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = (await receive())["body"]

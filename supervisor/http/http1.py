@@ -89,6 +89,8 @@ class Http1Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None  # the connection closes then (a head or an idle keep-alive)
         self.slot: Slot | None = None
+        self.refusal: _Refused | None = None  # a bad request behind ones still being answered
+        self.ending = False  # no request after those parsed: close once they are answered
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -129,12 +131,19 @@ class Http1Connection(asyncio.Protocol):
             if not isinstance(refused, _Refused):
                 log.error("http_connection_failed", error=f"{type(refused).__name__}: {refused}")
                 refused = _Refused(500, "internal error")
-            self._refuse(refused)
+            self._refuse_in_turn(refused)
         except httptools.HttpParserError as exc:
-            self._refuse(_Refused(400, str(exc) or "malformed request"))
+            self._refuse_in_turn(_Refused(400, str(exc) or "malformed request"))
 
     def eof_received(self) -> bool | None:
-        return None  # the client is done sending: close (the app sees the disconnect)
+        """The client is done sending (or gone): a streaming app sees the disconnect; requests
+        it sent before are still answered (a half-close after the request is legal), then
+        the connection closes."""
+        self.gone.set()
+        if self.task is None and not self.waiting:
+            return None  # nothing to answer: close
+        self._last_answer()
+        return True  # keep the sending side open for the answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -209,17 +218,30 @@ class Http1Connection(asyncio.Protocol):
     # --- serving --------------------------------------------------------------------------
 
     async def _serve_waiting(self) -> None:
+        keep = True
         try:
-            while self.waiting and not self.closed:
+            while keep and self.waiting and not self.closed:
                 request = self.waiting.popleft()
-                if self.transport is not None and not self.closed:
+                if self.transport is not None and self.refusal is None:
                     self.transport.resume_reading()
-                if not await self._run_app(request):
-                    self.close()
-                    return
-                self._between_requests()
+                keep = await self._run_app(request)
+                if keep:
+                    self._between_requests()
+            if self.refusal is not None and not self.closed:  # a bad request after those answered
+                self._refuse(self.refusal)
+            elif not keep or self.ending:
+                self.close()
         finally:
             self.task = None
+
+    def _refuse_in_turn(self, refused: _Refused) -> None:
+        """Refuse now, or, while earlier requests are being answered, after them (in order)."""
+        if self.task is None:
+            self._refuse(refused)
+            return
+        self.refusal = refused
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _between_requests(self) -> None:
         slot = self.slot
@@ -273,9 +295,8 @@ class Http1Connection(asyncio.Protocol):
         self.close()
 
     def _last_answer(self) -> None:
-        for request in (*self.waiting, self.request):
-            if request is not None:
-                request.keep_alive = False
+        """The requests parsed so far are answered, and then the connection closes."""
+        self.ending = True
 
     def _time_out_in(self, seconds: float | None) -> None:
         # Moving the deadline leaves the timer as it is (two moves a request, and a timer's
@@ -375,6 +396,8 @@ class Exchange:
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # HTTP/1.0: the body ends with the connection
+        if self.conn.ending and not self.conn.waiting:
+            self.keep_alive = False  # the last answer: say so
         if not self.keep_alive and not said_close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
