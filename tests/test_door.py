@@ -119,6 +119,7 @@ def test_the_token_is_required_and_browsers_cannot_forge_requests(make_stack: St
     unknown = door.chat("gpt-5")
     assert unknown.status_code == 404 and "not served here (served: tiny)" in unknown.json()["error"]["message"]
     assert door.client.post("/v1/completions", content=b"not json").status_code == 400
+    assert door.client.post("/v1/completions", content=b'[{"model": "tiny"}]').status_code == 400
     plain.close()
     door.close()
 
