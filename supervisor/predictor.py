@@ -17,8 +17,10 @@ Peak prediction (`predict`):
 - without history but with declared `inputs`: the estimate plus the inputs' size (the
   program, and each input byte read or mapped once), not the estimate alone;
 - the margin is calibrated once there are enough runs (`calibrated_margin`: split conformal
-  at the stated coverage, never under MARGIN_FLOOR); until then it follows the run count,
-  and the prediction is never below what one of the last RECENT_TOP_RUNS runs needed;
+  at the stated coverage, never under MARGIN_FLOOR); until then it follows the run count
+  (a rise carried ahead excepted: its spread is the scatter around the line, the noise
+  itself, so it gets that spread or MARGIN_FLOOR, not both), and the prediction is never
+  below what one of the last RECENT_TOP_RUNS runs needed;
 - after a real under-prediction (the last run peaked more than BUMP_TOLERANCE above what
   was predicted for it), the next prediction is at least max(actual + 100 MB, actual x 1.2),
   as Kubernetes VPA records an OOM; a run a little over its prediction is no OOM, and the
@@ -88,6 +90,10 @@ def predict(
     calibrated = calibrated_margin(runs, coverage)
     if calibrated is not None:  # the margin over the center that covered `coverage` of past runs
         margin, peak = calibrated, _center(runs, inputs_bytes)[0] * (1.0 + calibrated)
+    elif basis == "history+trend":  # the spread is the scatter around the carried line: padding
+        center = base - SPREAD_WEIGHT * spread  # it by the run-count margin too counted the noise twice
+        peak = max(base, center * (1.0 + MARGIN_FLOOR))
+        margin = peak / center - 1.0
     else:
         margin = margin_for(n)
         peak = base * (1.0 + margin)

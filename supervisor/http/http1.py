@@ -86,8 +86,7 @@ class Http1Connection(asyncio.Protocol):
         self.gone = asyncio.Event()  # the client went away
         self.writable = asyncio.Event()
         self.writable.set()
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None  # the connection closes then (a head or an idle keep-alive)
+        self.deadline = Deadline(self.loop, self.close)  # for a head, or an idle keep-alive
         self.slot: Slot | None = None
         self.refusal: _Refused | None = None  # a bad request behind ones still being answered
         self.ending = False  # no request after those parsed: close once they are answered
@@ -149,8 +148,7 @@ class Http1Connection(asyncio.Protocol):
         self.closed = True
         self.gone.set()
         self.writable.set()
-        if self.timer is not None:
-            self.timer.cancel()
+        self.deadline.cancel()
         if self.slot is not None:
             self.slots.release(self.slot)
         self.live.discard(self)
@@ -299,23 +297,7 @@ class Http1Connection(asyncio.Protocol):
         self.ending = True
 
     def _time_out_in(self, seconds: float | None) -> None:
-        # Moving the deadline leaves the timer as it is (two moves a request, and a timer's
-        # cancel and re-creation cost more than the rest of the bookkeeping): when it fires
-        # early it is set again for the deadline.
-        self.deadline = None if seconds is None else self.loop.time() + seconds
-        if self.deadline is not None and (self.timer is None or self.timer.when() > self.deadline):
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.loop.call_at(self.deadline, self._deadline_reached)
-
-    def _deadline_reached(self) -> None:
-        self.timer = None
-        if self.deadline is None or self.closed:
-            return
-        if self.loop.time() >= self.deadline:
-            self.close()
-        else:
-            self.timer = self.loop.call_at(self.deadline, self._deadline_reached)
+        self.deadline.move(seconds)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -328,6 +310,43 @@ class Http1Connection(asyncio.Protocol):
             self.transport.abort()
         if self.task is not None:
             self.task.cancel()
+
+
+class Deadline:
+    """Calls `expire` once the deadline passes, unless it moved away or was cleared meanwhile.
+
+    Moving it leaves the timer as it is (a request moves it twice, and a timer's cancel and
+    re-creation cost more than the rest of the bookkeeping): a timer that fires early is set
+    again for the deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[], None]) -> None:
+        self.loop, self.expire = loop, expire
+        self.at: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def move(self, seconds: float | None) -> None:
+        self.at = None if seconds is None else self.loop.time() + seconds
+        if self.at is not None and (self.timer is None or self.timer.when() > self.at):
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(self.at, self._fire)
+
+    def cancel(self) -> None:
+        """For good (the connection is gone): no timer left to wake the loop."""
+        self.at = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        if self.at is None:
+            return
+        if self.loop.time() >= self.at:
+            self.at = None
+            self.expire()
+        else:
+            self.timer = self.loop.call_at(self.at, self._fire)
 
 
 class Exchange:
