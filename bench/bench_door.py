@@ -1,10 +1,11 @@
 """The OpenAI-compatible door, against going to the same server directly, in the same run.
 
-    .venv/bin/python bench/bench_door.py [--seconds 10] [--requests 300]
+    .venv/bin/python bench/bench_door.py [--seconds 10] [--requests 300] [--rounds 3]
 
 1. A trivial upstream (bench/trivial_openai.py: the same small JSON answer to every POST, so
    the door is what is measured): requests per second with 16 keep-alive connections (wrk,
-   `apt-get install wrk`), directly and through the door; the monitor's sampling interval
+   `apt-get install wrk`), directly and through the door, alternating, three rounds each and
+   their medians (this machine's speed drifts by minutes); the monitor's sampling interval
    while the door is loaded (its own counter in /metrics: `ironcliw_monitor_samples_total`).
    Target: at least 2,000 requests/s through the door, with sampling on schedule.
 2. The same upstream, one request at a time, door and direct interleaved: the latency the
@@ -22,6 +23,7 @@ import importlib.util
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,21 +149,32 @@ HEADER = (
 )
 
 
-def trivial(seconds: float, requests: int) -> None:
+def throughput(stack: Stack, upstream: str, seconds: float, rounds: int) -> None:
+    """wrk directly and through the door, alternating, `rounds` times each: this machine's
+    speed drifts from one minute to the next, so each run is printed, then the medians."""
+    print(f"1. {seconds:g} s of wrk, 16 keep-alive connections, POST /v1/chat/completions, {rounds} rounds\n")
+    print(f"{'':<28} {'req/s':>9} {'p99 ms':>9} {'errors':>7} {'sample interval':>16}")
+    runs: dict[str, list[tuple[float, float, float]]] = {"direct": [], "through the door": []}
+    for round_ in range(rounds):
+        for label, url in (("direct", upstream), ("through the door", stack.base)):
+            s0, t0 = stack.samples(), time.monotonic()
+            rate, p99, errors = wrk(url + "/v1/chat/completions", stack.token, seconds)
+            interval = (time.monotonic() - t0) / max(1.0, stack.samples() - s0)
+            runs[label].append((rate, p99, interval))
+            print(f"{label + f' ({round_ + 1})':<28} {rate:>9.0f} {p99:>9.2f} {errors:>7} {interval:>14.2f} s")
+    for label, got in runs.items():
+        rate, p99, interval = (statistics.median(x[i] for x in got) for i in range(3))
+        print(f"{label + ': median':<28} {rate:>9.0f} {p99:>9.2f} {'':>7} {interval:>14.2f} s")
+    print(f"{'(configured sample_interval_s)':<28} {'':>9} {'':>9} {'':>7} {0.5:>14.2f} s\n")
+
+
+def trivial(seconds: float, requests: int, rounds: int) -> None:
     command = json.dumps(["python", str(REPO / "bench" / "trivial_openai.py"), "--port", "${PORT}"])
     stack = Stack(f'[components.trivial]\ncommand = {command}\nserves = ["trivial"]\nready = {{ http = "/health" }}\n')
     try:
         wait_until(lambda: stack.components()["trivial"]["state"] == "READY", timeout=30)
         upstream = f"http://127.0.0.1:{stack.components()['trivial']['port']}"
-        print(f"1. {seconds:g} s of wrk, 16 keep-alive connections, POST /v1/chat/completions\n")
-        print(f"{'':<28} {'req/s':>9} {'p99 ms':>9} {'errors':>7} {'sample interval':>16}")
-        for label, url in (("direct to the upstream", upstream), ("through the door", stack.base)):
-            s0, t0 = stack.samples(), time.monotonic()
-            rate, p99, errors = wrk(url + "/v1/chat/completions", stack.token, seconds)
-            interval = (time.monotonic() - t0) / max(1.0, stack.samples() - s0)
-            print(f"{label:<28} {rate:>9.0f} {p99:>9.2f} {errors:>7} {interval:>14.2f} s")
-        print(f"{'(configured sample_interval_s)':<28} {'':>9} {'':>9} {'':>7} {0.5:>14.2f} s\n")
-
+        throughput(stack, upstream, seconds, rounds)
         headers = {"Authorization": f"Bearer {stack.token}"}
         with (
             httpx.Client(base_url=stack.base, headers=headers, trust_env=False) as door,
@@ -334,10 +347,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs each way, alternating")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_door needs wrk: apt-get install wrk")
-    trivial(args.seconds, args.requests)
+    trivial(args.seconds, args.requests, args.rounds)
     if importlib.util.find_spec("llama_cpp") is None:
         print("3. skipped: llama-cpp-python is not installed (bin/test --models installs it)")
         return
