@@ -261,6 +261,37 @@ def test_a_streaming_app_sees_the_client_disconnect() -> None:
     assert seen == ["http.disconnect"]
 
 
+def test_a_client_that_does_not_read_holds_the_app_back_instead_of_filling_memory() -> None:
+    """An app streaming to a client that stops reading (a stalled dashboard's SSE, say) waits
+    in `send` once the socket's buffers are full: what it has sent is not piled up in the
+    supervisor's memory. When the client reads again, everything arrives."""
+    chunk, count = b"z" * (1 << 20), 64
+    sent: list[float] = []
+
+    async def flood_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for _ in range(count):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent.append(time.monotonic())
+        await send({"type": "http.response.body", "body": b""})
+
+    def client(port: int) -> tuple[int, int]:
+        with connect(port) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(1.0)  # not reading: the server's sends back up
+            before = len(sent)
+            data = bytearray()
+            while not data.endswith(b"\r\n0\r\n\r\n"):
+                data += s.recv(1 << 20)
+        return before, data.count(b"z")
+
+    before, received = run_with_server(flood_app, client)
+    assert before < count // 2, before  # held back, not all 64 MB buffered
+    assert received == count * len(chunk)
+
+
 def test_a_port_in_use_is_a_clear_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
