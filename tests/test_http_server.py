@@ -155,6 +155,28 @@ def test_a_half_closed_client_gets_its_answers_and_a_bad_request_waits_its_turn(
     assert good.startswith(b"HTTP/1.1 200 ") and good.endswith(b"GET /one  0") and refused
 
 
+def test_100_continue_is_never_written_inside_an_earlier_answer() -> None:
+    """A pipelined request that expects 100-continue behind one being served gets no interim
+    answer (it would land in the middle of the first one's bytes); both are answered in order."""
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await anyio.sleep(0.2)
+        await echo_app(scope, receive, send)
+
+    def client(port: int) -> bytes:
+        with connect(port) as s:
+            s.sendall(
+                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /two HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+                b"Connection: close\r\n\r\nhi"
+            )
+            return read_all(s)
+
+    data = run_with_server(slow_app, client)
+    assert b"100 Continue" not in data and data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(b"POST /two  2")
+
+
 def test_http_1_0_streams_end_with_the_connection_and_expect_gets_100_continue() -> None:
     async def stream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = (await receive())["body"]
