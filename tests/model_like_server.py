@@ -99,6 +99,14 @@ class Handler(BaseHTTPRequestHandler):
         say("request", method="POST", path=self.path, content_type=self.headers.get("Content-Type"))
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        fault = json.loads(body or b"{}").get("test_fault") if body.startswith(b"{") else None
+        if fault == "silent":  # read, never answered (the door's read timeout); others go on
+            time.sleep(30)
+            self.close_connection = True
+            return
+        if fault == "hangup":  # the connection dropped without an answer
+            self.close_connection = True
+            return
         with self.state.lock:
             if url.path == "/cache/fill":
                 self.state.cache += touched(float(query.get("mb", ["0"])[0]))

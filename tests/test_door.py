@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -243,4 +244,17 @@ def test_request_bodies_are_bounded_by_max_body_mb(make_stack: StackFactory) -> 
     door.track("llm")
     too_big = door.chat("tiny", extra_prompt=prompt * 2)
     assert too_big.status_code == 413
+    door.close()
+
+
+def test_an_upstream_that_hangs_up_is_502_and_one_that_stays_silent_is_504(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "read_timeout_s = 1", server("llm", ["tiny"]))
+    assert door.chat("tiny").status_code == 200  # loaded, and the door keeps the connection
+    hung_up = door.chat("tiny", test_fault="hangup")
+    assert hung_up.status_code == 502 and hung_up.json()["error"]["type"] == "server_error", hung_up.text
+    started = time.monotonic()
+    silent = door.chat("tiny", test_fault="silent")
+    assert silent.status_code == 504 and 0.9 < time.monotonic() - started < 10, silent.text
+    assert door.chat("tiny").status_code == 200  # and the door goes on
+    door.track("llm")
     door.close()
