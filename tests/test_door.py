@@ -258,3 +258,35 @@ def test_an_upstream_that_hangs_up_is_502_and_one_that_stays_silent_is_504(make_
     assert door.chat("tiny").status_code == 200  # and the door goes on
     door.track("llm")
     door.close()
+
+
+def test_many_clients_at_once_each_get_their_own_answers_whole(make_stack: StackFactory) -> None:
+    """16 clients at once, plain answers and streams mixed, through the door's kept connections:
+    every answer is whole and is the one its request asked for (a mix-up between pooled
+    upstream connections or pipelined requests would show as a wrong model or a cut stream)."""
+    door = Door(make_stack, "", server("llm", ["a", "b"], "--stream-gap-s", "0"))
+    assert door.chat("a").status_code == 200
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=door.base, timeout=60, trust_env=False, headers=door.auth) as c:
+            for k in range(20):
+                model = "ab"[(i + k) % 2]
+                body = {"model": model, "messages": [], "stream": k % 3 == 0}
+                answer = c.post("/v1/chat/completions", json=body)
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code} {answer.text[:80]}")
+                elif body["stream"]:
+                    if not answer.content.endswith(b"data: [DONE]\n\n") or answer.content.count(b"data: ") != 6:
+                        failures.append(f"cut stream: {answer.content[-40:]!r}")
+                elif answer.json()["model"] != model:
+                    failures.append(f"asked {model}, got {answer.json()['model']}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [] and not any(t.is_alive() for t in threads), failures[:5]
+    door.track("llm")
+    door.close()
