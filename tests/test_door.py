@@ -290,3 +290,19 @@ def test_many_clients_at_once_each_get_their_own_answers_whole(make_stack: Stack
     assert failures == [] and not any(t.is_alive() for t in threads), failures[:5]
     door.track("llm")
     door.close()
+
+
+def test_the_query_string_and_content_type_reach_the_server_as_sent(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "", server("llm", ["tiny"]))
+    query = "?api-version=2024-02-01&q=a%2Fb%20c"
+    answer = door.client.post(
+        "/v1/completions" + query,
+        content=json.dumps({"model": "tiny", "prompt": "x"}).encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert answer.status_code == 200, answer.text
+    (seen,) = [line for line in door.server_lines("llm", "request") if line["method"] == "POST"]
+    assert seen["path"] == "/v1/completions" + query
+    assert seen["content_type"] == "application/json; charset=utf-8"
+    door.track("llm")
+    door.close()
