@@ -44,6 +44,12 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def slow_echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """echo_app after 0.2 s: what the client sends meanwhile is parsed while this is served."""
+    await anyio.sleep(0.2)
+    await echo_app(scope, receive, send)
+
+
 def exchange(sock: socket.socket, request: bytes) -> bytes:
     """Send one request, read one response with a Content-Length body."""
     sock.sendall(request)
@@ -133,10 +139,6 @@ def test_a_half_closed_client_gets_its_answers_and_a_bad_request_waits_its_turn(
     the last says `connection: close`. A malformed request behind a good one gets its 400
     after the good one's answer, not in the middle of it."""
 
-    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await anyio.sleep(0.2)  # the bad request is parsed while this one is being served
-        await echo_app(scope, receive, send)
-
     def client(port: int) -> tuple[bytes, bytes]:
         with connect(port) as s:
             s.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -147,7 +149,7 @@ def test_a_half_closed_client_gets_its_answers_and_a_bad_request_waits_its_turn(
             bad = read_all(s)
         return half, bad
 
-    half, bad = run_with_server(slow_app, client)
+    half, bad = run_with_server(slow_echo_app, client)
     one, two = half.split(b"HTTP/1.1 200 OK\r\n")[1:]
     assert one.endswith(b"GET /one  0") and b"connection: close" not in one
     assert two.endswith(b"GET /two  0") and b"connection: close" in two
@@ -159,10 +161,6 @@ def test_100_continue_is_never_written_inside_an_earlier_answer() -> None:
     """A pipelined request that expects 100-continue behind one being served gets no interim
     answer (it would land in the middle of the first one's bytes); both are answered in order."""
 
-    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await anyio.sleep(0.2)
-        await echo_app(scope, receive, send)
-
     def client(port: int) -> bytes:
         with connect(port) as s:
             s.sendall(
@@ -172,7 +170,7 @@ def test_100_continue_is_never_written_inside_an_earlier_answer() -> None:
             )
             return read_all(s)
 
-    data = run_with_server(slow_app, client)
+    data = run_with_server(slow_echo_app, client)
     assert b"100 Continue" not in data and data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(b"POST /two  2")
 

@@ -110,7 +110,7 @@ class Http1Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = address(transport.get_extra_info("peername"))
         self.server = address(transport.get_extra_info("sockname"))
-        self._time_out_in(HEAD_TIMEOUT_S)
+        self.deadline.move(HEAD_TIMEOUT_S)
 
     def data_received(self, data: bytes) -> None:
         slot = self.slot
@@ -118,7 +118,7 @@ class Http1Connection(asyncio.Protocol):
             return
         if slot.phase == IDLE:  # a kept-alive connection starts its next request
             self.slots.heading(slot, self.loop.time())
-            self._time_out_in(HEAD_TIMEOUT_S)
+            self.deadline.move(HEAD_TIMEOUT_S)
         if slot.phase == HEAD:
             slot.received += len(data)
         try:
@@ -197,7 +197,7 @@ class Http1Connection(asyncio.Protocol):
         request, self.request = self._current(), None
         if self.slot is not None:
             self.slot.phase = BUSY
-        self._time_out_in(None)
+        self.deadline.move(None)
         self.waiting.append(request)
         if len(self.waiting) > 1 and self.transport is not None:
             self.transport.pause_reading()  # one answered at a time; the next waits in the socket
@@ -250,10 +250,10 @@ class Http1Connection(asyncio.Protocol):
             return
         if self.request is not None:  # the next head has begun already
             self.slots.heading(slot, self.loop.time())
-            self._time_out_in(HEAD_TIMEOUT_S)
+            self.deadline.move(HEAD_TIMEOUT_S)
         else:
             slot.phase, slot.since = IDLE, self.loop.time()
-            self._time_out_in(KEEPALIVE_S)
+            self.deadline.move(KEEPALIVE_S)
 
     async def _run_app(self, request: Request) -> bool:
         """Serve one request; whether the connection may carry another."""
@@ -298,9 +298,6 @@ class Http1Connection(asyncio.Protocol):
     def _last_answer(self) -> None:
         """The requests parsed so far are answered, and then the connection closes."""
         self.ending = True
-
-    def _time_out_in(self, seconds: float | None) -> None:
-        self.deadline.move(seconds)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
