@@ -31,6 +31,7 @@ STEPS = [
     ("the HTTP server (httptools)", "import supervisor.http.server"),
     ("first request: Starlette and the app", "import supervisor.http.app, supervisor.http.security"),
     ("first scrape: prometheus_client", "import supervisor.http.metrics"),
+    ("with [proxy] enabled: the door, aiohttp", "import supervisor.http.door, aiohttp, yarl"),
 ]
 
 PROBE = """
