@@ -113,20 +113,23 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def send_then_read_all(port: int, data: bytes) -> bytes:
+    """Send `data` in one write on a new connection; everything until the server closes it."""
+    with connect(port) as s:
+        s.sendall(data)
+        return read_all(s)
+
+
 def test_pipelined_requests_are_answered_in_order_and_heads_get_no_body() -> None:
     """Three requests in one write (the last asks to close): three answers in order, then the
     end of the connection; HEAD gets the head only."""
 
-    def client(port: int) -> bytes:
-        with connect(port) as s:
-            s.sendall(
-                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"HEAD /two HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
-            )
-            return read_all(s)
-
-    data = run_with_server(echo_app, client)
+    requests = (
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /two HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    )
+    data = run_with_server(echo_app, lambda port: send_then_read_all(port, requests))
     answers = data.split(b"HTTP/1.1 200 OK\r\n")
     assert answers[0] == b"" and len(answers) == 4, data
     assert answers[1].endswith(b"\r\n\r\nGET /one  0")
@@ -161,16 +164,12 @@ def test_100_continue_is_never_written_inside_an_earlier_answer() -> None:
     """A pipelined request that expects 100-continue behind one being served gets no interim
     answer (it would land in the middle of the first one's bytes); both are answered in order."""
 
-    def client(port: int) -> bytes:
-        with connect(port) as s:
-            s.sendall(
-                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"POST /two HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
-                b"Connection: close\r\n\r\nhi"
-            )
-            return read_all(s)
-
-    data = run_with_server(slow_echo_app, client)
+    requests = (
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /two HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\nhi"
+    )
+    data = run_with_server(slow_echo_app, lambda port: send_then_read_all(port, requests))
     assert b"100 Continue" not in data and data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(b"POST /two  2")
 
