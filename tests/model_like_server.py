@@ -27,8 +27,14 @@ from urllib.parse import parse_qs, urlsplit
 CHUNK = 4 << 20
 
 
+SAYING = threading.Lock()  # the server answers from several threads: one whole line at a time
+
+
 def say(event: str, **fields: Any) -> None:
-    print(event, json.dumps({"t": time.monotonic(), "pid": os.getpid(), **fields}), flush=True)
+    line = event + " " + json.dumps({"t": time.monotonic(), "pid": os.getpid(), **fields}) + "\n"
+    with SAYING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def touched(mb: float) -> list[bytes]:
