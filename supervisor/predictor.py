@@ -86,13 +86,13 @@ def predict(
             float(estimated_mb), 0.0, 0, 0.0, "estimate", f"no history: the configured estimate {estimated_mb:g} MB"
         )
     n = len(runs)
-    base, basis, mean, spread = _base(runs, inputs_bytes)
+    center, basis, mean, spread = _center(runs, inputs_bytes)
+    base = center + SPREAD_WEIGHT * spread
     calibrated = calibrated_margin(runs, coverage)
     if calibrated is not None:  # the margin over the center that covered `coverage` of past runs
-        margin, peak = calibrated, _center(runs, inputs_bytes)[0] * (1.0 + calibrated)
+        margin, peak = calibrated, center * (1.0 + calibrated)
     elif basis == "history+trend":  # the spread is the scatter around the carried line: padding
-        center = base - SPREAD_WEIGHT * spread  # it by the run-count margin too counted the noise twice
-        peak = max(base, center * (1.0 + MARGIN_FLOOR))
+        peak = max(base, center * (1.0 + MARGIN_FLOOR))  # it by the run-count margin too counted the noise twice
         margin = peak / center - 1.0
     else:
         margin = margin_for(n)
@@ -117,12 +117,6 @@ def predict(
     return Prediction(
         round(peak, 1), round(confidence, 2), n, round(margin, 3), basis, detail + f", margin {margin:.0%} ({how})"
     )
-
-
-def _base(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float, str, float, float]:
-    """(base before the margin, basis, weighted mean, weighted spread) of a history."""
-    center, basis, mean, spread = _center(runs, inputs_bytes)
-    return center + SPREAD_WEIGHT * spread, basis, mean, spread
 
 
 def _center(runs: Sequence[RunRecord], inputs_bytes: int | None) -> tuple[float, str, float, float]:
