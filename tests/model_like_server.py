@@ -53,10 +53,15 @@ def give_back() -> None:
 
 class State:
     def __init__(
-        self, models: dict[str, float], load_s: float, stream_chunks: int = 5, stream_gap_s: float = 0.05
+        self,
+        models: dict[str, float],
+        load_s: float,
+        stream_chunks: int = 5,
+        stream_gap_s: float = 0.05,
+        first_token_s: float = 0.0,
     ) -> None:
         self.sizes = models
-        self.stream_chunks, self.stream_gap_s = stream_chunks, stream_gap_s
+        self.stream_chunks, self.stream_gap_s, self.first_token_s = stream_chunks, stream_gap_s, first_token_s
         self.models: dict[str, list[bytes]] = {}
         self.cache: list[bytes] = []
         self.load_s = load_s
@@ -132,7 +137,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def openai(self, path: str, request: dict[str, Any]) -> None:
         """Answers in OpenAI's shape, the same bytes every time (a stream: `--stream-chunks`
-        events `--stream-gap-s` apart, then [DONE]); notes whether a token reached it."""
+        events `--stream-gap-s` apart, the first `--first-token-s` after the head, then
+        [DONE]); notes whether a token reached it."""
         say("openai", path=path, model=request.get("model"), authorization="authorization" in self.headers)
         if path == "/v1/embeddings":
             self.answer(
@@ -143,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
+            self.wfile.flush()  # the head now, as llama.cpp's server sends it before evaluating the prompt
+            time.sleep(self.state.first_token_s)
             for i in range(self.state.stream_chunks):
                 event = {
                     "id": "chatcmpl-1",
@@ -192,9 +200,10 @@ def main() -> int:
     parser.add_argument("--model", action="append", default=[], help="NAME=MB, a model held in memory")
     parser.add_argument("--stream-chunks", type=int, default=5)
     parser.add_argument("--stream-gap-s", type=float, default=0.05)
+    parser.add_argument("--first-token-s", type=float, default=0.0, help="a stream's wait between head and first event")
     args = parser.parse_args()
     models = {name: float(mb) for name, mb in (m.split("=") for m in args.model)}
-    Handler.state = state = State(models, args.load_s, args.stream_chunks, args.stream_gap_s)
+    Handler.state = state = State(models, args.load_s, args.stream_chunks, args.stream_gap_s, args.first_token_s)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     say("listening", port=args.port)

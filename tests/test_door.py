@@ -214,6 +214,25 @@ def test_a_long_stream_keeps_its_server_loaded_past_the_ttl(make_stack: StackFac
     door.close()
 
 
+def test_a_streams_head_reaches_the_client_before_its_first_token(make_stack: StackFactory) -> None:
+    """The door sends a stream's head on as the server sends it, not with the first event:
+    the client starts reading while the model evaluates the prompt (as it would directly),
+    and a client that gives up waiting for headers does not, during a long prompt."""
+    door = Door(make_stack, "", server("llm", ["tiny"], "--first-token-s", "3", "--stream-chunks", "1"))
+    door.chat("tiny")  # loaded and warm
+    door.track("llm")
+    sent = time.monotonic()
+    with door.client.stream("POST", "/v1/chat/completions", json={"model": "tiny", "stream": True}) as streamed:
+        head_s = time.monotonic() - sent
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = b"".join(streamed.iter_raw())
+        whole_s = time.monotonic() - sent
+    assert events.count(b"data: ") == 2
+    assert whole_s >= 3.0  # the server did wait before its first event...
+    assert head_s < 1.5, f"the head came with the first event, after {head_s:.2f} s"  # ...and the head did not
+    door.close()
+
+
 def test_openai_client_library_works_with_the_token_as_api_key(make_stack: StackFactory) -> None:
     import openai
 

@@ -236,6 +236,10 @@ class Door:
                     return
                 started = True
                 await send({"type": "http.response.start", "status": up.status, "headers": out})
+                # A stream's head goes out now, as the server sent it, not with the first part:
+                # the client reads it while the model computes its first token (and one that
+                # times out waiting for headers does not, during a long prompt).
+                await send({"type": "http.response.body", "body": b"", "more_body": True})
                 async for chunk in up.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
