@@ -1,6 +1,6 @@
 """The OpenAI-compatible door, against going to the same server directly, in the same run.
 
-    .venv/bin/python bench/bench_door.py [--seconds 10] [--requests 300] [--rounds 3]
+    .venv/bin/python bench/bench_door.py [--seconds 10] [--requests 1000] [--rounds 3]
 
 1. A trivial upstream (bench/trivial_openai.py: the same small JSON answer to every POST, so
    the door is what is measured): requests per second with 16 keep-alive connections (wrk,
@@ -13,7 +13,8 @@
 3. A real llama.cpp server (components/llama_server.py on a random-weight GGUF; needs the
    `models` extra): the cold start through the door split into admission, spawn, load and
    first token; then door and direct interleaved, a non-streamed completion (max_tokens 1)
-   and the time to the first streamed byte, p50 and p99 of each and of the difference.
+   and the time to the first streamed byte, p50 and p99 of each and of the difference; each
+   through httpx (as openai-python sends) and through a one-write client on a plain socket.
 """
 
 from __future__ import annotations
@@ -127,16 +128,33 @@ class OneWriteClient:
         while len(rest) < length:
             rest += self.sock.recv(65536)
 
+    def first_event(self, path: str, body: dict[str, object]) -> float:
+        """Seconds to the first byte of a stream's first event (a chunked answer, read to its end)."""
+        data = json.dumps({**body, "stream": True}).encode()
+        started = time.perf_counter()
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (path.encode(), self.head, len(data), data)
+        )
+        got, first = b"", None
+        while not got.endswith(b"\r\n0\r\n\r\n"):
+            got += self.sock.recv(65536)
+            if first is None and b"data:" in got:
+                first = time.perf_counter() - started
+        if not got.startswith(b"HTTP/1.1 200") or first is None:
+            raise RuntimeError(got[:200].decode("latin-1"))
+        return first
+
     def close(self) -> None:
         self.sock.close()
 
 
 def one_write_rows(
-    door_base: str, direct_base: str, token: str, body: dict[str, object], n: int
+    door_base: str, direct_base: str, token: str, body: dict[str, object], n: int, streamed: bool = False
 ) -> tuple[list[float], list[float]]:
     door, direct = OneWriteClient(door_base, {"Authorization": f"Bearer {token}"}), OneWriteClient(direct_base)
     try:
-        send = lambda client: client.post("/v1/chat/completions", body)  # noqa: E731
+        method = OneWriteClient.first_event if streamed else OneWriteClient.post
+        send = lambda client: method(client, "/v1/chat/completions", body)  # noqa: E731
         interleaved(door, direct, send, 20)  # warm-up
         return interleaved(door, direct, send, n)
     finally:
@@ -386,6 +404,9 @@ def llama(requests: int) -> None:
         print(row("completion, max_tokens 1", *completion))
         print(row("the same, one-write client", *one_write_rows(stack.base, upstream, stack.token, body, requests)))
         print(row("first streamed byte", *streamed))
+        print(
+            row("the same, one-write client", *one_write_rows(stack.base, upstream, stack.token, body, requests, True))
+        )
     finally:
         stack.close()
         shutil.rmtree(models, ignore_errors=True)
@@ -394,7 +415,9 @@ def llama(requests: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="each way, one at a time (a p99 of 300 is their 3rd worst: it jumps)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs each way, alternating")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
