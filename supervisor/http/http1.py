@@ -8,7 +8,8 @@ protocol's callbacks run in the event loop without a task or a wake-up of their 
 exists only while the app serves a request.
 
 What it keeps from before, and where:
-- Limits: request heads up to MAX_HEAD bytes (431), bodies up to `max_body` (413), heads
+- Limits: request heads up to MAX_HEAD bytes (431), bodies up to `max_body` (413; at once
+  when the Content-Length says more, so a client waiting for 100-continue is told), heads
   that two parsers could read differently refused (400: Content-Length with
   Transfer-Encoding, which llhttp refuses itself; more than one Host).
 - Time: a head (and its body) has HEAD_TIMEOUT_S from its first byte, a kept-alive
@@ -179,12 +180,13 @@ class Http1Connection(asyncio.Protocol):
         names = [name for name, _ in request.headers]
         if names.count(b"host") > 1:  # the guard must judge the Host the app sees
             raise _Refused(400, "more than one Host header")
+        length = next((v for k, v in request.headers if k == b"content-length"), b"0")
+        if length.isdigit() and int(length) > self.max_body:  # said in advance: refused before it comes
+            raise _Refused(413, "request body too large")
         if (b"expect", b"100-continue") in request.headers and self.task is None and not self.waiting:
             # Only when no answer is due before this one's (pipelined, it would land inside
             # that answer); a client that gets no 100 sends its body after a short wait anyway.
-            length = next((v for k, v in request.headers if k == b"content-length"), b"0")
-            if length.isdigit() and int(length) <= self.max_body:
-                self._write_now(CONTINUE)
+            self._write_now(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         request = self._current()
