@@ -14,12 +14,14 @@
    `models` extra): the cold start through the door split into admission, spawn, load and
    first token; then door and direct interleaved, a non-streamed completion (max_tokens 1)
    and the time to the first streamed byte, p50 and p99 of each and of the difference; each
-   through httpx (as openai-python sends) and through a one-write client on a plain socket.
+   through httpx (as openai-python sends) and through a one-write client on a plain socket;
+   then the one-write rows again with the machine idle for 20 ms before each request.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import re
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, free_port, pct, short_tmpdir, start_ironcliw, stop_gracefully, wait_until  # noqa: E402
 
-BODY = {"model": "trivial", "messages": [{"role": "user", "content": "hi"}]}
+APART_S = 0.02
+BODY: dict[str, object] = {"model": "trivial", "messages": [{"role": "user", "content": "hi"}]}
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -149,26 +152,38 @@ class OneWriteClient:
 
 
 def one_write_rows(
-    door_base: str, direct_base: str, token: str, body: dict[str, object], n: int, streamed: bool = False
+    door_base: str,
+    direct_base: str,
+    token: str,
+    body: dict[str, object],
+    n: int,
+    streamed: bool = False,
+    apart_s: float = 0.0,
 ) -> tuple[list[float], list[float]]:
-    door, direct = OneWriteClient(door_base, {"Authorization": f"Bearer {token}"}), OneWriteClient(direct_base)
+    door, direct = (
+        OneWriteClient(door_base, {"Authorization": f"Bearer {token}"} if token else {}),
+        OneWriteClient(direct_base),
+    )
     try:
         method = OneWriteClient.first_event if streamed else OneWriteClient.post
         send = lambda client: method(client, "/v1/chat/completions", body)  # noqa: E731
         interleaved(door, direct, send, 20)  # warm-up
-        return interleaved(door, direct, send, n)
+        return interleaved(door, direct, send, n, apart_s)
     finally:
         door.close()
         direct.close()
 
 
-def interleaved(door: Any, direct: Any, send: Callable[[Any], float | None], n: int) -> tuple[list[float], list[float]]:
+def interleaved(
+    door: Any, direct: Any, send: Callable[[Any], float | None], n: int, apart_s: float = 0.0
+) -> tuple[list[float], list[float]]:
     """n timings each way (ms), alternating door and direct so both see the same machine: the
-    whole call, or the seconds `send` returns (a time to first byte)."""
+    whole call, or the seconds `send` returns (a time to first byte); `apart_s` idle before each."""
     through: list[float] = []
     straight: list[float] = []
     for i in range(n):
         for client, out in ((door, through), (direct, straight)) if i % 2 else ((direct, straight), (door, through)):
+            time.sleep(apart_s)
             t = time.perf_counter()
             measured = send(client)
             out.append((measured if measured is not None else time.perf_counter() - t) * 1000)
@@ -278,7 +293,7 @@ def client_layers(upstream: str, requests: int) -> None:
                 if i >= 50:
                     with_httpx.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                async with upstreams.post(url, body, headers) as answer:
+                async with upstreams.post(url, body, list(headers.items())) as answer:
                     await answer.read()
                 if i >= 50:
                     with_door.append((time.perf_counter() - t) * 1000)
@@ -407,9 +422,39 @@ def llama(requests: int) -> None:
         print(
             row("the same, one-write client", *one_write_rows(stack.base, upstream, stack.token, body, requests, True))
         )
+        apart_rows(stack.base, upstream, stack.token, body, max(100, requests // 3))
+        with byte_relay(upstream) as relay:
+            print("\n   a bare TCP relay (bench/byte_relay.py) in the door's place, the one-write client:\n")
+            print(row("completion", *one_write_rows(relay, upstream, "", body, requests)))
+            print(row("first byte", *one_write_rows(relay, upstream, "", body, requests, True)))
+            apart_rows(relay, upstream, "", body, max(100, requests // 3))
     finally:
         stack.close()
         shutil.rmtree(models, ignore_errors=True)
+
+
+def apart_rows(door_base: str, upstream: str, token: str, body: dict[str, object], n: int) -> None:
+    """Back to back, every process is still awake from the last request; clients leave gaps,
+    and on this VM waking an idle vCPU costs more than the door's own work (a request through
+    the door wakes two processes more than a direct one)."""
+    for label, stream in (("completion, one-write, 20 ms apart", False), ("first byte, one-write, 20 ms apart", True)):
+        print(row(label, *one_write_rows(door_base, upstream, token, body, n, stream, APART_S)))
+    print(f"   (the last two: {n} requests each way, {APART_S * 1000:.0f} ms idle before each)")
+
+
+@contextlib.contextmanager
+def byte_relay(upstream: str) -> Iterator[str]:
+    """bench/byte_relay.py to `upstream` on a free port, running until the block ends."""
+    port = free_port()
+    to = upstream.rsplit(":", 1)[1]
+    command = [sys.executable, str(REPO / "bench" / "byte_relay.py"), "--port", str(port), "--to", to]
+    relay = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert relay.stdout is not None and relay.stdout.readline().startswith("listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        relay.kill()
+        relay.wait()
 
 
 def main() -> None:
