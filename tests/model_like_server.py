@@ -112,7 +112,12 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         fault = json.loads(body or b"{}").get("test_fault") if body.startswith(b"{") else None
         if fault == "silent":  # read, never answered (the door's read timeout); others go on
-            time.sleep(30)
+            self.connection.settimeout(30)
+            try:  # the other side closing is seen as EOF, and said
+                if self.connection.recv(1) == b"":
+                    say("abandoned", path=self.path)
+            except OSError:
+                pass
             self.close_connection = True
             return
         if fault == "hangup":  # the connection dropped without an answer

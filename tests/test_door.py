@@ -279,6 +279,30 @@ def test_an_upstream_that_hangs_up_is_502_and_one_that_stays_silent_is_504(make_
     door.close()
 
 
+def test_a_client_that_leaves_is_not_waited_for_and_the_server_sees_its_request_dropped(
+    make_stack: StackFactory,
+) -> None:
+    """A client gone before its answer (a chat UI's stop button): the door stops the relay
+    and closes its connection to the model server, which is how llama.cpp learns to stop
+    generating; it does not wait for an answer for nobody until read_timeout_s."""
+    door = Door(make_stack, "read_timeout_s = 60", server("llm", ["tiny"]))
+    assert door.chat("tiny").status_code == 200
+    door.track("llm")
+    requests = len(door.server_lines("llm", "request"))
+    body = json.dumps({"model": "tiny", "messages": [], "test_fault": "silent"}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{door.port}\r\nAuthorization: Bearer {door.token}\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", door.port)) as client:
+        client.sendall(head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: len(door.server_lines("llm", "request")) > requests, timeout=10)
+    # The client is gone: the server's connection is closed within moments, not after 60 s.
+    wait_until(lambda: door.server_lines("llm", "abandoned"), timeout=10)
+    assert "door_client_left" in door.stack.out_path.read_text(errors="replace")
+    assert door.chat("tiny").status_code == 200  # and the door goes on
+    door.close()
+
+
 def test_many_clients_at_once_each_get_their_own_answers_whole(make_stack: StackFactory) -> None:
     """16 clients at once, plain answers and streams mixed, through the door's kept connections:
     every answer is whole and is the one its request asked for (a mix-up between pooled

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
+from .http1 import CLIENT_GONE
 from .upstream import Upstreams
 
 if TYPE_CHECKING:
@@ -124,8 +126,15 @@ class Door:
                 raise DoorError(405, "invalid_request_error", f"{method} is not allowed on {path}")
             body = await read_body(receive)
             runner = self._route(body)
-            load_s = await self._ready(runner)
-            await self._relay(scope, send, body, runner, load_s)
+            with anyio.CancelScope() as abort:  # cancelled if the client goes: waiting or relaying for nobody
+                unwatch = scope.get("extensions", {}).get(CLIENT_GONE, _unwatched)(abort.cancel)
+                try:
+                    load_s = await self._ready(runner)
+                    await self._relay(scope, send, body, runner, load_s)
+                finally:
+                    unwatch()
+            if abort.cancelled_caught:
+                log.info("door_client_left", component=runner.name)
         except DoorError as exc:
             await exc.send(send)
 
@@ -261,6 +270,11 @@ class Door:
             out.append((b"x-ironcliw-load-s", f"{load_s:.3f}".encode()))
             out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
         return out
+
+
+def _unwatched(callback: Callable[[], None]) -> Callable[[], None]:
+    """A server without the client-gone extension: nothing is watched."""
+    return lambda: None
 
 
 async def read_body(receive: Receive) -> bytes:

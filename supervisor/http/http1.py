@@ -42,6 +42,7 @@ MAX_HEAD = 16 * 1024
 KEEPALIVE_S = 30.0
 BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLIENT_GONE = "ironcliw.client_gone"  # scope["extensions"][CLIENT_GONE](callback): GoneSignal.watch
 REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 ASGIApp = Callable[
@@ -84,7 +85,7 @@ class Http1Connection(asyncio.Protocol):
         self.waiting: collections.deque[Request] = collections.deque()  # parsed, not yet served
         self.task: asyncio.Task[None] | None = None  # serving `waiting`, one at a time
         self.closed = False
-        self.gone = asyncio.Event()  # the client went away
+        self.gone = GoneSignal()  # the client went away (or half-closed: HTTP cannot tell)
         self.writable = asyncio.Event()
         self.writable.set()
         self.deadline = Deadline(self.loop, self.close)  # for a head, or an idle keep-alive
@@ -261,7 +262,7 @@ class Http1Connection(asyncio.Protocol):
         """Serve one request; whether the connection may carry another."""
         exchange = Exchange(self, request)
         try:
-            await self.app(scope(request, self.client, self.server), exchange.receive, exchange.send)
+            await self.app(scope(request, self.client, self.server, self.gone), exchange.receive, exchange.send)
         except Closed:
             return False
         except Exception as exc:
@@ -312,6 +313,31 @@ class Http1Connection(asyncio.Protocol):
             self.transport.abort()
         if self.task is not None:
             self.task.cancel()
+
+
+class GoneSignal(asyncio.Event):
+    """Set when the client goes away: an Event for those who wait on it, and callbacks for
+    those busy with something else (the door cancels its relay: the model server stops
+    generating for nobody, as behind nginx, which also takes a client's EOF for an abort)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            callbacks, self.callbacks = self.callbacks, []
+            for callback in callbacks:
+                callback()
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when the client goes (now, if it has); returns the way to stop watching."""
+        if self.is_set():
+            callback()
+        else:
+            self.callbacks.append(callback)
+        return lambda: self.callbacks.remove(callback) if callback in self.callbacks else None
 
 
 class Deadline:
@@ -429,7 +455,9 @@ def address(addr: Any) -> tuple[str, int] | None:
     return (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) and len(addr) >= 2 else None
 
 
-def scope(request: Request, client: tuple[str, int] | None, server: tuple[str, int] | None) -> dict[str, Any]:
+def scope(
+    request: Request, client: tuple[str, int] | None, server: tuple[str, int] | None, gone: GoneSignal
+) -> dict[str, Any]:
     raw_path, _, query = request.target.partition(b"?")
     return {
         "type": "http",
@@ -444,4 +472,5 @@ def scope(request: Request, client: tuple[str, int] | None, server: tuple[str, i
         "headers": request.headers,
         "client": client,
         "server": server,
+        "extensions": {CLIENT_GONE: gone.watch},
     }
