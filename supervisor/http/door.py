@@ -19,6 +19,7 @@ client (upstream.py says why not httpx, with bench/bench_door.py's "client alone
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
@@ -126,15 +127,8 @@ class Door:
                 raise DoorError(405, "invalid_request_error", f"{method} is not allowed on {path}")
             body = await read_body(receive)
             runner = self._route(body)
-            with anyio.CancelScope() as abort:  # cancelled if the client goes: waiting or relaying for nobody
-                unwatch = scope.get("extensions", {}).get(CLIENT_GONE, _unwatched)(abort.cancel)
-                try:
-                    load_s = await self._ready(runner)
-                    await self._relay(scope, send, body, runner, load_s)
-                finally:
-                    unwatch()
-            if abort.cancelled_caught:
-                log.info("door_client_left", component=runner.name)
+            load_s = await self._ready(runner)
+            await self._relay_unless_the_client_leaves(scope, send, body, runner, load_s)
         except DoorError as exc:
             await exc.send(send)
 
@@ -215,6 +209,27 @@ class Door:
         finally:
             del self._loads[name]
             load.done.set()
+
+    async def _relay_unless_the_client_leaves(
+        self, scope: Scope, send: Send, body: bytes, runner: Runner, load_s: float
+    ) -> None:
+        """The relay, cut short if the client goes: a model server generating for nobody stops
+        when its connection closes. An asyncio deadline moved to now does the cancelling
+        (cheap, and it tells its own cancellation from any other); not around `_ready`,
+        whose shared load must run to its end."""
+        watch = scope.get("extensions", {}).get(CLIENT_GONE, _unwatched)
+        leaving = asyncio.timeout(None)
+        try:
+            async with leaving:
+                unwatch = watch(lambda: leaving.reschedule(-1.0))  # gone already: cancelled at once
+                try:
+                    await self._relay(scope, send, body, runner, load_s)
+                finally:
+                    unwatch()
+        except TimeoutError:
+            if not leaving.expired():
+                raise
+            log.info("door_client_left", component=runner.name)
 
     async def _relay(self, scope: Scope, send: Send, body: bytes, runner: Runner, load_s: float) -> None:
         import aiohttp
