@@ -156,18 +156,22 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.flush()  # the head now, as llama.cpp's server sends it before evaluating the prompt
             time.sleep(self.state.first_token_s)
-            for i in range(self.state.stream_chunks):
-                event = {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion.chunk",
-                    "choices": [{"delta": {"content": f"w{i} "}}],
-                }
-                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                self.wfile.flush()
-                time.sleep(self.state.stream_gap_s)
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
             self.close_connection = True
+            i = 0
+            try:
+                for i in range(self.state.stream_chunks):
+                    event = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion.chunk",
+                        "choices": [{"delta": {"content": f"w{i} "}}],
+                    }
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    self.wfile.flush()
+                    time.sleep(self.state.stream_gap_s)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except OSError:  # the reader went away: stop generating, as llama.cpp does
+                say("abandoned", path=self.path, events_sent=i)
         else:
             message = {"role": "assistant", "content": "ok"}
             usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}

@@ -303,6 +303,27 @@ def test_a_client_that_leaves_is_not_waited_for_and_the_server_sees_its_request_
     door.close()
 
 
+def test_a_client_that_leaves_mid_stream_stops_the_servers_stream(make_stack: StackFactory) -> None:
+    """The stop button during a stream: the model server's connection closes with the
+    client's, so it stops after the event in flight, not after the 40 it would send."""
+    door = Door(make_stack, "", server("llm", ["tiny"], "--stream-chunks", "40", "--stream-gap-s", "0.1"))
+    assert door.chat("tiny").status_code == 200
+    door.track("llm")
+    body = json.dumps({"model": "tiny", "messages": [], "stream": True}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{door.port}\r\nAuthorization: Bearer {door.token}\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as client:
+        client.sendall(head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        got = b""
+        while b"data: " not in got:
+            got += client.recv(65536)
+    wait_until(lambda: door.server_lines("llm", "abandoned"), timeout=10)
+    assert door.server_lines("llm", "abandoned")[0]["events_sent"] < 10
+    assert door.chat("tiny").status_code == 200
+    door.close()
+
+
 def test_many_clients_at_once_each_get_their_own_answers_whole(make_stack: StackFactory) -> None:
     """16 clients at once, plain answers and streams mixed, through the door's kept connections:
     every answer is whole and is the one its request asked for (a mix-up between pooled
