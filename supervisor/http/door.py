@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -217,7 +216,7 @@ class Door:
         when its connection closes. An asyncio deadline moved to now does the cancelling
         (cheap, and it tells its own cancellation from any other); not around `_ready`,
         whose shared load must run to its end."""
-        watch = scope.get("extensions", {}).get(CLIENT_GONE, _unwatched)
+        watch = scope["extensions"][CLIENT_GONE]  # http1's server, the only one the door runs under
         leaving = asyncio.timeout(None)
         try:
             async with leaving:
@@ -285,11 +284,6 @@ class Door:
             out.append((b"x-ironcliw-load-s", f"{load_s:.3f}".encode()))
             out.append((b"x-ironcliw-cold-start", self._cold_start(runner, load_s).encode()))
         return out
-
-
-def _unwatched(callback: Callable[[], None]) -> Callable[[], None]:
-    """A server without the client-gone extension: nothing is watched."""
-    return lambda: None
 
 
 async def read_body(receive: Receive) -> bytes:
