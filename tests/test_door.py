@@ -64,6 +64,14 @@ class Door:
         self.stack.reaper.track_tree(row["pid"])
         return row
 
+    def raw_chat(self, **body: Any) -> socket.socket:
+        """A chat completion sent on a plain socket, left open: the caller reads, or leaves."""
+        data = json.dumps({"model": "tiny", "messages": [], **body}).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {self.token}\r\n"
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        client.sendall(head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        return client
+
     def server_lines(self, name: str, event: str) -> list[dict[str, Any]]:
         lines = self.stack.call("logs", name=name, lines=500)["lines"]
         return [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith(event + " ")]
@@ -289,12 +297,7 @@ def test_a_client_that_leaves_is_not_waited_for_and_the_server_sees_its_request_
     assert door.chat("tiny").status_code == 200
     door.track("llm")
     requests = len(door.server_lines("llm", "request"))
-    body = json.dumps({"model": "tiny", "messages": [], "test_fault": "silent"}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{door.port}\r\nAuthorization: Bearer {door.token}\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", door.port)) as client:
-        client.sendall(head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with door.raw_chat(test_fault="silent"):
         wait_until(lambda: len(door.server_lines("llm", "request")) > requests, timeout=10)
     # The client is gone: the server's connection is closed within moments, not after 60 s.
     wait_until(lambda: door.server_lines("llm", "abandoned"), timeout=10)
@@ -309,12 +312,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_servers_stream(make_stack: St
     door = Door(make_stack, "", server("llm", ["tiny"], "--stream-chunks", "40", "--stream-gap-s", "0.1"))
     assert door.chat("tiny").status_code == 200
     door.track("llm")
-    body = json.dumps({"model": "tiny", "messages": [], "stream": True}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{door.port}\r\nAuthorization: Bearer {door.token}\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as client:
-        client.sendall(head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with door.raw_chat(stream=True) as client:
         got = b""
         while b"data: " not in got:
             got += client.recv(65536)

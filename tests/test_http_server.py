@@ -110,13 +110,8 @@ def test_a_body_declared_too_large_is_refused_before_it_is_sent() -> None:
     """curl sends `Expect: 100-continue` before a large body: a Content-Length over the limit
     gets 413 at once (no 100 Continue), not a wait for a body that would be refused anyway."""
 
-    def client(port: int) -> bytes:
-        with connect(port) as s:
-            size = server.MAX_BODY + 1
-            s.sendall(f"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nExpect: 100-continue\r\n\r\n".encode())
-            return read_all(s)
-
-    answer = run_with_server(echo_app, client)
+    head = f"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: {server.MAX_BODY + 1}\r\nExpect: 100-continue\r\n\r\n"
+    answer = run_with_server(echo_app, lambda port: send_then_read_all(port, head.encode()))
     assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
 
 
