@@ -15,7 +15,9 @@
    first token; then door and direct interleaved, a non-streamed completion (max_tokens 1)
    and the time to the first streamed byte, p50 and p99 of each and of the difference; each
    through httpx (as openai-python sends) and through a one-write client on a plain socket;
-   then the one-write rows again with the machine idle for 20 ms before each request.
+   then the one-write rows again with the machine idle for 20 ms before each request; then
+   the one-write rows with a bare TCP relay (bench/byte_relay.py) in the door's place: the
+   cost of any process in the middle, which the door's own work comes on top of.
 """
 
 from __future__ import annotations
@@ -434,9 +436,9 @@ def llama(requests: int) -> None:
 
 
 def apart_rows(door_base: str, upstream: str, token: str, body: dict[str, object], n: int) -> None:
-    """Back to back, every process is still awake from the last request; clients leave gaps,
-    and on this VM waking an idle vCPU costs more than the door's own work (a request through
-    the door wakes two processes more than a direct one)."""
+    """The one-write rows with the machine idle before each request: back to back, every
+    process is still warm from the last one, while real clients leave gaps (and cold code
+    runs slower: the bare relay's rows show how little of that the extra hop itself costs)."""
     for label, stream in (("completion, one-write, 20 ms apart", False), ("first byte, one-write, 20 ms apart", True)):
         print(row(label, *one_write_rows(door_base, upstream, token, body, n, stream, APART_S)))
     print(f"   (the last two: {n} requests each way, {APART_S * 1000:.0f} ms idle before each)")
