@@ -135,7 +135,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.answer(200, {"id_slot": url.path.rsplit("/", 1)[-1], "n_erased": freed})
             elif url.path == "/api/generate":
                 self.generate(json.loads(body or b"{}"))
-            elif url.path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            elif url.path.startswith("/v1/"):
                 self.openai(url.path, json.loads(body or b"{}"))
             else:
                 self.answer(404, {"error": "not found"})
@@ -149,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(
                 200, {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]}
             )
+        elif path not in ("/v1/chat/completions", "/v1/completions"):  # rerank, responses, ...: where it came
+            self.answer(200, {"path": path, "model": request.get("model")})
         elif request.get("stream"):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")

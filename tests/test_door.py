@@ -256,10 +256,13 @@ def test_openai_client_library_works_with_the_token_as_api_key(make_stack: Stack
         for chunk in client.chat.completions.create(model="tiny", messages=[], stream=True)
     ]
     assert "".join(p or "" for p in pieces) == "w0 w1 w2 w3 w4 "
+    assert client.models.retrieve("tiny").owned_by == "llm"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{door.base}/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-5", messages=[])
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-5")
     door.close()
 
 
@@ -367,4 +370,24 @@ def test_the_query_string_and_content_type_reach_the_server_as_sent(make_stack: 
     assert seen["path"] == "/v1/completions" + query
     assert seen["content_type"] == "application/json; charset=utf-8"
     door.track("llm")
+    door.close()
+
+
+def test_every_v1_path_is_the_doors_and_a_post_goes_where_its_model_is_served(make_stack: StackFactory) -> None:
+    door = Door(make_stack, "", server("llm", ["tiny", "org/tiny-7b"]) + server("other", ["other"]))
+    # /v1/models/{id}, an id with a slash included (Hugging Face names), with the token only
+    one = door.client.get("/v1/models/org/tiny-7b")
+    assert one.status_code == 200 and (one.json()["id"], one.json()["owned_by"]) == ("org/tiny-7b", "llm")
+    assert door.client.get("/v1/models/gpt-5").json()["error"]["code"] == 404
+    assert httpx.get(f"{door.base}/v1/models/tiny", trust_env=False).status_code == 401
+    # A path the door does not know by name (llama.cpp's rerank) is forwarded by `model`
+    answer = door.client.post("/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["a"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"path": "/v1/rerank", "model": "tiny"}
+    assert answer.headers["x-ironcliw-component"] == "llm"
+    door.track("llm")
+    assert door.stack.component("other")["state"] == "STOPPED"  # only the model asked for is loaded
+    wrong = door.client.get("/v1/chat/completions")
+    assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
+    assert door.client.post("/v1/models", json={"model": "tiny"}).status_code == 405
     door.close()

@@ -1,6 +1,7 @@
 """The OpenAI-compatible door: `/v1/...` on the HTTP API's port, routed by the request's
 `model` to the component that `serves` it, which is loaded on demand within the memory
-budget (llama-swap's proxy, Ollama's scheduler, with Ironcliw's admission).
+budget (llama-swap's proxy, Ollama's scheduler, with Ironcliw's admission). `/v1/models`
+(and `/v1/models/{id}`) it answers itself.
 
 - Clients send `Authorization: Bearer <token>` (the API's token, `<runtime_dir>/http.token`),
   so OpenAI libraries work with `api_key=` and a browser page cannot forge a request.
@@ -41,8 +42,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ironcliw.door")
 
-PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-DOOR_PATHS = frozenset({"/v1/models", *PATHS})
+# Every path under /v1/ is the door's: /v1/models (and /v1/models/{id}) it answers itself, a
+# POST anywhere else (chat/completions, completions, embeddings, and what servers add:
+# rerank, responses, ...) goes to the server of the body's `model`, as llama-swap does.
+PREFIX = "/v1/"
+MODELS = "/v1/models"
 # Not forwarded either way: they describe one hop, not the message (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer"}
@@ -94,7 +98,7 @@ class DoorFront:
         self.door, self.app = door, app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in DOOR_PATHS:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await self.door(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -119,10 +123,11 @@ class Door:
             headers = dict(scope["headers"])
             self._authorize(headers.get(b"authorization", b""))
             method, path = scope["method"], scope["path"]
-            if path == "/v1/models" and method in ("GET", "HEAD"):
-                await send_json(send, 200, {"object": "list", "data": self._models()})
+            listing = path == MODELS or path.startswith(MODELS + "/")
+            if listing and method in ("GET", "HEAD"):
+                await send_json(send, 200, self._listed(path.removeprefix(MODELS).removeprefix("/")))
                 return
-            if path == "/v1/models" or method != "POST":
+            if listing or method != "POST":
                 raise DoorError(405, "invalid_request_error", f"{method} is not allowed on {path}")
             body = await read_body(receive)
             runner = self._route(body)
@@ -131,12 +136,22 @@ class Door:
         except DoorError as exc:
             await exc.send(send)
 
-    def _models(self) -> list[dict[str, Any]]:
-        runners = self.sup.runners
-        return [
-            {"id": model, "object": "model", "created": 0, "owned_by": name, "state": runners[name].state.value}
-            for model, name in self.owners().items()
+    def _listed(self, model: str) -> dict[str, Any]:
+        """`GET /v1/models`: every model served; `GET /v1/models/{model}`: that one (404 if none)."""
+        runners, owners = self.sup.runners, self.owners()
+        if model and model not in owners:
+            raise self._not_served(model, owners)
+        listed = [
+            {"id": name, "object": "model", "created": 0, "owned_by": owner, "state": runners[owner].state.value}
+            for name, owner in owners.items()
+            if not model or name == model
         ]
+        return listed[0] if model else {"object": "list", "data": listed}
+
+    @staticmethod
+    def _not_served(model: object, owners: dict[str, str]) -> DoorError:
+        known = ", ".join(sorted(owners)) or "none"
+        return DoorError(404, "invalid_request_error", f"model {model!r} is not served here (served: {known})")
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -154,8 +169,7 @@ class Door:
             raise DoorError(400, "invalid_request_error", "the body must be a JSON object with a `model`") from None
         owners = self.owners()
         if not isinstance(model, str) or model not in owners:
-            known = ", ".join(sorted(owners)) or "none"
-            raise DoorError(404, "invalid_request_error", f"model {model!r} is not served here (served: {known})")
+            raise self._not_served(model, owners)
         return self.sup.runners[owners[model]]
 
     async def _ready(self, runner: Runner) -> float:
