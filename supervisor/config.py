@@ -243,6 +243,8 @@ def parse_config(raw: bytes | str, file: str) -> Config:
     _check_memory(file, decoded.memory)
     if decoded.http.host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(file, "$.http.host", "a loopback address (127.0.0.1, ::1 or localhost)")
+    if decoded.proxy.enabled and not decoded.http.enabled:  # else the door would be silently absent
+        raise ConfigError(file, "$.proxy.enabled", "false while [http] enabled = false (the door is on the API's port)")
     order = start_order(file, components)
     _check_models(file, components)
     return Config(

@@ -54,6 +54,7 @@ def test_the_door_default_ttl_applies_to_components_that_serve_models() -> None:
         ("[proxy]\nqueue = -1", "$.proxy.queue", ">= 0"),
         ("[proxy]\nmax_body_mb = 0", "$.proxy.max_body_mb", "> 0"),
         ("[proxy]\nenable = true", "$.proxy", "unknown key `enable`"),
+        ("[http]\nenabled = false\n[proxy]\nenabled = true", "$.proxy.enabled", "[http] enabled = false"),
     ],
 )
 def test_bad_door_keys_name_the_field(text: str, path: str, words: str) -> None:
