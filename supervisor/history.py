@@ -61,6 +61,8 @@ class History:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return str(exc)
+        except RecursionError:  # msgspec's depth guard is the interpreter's recursion limit
+            return "JSON nested too deeply"
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
         return None
 

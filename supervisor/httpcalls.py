@@ -108,7 +108,7 @@ def _body(body: str | None, headers: dict[str, str]) -> tuple[bytes | None, dict
     try:
         json.loads(body)
         kind = "application/json"
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the interpreter's limit: not sent as JSON
         kind = "text/plain; charset=utf-8"
     if not any(name.lower() == "content-type" for name in headers):
         headers = {**headers, "Content-Type": kind}

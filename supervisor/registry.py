@@ -69,7 +69,7 @@ class Registry:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except FileNotFoundError:
             return {}
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
             try:
                 log.warning(
                     "registrations_set_aside", path=str(self.path), moved_to=str(set_aside(self.path)), error=str(exc)

@@ -125,7 +125,7 @@ class RuntimeDir:
             return []
         try:
             return msgspec.json.decode(raw, type=list[ChildRecord])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             aside = self.children_path.with_name(f"children.corrupt-{int(time.time())}.json")
             self.children_path.replace(aside)
             log.warning("children_record_corrupt", path=str(self.children_path), moved_to=str(aside), error=str(exc))

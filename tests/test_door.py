@@ -274,6 +274,11 @@ def test_request_bodies_are_bounded_by_max_body_mb(make_stack: StackFactory) -> 
     door.track("llm")
     too_big = door.chat("tiny", extra_prompt=prompt * 2)
     assert too_big.status_code == 413
+    # Within the bound but nested past any decoder's depth: a 400 like any body that is not
+    # a JSON object with a `model`, not an internal error
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b', "model": "tiny"}'
+    refused = door.client.post("/v1/chat/completions", content=deep)
+    assert refused.status_code == 400 and "nested too deeply" in refused.json()["error"]["message"], refused.text
     door.close()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SLEEPER, Stack
+from tests.helpers import SLEEPER, Stack, wait_until
 
 StackFactory = Callable[[str], Stack]
 
@@ -64,3 +64,20 @@ def test_a_fresh_runtime_dir_is_created_private(make_stack: StackFactory) -> Non
     stack.up()
     assert stat.S_IMODE(stack.runtime.stat().st_mode) == 0o700
     assert stat.S_IMODE((stack.runtime / "supervisor.lock").stat().st_mode) == 0o600
+
+
+def test_state_files_nested_too_deeply_are_set_aside_and_up_goes_on(make_stack: StackFactory) -> None:
+    """msgspec guards its depth with the interpreter's recursion limit: a RecursionError, not
+    a DecodeError. A file nested past it is as corrupt as a truncated one."""
+    stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\n")
+    deep = "[" * 5000 + "]" * 5000
+    stack.state.mkdir(parents=True, exist_ok=True)
+    stack.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (stack.state / "history.json").write_text(f'{{"schema": 1, "components": {{"s": [{{"junk": {deep}}}]}}}}')
+    (stack.state / "registered.json").write_text(f'{{"schema": 1, "components": {{"w": {{"junk": {deep}}}}}}}')
+    (stack.runtime / "children.json").write_text(f'[{{"junk": {deep}}}]')
+    stack.up()
+    wait_until(lambda: stack.component("s")["state"] == "READY", timeout=15)
+    assert list(stack.state.glob("history.corrupt-*.json")) and list(stack.state.glob("registered.corrupt-*.json"))
+    assert list(stack.runtime.glob("children.corrupt-*.json"))
+    assert stack.stop() == 0

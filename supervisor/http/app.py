@@ -72,6 +72,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth guard is the interpreter's recursion limit
+        raise BadRequest("the body is JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ConfigError("<request>", "$", "a JSON object")
     return value

@@ -167,6 +167,8 @@ class Door:
             model = msgspec.json.decode(body, type=RoutedBody).model
         except msgspec.DecodeError:  # ValidationError included: not an object
             raise DoorError(400, "invalid_request_error", "the body must be a JSON object with a `model`") from None
+        except RecursionError:  # msgspec's depth guard is the interpreter's; no request nests that deep
+            raise DoorError(400, "invalid_request_error", "the body is JSON nested too deeply") from None
         owners = self.owners()
         if not isinstance(model, str) or model not in owners:
             raise self._not_served(model, owners)
