@@ -64,7 +64,13 @@ class Stack:
         )
         (self.work / "c.toml").write_text(config)
         self.proc = start_ironcliw(self.work, self.work / "c.toml")
-        wait_until(lambda: (self.work / "run" / "http.token").exists() and self._answers(), timeout=60, interval=0.1)
+        try:
+            wait_until(
+                lambda: (self.work / "run" / "http.token").exists() and self._answers(), timeout=60, interval=0.1
+            )
+        except BaseException:  # it never answered: not left running behind the bench
+            self.close()
+            raise
         self.token = (self.work / "run" / "http.token").read_text().strip()
         self.base = f"http://127.0.0.1:{self.port}"
 
