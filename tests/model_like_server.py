@@ -120,6 +120,9 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             self.close_connection = True
             return
+        if fault == "flood":  # a stream as fast as the socket takes it, until the reader goes
+            self.flood()
+            return
         if fault == "hangup":  # the connection dropped without an answer
             self.close_connection = True
             return
@@ -187,6 +190,25 @@ class Handler(BaseHTTPRequestHandler):
                     "usage": usage,
                 },
             )
+
+    def flood(self) -> None:
+        """64 KB events, each write blocking while the socket is full; says how far it got
+        every 4 MB, so a test sees whether what it sent stops growing."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        event = b"data: " + b"x" * (64 << 10) + b"\n\n"
+        sent = 0
+        try:
+            while True:
+                self.wfile.write(event)
+                sent += len(event)
+                if sent % (4 << 20) < len(event):
+                    say("flooded", mb=sent >> 20)
+        except OSError:
+            say("abandoned", path=self.path, mb=sent >> 20)
 
     def generate(self, request: dict[str, Any]) -> None:
         """Ollama's: `keep_alive: 0` unloads the model; otherwise it is loaded (again)."""

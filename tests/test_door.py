@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.helpers import REPO, Stack, wait_until
@@ -326,6 +327,42 @@ def test_a_client_that_leaves_mid_stream_stops_the_servers_stream(make_stack: St
             got += client.recv(65536)
     wait_until(lambda: door.server_lines("llm", "abandoned"), timeout=10)
     assert door.server_lines("llm", "abandoned")[0]["events_sent"] < 10
+    assert door.chat("tiny").status_code == 200
+    door.close()
+
+
+def test_a_client_that_reads_slowly_holds_back_the_server_not_the_supervisors_memory(
+    make_stack: StackFactory,
+) -> None:
+    """A model server streaming faster than its client reads: the door stops reading it
+    (the server's writes block) instead of buffering the stream in the supervisor."""
+    door = Door(make_stack, "", server("llm", ["tiny"]))
+    assert door.chat("tiny").status_code == 200
+    door.track("llm")
+    assert door.stack.proc is not None
+    supervisor = psutil.Process(door.stack.proc.pid)
+
+    def rss_mb() -> float:
+        return float(supervisor.memory_info().rss) / (1 << 20)
+
+    before = rss_mb()
+    with door.raw_chat(stream=True, test_fault="flood") as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert client.recv(100).startswith(b"HTTP/1.1 200")  # then nothing more is read
+
+        def flooded_mb() -> int:
+            return max((line["mb"] for line in door.server_lines("llm", "flooded")), default=0)
+
+        wait_until(lambda: flooded_mb() > 0, timeout=10)
+        seen = []
+        for _ in range(16):  # 4 s, stopping at once if the door buffers (it would take GBs)
+            seen.append(flooded_mb())
+            # What may be in flight is the sockets' buffers (a few MB each on loopback)
+            assert seen[-1] < 64, f"the door took {seen[-1]} MB from a stream nobody reads"
+            time.sleep(0.25)
+        assert seen[-8] == seen[-1], f"the server kept sending to a client that reads nothing: {seen}"
+        assert rss_mb() - before < 24, (before, rss_mb())
+    wait_until(lambda: door.server_lines("llm", "abandoned"), timeout=10)
     assert door.chat("tiny").status_code == 200
     door.close()
 
