@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from . import jsondecode
 from .model import RunRecord
 from .statefile import set_aside, write_atomically
 
@@ -56,13 +57,11 @@ class History:
         except OSError as exc:  # a directory, unreadable, an I/O error: set aside like a corrupt file
             return f"cannot be read: {exc.strerror or exc}"
         try:
-            decoded = msgspec.json.decode(raw, type=HistoryFile)
+            decoded = jsondecode.decode(raw, HistoryFile)
             if decoded.schema != SCHEMA_VERSION:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return str(exc)
-        except RecursionError:  # msgspec's depth guard is the interpreter's recursion limit
-            return "JSON nested too deeply"
         self._data = {name: runs[-self.max_runs :] for name, runs in decoded.components.items()}
         return None
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from . import jsondecode
 from .config import ComponentSpec, check_component, decode_component
 from .errors import IroncliwError
 from .statefile import set_aside, write_atomically
@@ -64,12 +65,12 @@ class Registry:
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
             raw = self.path.read_bytes()
-            decoded = msgspec.json.decode(raw, type=RegistryFile)
+            decoded = jsondecode.decode(raw, RegistryFile)
             if decoded.schema != SCHEMA_VERSION:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")
         except FileNotFoundError:
             return {}
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             try:
                 log.warning(
                     "registrations_set_aside", path=str(self.path), moved_to=str(set_aside(self.path)), error=str(exc)

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from . import procs
+from . import jsondecode, procs
 from .errors import AlreadyRunning, IroncliwError
 from .model import ProcessIdentity
 from .stopping import stop_processes
@@ -124,8 +124,8 @@ class RuntimeDir:
         except FileNotFoundError:
             return []
         try:
-            return msgspec.json.decode(raw, type=list[ChildRecord])
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            return jsondecode.decode(raw, list[ChildRecord])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             aside = self.children_path.with_name(f"children.corrupt-{int(time.time())}.json")
             self.children_path.replace(aside)
             log.warning("children_record_corrupt", path=str(self.children_path), moved_to=str(aside), error=str(exc))

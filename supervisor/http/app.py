@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from .. import jsondecode
 from ..config import check_component, decode_component, without_command
 from ..core import Supervisor
 from ..errors import BadRequest, ConfigError, IroncliwError, Refused, UnknownComponent
@@ -69,11 +70,9 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = msgspec.json.decode(raw)
+        value = jsondecode.decode(raw)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
-    except RecursionError:  # msgspec's depth guard is the interpreter's recursion limit
-        raise BadRequest("the body is JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ConfigError("<request>", "$", "a JSON object")
     return value

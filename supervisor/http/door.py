@@ -30,6 +30,7 @@ import msgspec
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import jsondecode
 from ..config import ProxySection
 from ..errors import IroncliwError, Refused, ShuttingDown
 from ..model import MIB, ComponentState
@@ -151,7 +152,8 @@ class Door:
     @staticmethod
     def _not_served(model: object, owners: dict[str, str]) -> DoorError:
         known = ", ".join(sorted(owners)) or "none"
-        return DoorError(404, "invalid_request_error", f"model {model!r} is not served here (served: {known})")
+        shown = repr(model)[:200]  # a name of megabytes is not echoed back whole
+        return DoorError(404, "invalid_request_error", f"model {shown} is not served here (served: {known})")
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -164,11 +166,11 @@ class Door:
 
     def _route(self, body: bytes) -> Runner:
         try:
-            model = msgspec.json.decode(body, type=RoutedBody).model
-        except msgspec.DecodeError:  # ValidationError included: not an object
-            raise DoorError(400, "invalid_request_error", "the body must be a JSON object with a `model`") from None
-        except RecursionError:  # msgspec's depth guard is the interpreter's; no request nests that deep
-            raise DoorError(400, "invalid_request_error", "the body is JSON nested too deeply") from None
+            model = jsondecode.decode(body, RoutedBody).model
+        except msgspec.DecodeError as exc:  # ValidationError included: not an object
+            raise DoorError(
+                400, "invalid_request_error", f"the body must be a JSON object with a `model`: {exc}"
+            ) from None
         owners = self.owners()
         if not isinstance(model, str) or model not in owners:
             raise self._not_served(model, owners)
