@@ -12,7 +12,7 @@ PACKAGE = REPO / "supervisor"
 LAYERS = {
     "errors": 0,
     "model": 0,
-    "jsondecode": 0.5,  # msgspec JSON where nesting too deep is a DecodeError
+    "jsondecode": 0,  # msgspec JSON where nesting too deep is a DecodeError
     "locations": 0.5,  # where the config and the socket are: os.path only (the CLI's quick path)
     "probespec": 0.7,  # the probe, trim and unload tables of a component's config
     "endpoints": 1.1,  # `${PORT}` filled in for one run
