@@ -11,7 +11,6 @@ cancelled with the task that made it.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from . import jsondecode
 from .probespec import HttpAction, split_target, url_for
 
 if TYPE_CHECKING:
@@ -106,9 +106,9 @@ def _body(body: str | None, headers: dict[str, str]) -> tuple[bytes | None, dict
     if body is None:
         return None, headers
     try:
-        json.loads(body)
+        jsondecode.decode(body)
         kind = "application/json"
-    except (ValueError, RecursionError):  # nested past the interpreter's limit: not sent as JSON
+    except msgspec.DecodeError:
         kind = "text/plain; charset=utf-8"
     if not any(name.lower() == "content-type" for name in headers):
         headers = {**headers, "Content-Type": kind}

@@ -139,15 +139,16 @@ class Door:
 
     def _listed(self, model: str) -> dict[str, Any]:
         """`GET /v1/models`: every model served; `GET /v1/models/{model}`: that one (404 if none)."""
-        runners, owners = self.sup.runners, self.owners()
-        if model and model not in owners:
+        owners = self.owners()
+        if not model:
+            return {"object": "list", "data": [self._entry(name, owner) for name, owner in owners.items()]}
+        if model not in owners:
             raise self._not_served(model, owners)
-        listed = [
-            {"id": name, "object": "model", "created": 0, "owned_by": owner, "state": runners[owner].state.value}
-            for name, owner in owners.items()
-            if not model or name == model
-        ]
-        return listed[0] if model else {"object": "list", "data": listed}
+        return self._entry(model, owners[model])
+
+    def _entry(self, model: str, owner: str) -> dict[str, Any]:
+        state = self.sup.runners[owner].state.value
+        return {"id": model, "object": "model", "created": 0, "owned_by": owner, "state": state}
 
     @staticmethod
     def _not_served(model: object, owners: dict[str, str]) -> DoorError:
