@@ -243,18 +243,36 @@ def _single_error(exc: BaseException) -> BaseException:
     return exc
 
 
+# What each signal does to `up`. None of them ends it but the first four (supervisord's
+# set), and none ends it abruptly: a stray `kill -USR1` would otherwise take the whole stack
+# down (components get SIGTERM when the supervisor dies). USR1 or USR2 reopens the log files
+# (nginx's and supervisord's convention for logrotate's postrotate); the rest, whose default
+# action is to terminate, are logged and ignored. Handlers, unlike SIG_IGN, are not
+# inherited: components start with every signal at its default.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+REOPEN_SIGNALS = ("SIGUSR1", "SIGUSR2")
+IGNORED_SIGNALS = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR")
+
+
 async def _forward_signals(supervisor: Supervisor) -> None:
     import anyio
     import structlog
 
     log = structlog.get_logger("ironcliw.cli")
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    names = [n for n in (*STOP_SIGNALS, *REOPEN_SIGNALS, *IGNORED_SIGNALS) if hasattr(signal, n)]
+    with anyio.open_signal_receiver(*(signal.Signals[n] for n in names)) as signals:
         async for signum in signals:
-            if supervisor.stopping:
-                log.warning("already_stopping", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if name in REOPEN_SIGNALS:
+                log.info("signal_received", signal=name, action="reopen log files")
+                supervisor.reopen_logs()
+            elif name not in STOP_SIGNALS:
+                log.warning("signal_ignored", signal=name)
+            elif supervisor.stopping:
+                log.warning("already_stopping", signal=name)
             else:
-                log.info("signal_received", signal=signal.Signals(signum).name)
-            supervisor.shutdown()
+                log.info("signal_received", signal=name)
+                supervisor.shutdown()
 
 
 # --- client commands --------------------------------------------------------------------------

@@ -170,6 +170,13 @@ class Supervisor:
     def stopping(self) -> bool:
         return self._stopping
 
+    def reopen_logs(self) -> None:
+        """Every component's log file opened again at its path (logrotate moved them)."""
+        sinks = [r.log_sink for r in self.runners.values() if r.log_sink is not None]
+        for sink in sinks:
+            sink.reopen()
+        log.info("logs_reopened", files=len(sinks))
+
     async def start_many(self, names: list[str] | None = None) -> None:
         """Start several components at once; each waits for those in its `after` first. Without
         `names` (`up`): the autostart components, each also waiting for room (waitingroom.py)."""

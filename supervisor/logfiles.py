@@ -5,7 +5,9 @@ A full or failing disk (ENOSPC, EIO, EROFS, EDQUOT, EFBIG) must never stop super
 `RotatingLog` then keeps the newest output in a bounded buffer, retries with backoff
 (on the next output, or when the supervisor's keeper calls `retry()`), reports the problem
 through `on_problem`, and writes what it kept, with a note of what it had to drop, as soon
-as the disk takes it again.
+as the disk takes it again. Like `tail -F`, it follows its path: a file moved away
+(logrotate's `create`), removed or truncated (`copytruncate`) by someone else is noticed by
+the next write a second later at most, and writing goes on in a file at the path.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PENDING_MAX_BYTES = 1 << 20  # newest output kept per component while the disk r
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 MAX_LINE_BYTES = 16 * 1024  # a line longer than this is cut when read back
+FOLLOW_EVERY_S = 1.0  # how often a write first checks that `path` still names the open file
 
 _REASONS = {
     errno.ENOSPC: "no space left",
@@ -64,6 +67,7 @@ class RotatingLog:
         self._noted_bytes = 0  # the dropped bytes that note counts
         self._retry_at = 0.0
         self._backoff = RETRY_INITIAL_S
+        self._follow_at = time.monotonic() + FOLLOW_EVERY_S
         try:
             self._open()
         except OSError as exc:
@@ -73,8 +77,42 @@ class RotatingLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._size = os.fstat(self._fd).st_size
+        if self._size == 0:
+            self._line_open = False
+
+    def reopen(self) -> None:
+        """Write to the file at `path` from now on (`kill -USR2` after logrotate moved it)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # what the old file did not take is no reason to stop writing the new one
+        try:
+            self._open()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _follow(self) -> None:
+        """Reopen if `path` no longer names the open file; take a truncated file's size."""
+        self._follow_at = time.monotonic() + FOLLOW_EVERY_S
+        try:
+            held = os.fstat(self._fd)
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            self.reopen()
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if (named.st_ino, named.st_dev) != (held.st_ino, held.st_dev):
+            self.reopen()
+        else:
+            self._size = held.st_size
 
     def write(self, data: bytes) -> None:
+        if self.problem is None and time.monotonic() >= self._follow_at:
+            self._follow()
         if self.problem is None:
             try:
                 self._write(data)

@@ -198,6 +198,84 @@ def test_a_file_size_limit_does_not_kill_the_supervisor(make_stack: StackFactory
     assert report["output"]["log_problem"] == "file too large"
 
 
+# Prints a numbered line every 50 ms, so a test can tell which file each line went to.
+COUNTER = python_command(
+    """
+    import itertools, signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    for i in itertools.count():
+        print(f"line {i}", flush=True)
+        time.sleep(0.05)
+    """
+)
+
+
+def _numbers(path: Path) -> list[int]:
+    return [int(x.split()[1]) for x in path.read_text().splitlines() if x.startswith("line ")]
+
+
+def test_stray_signals_leave_the_stack_running_and_usr2_reopens_the_logs(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    """Components get SIGTERM when the supervisor dies, so a signal whose default action ends
+    the supervisor (USR1, USR2, ALRM, ...) would end the whole stack: none may. USR2 (and
+    USR1) reopens the log files, the way logrotate's postrotate expects; QUIT stops cleanly."""
+    import signal
+
+    stack = make_stack(f"[components.counter]\ncommand = {COUNTER}\nready = {{ log_pattern = 'ready' }}\n")
+    stack.up()
+    pid = stack.wait_state("counter", "READY")["pid"]
+    assert stack.proc is not None
+    log = stack.state / "logs" / "counter.log"
+    stray = [n for n in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR") if hasattr(signal, n)]  # no PWR on macOS
+    for name in ("SIGUSR1", *stray):
+        stack.proc.send_signal(getattr(signal, name))
+    ignored = lambda: [e["signal"] for e in stack.log_events() if e["event"] == "signal_ignored"]  # noqa: E731
+    wait_until(lambda: sorted(ignored()) == sorted(stray), 10, what="each stray signal logged as ignored")
+    assert stack.proc.poll() is None and stack.component("counter")["pid"] == pid
+
+    moved = log.rename(log.with_name("counter.log.moved"))  # logrotate's `create`, before postrotate
+    stack.proc.send_signal(signal.SIGUSR2)
+    wait_until(lambda: log.exists() and len(_numbers(log)) >= 3, 10, what="lines in the reopened file")
+    before, after = _numbers(moved), _numbers(log)
+    assert after[0] > before[-1] and before + after == list(range(before[0], after[-1] + 1)), "a line lost"
+    reopened = [e for e in stack.log_events() if e["event"] == "logs_reopened"]
+    assert len(reopened) == 2 and reopened[-1]["files"] == 1  # USR1 earlier, then USR2
+    assert stack.component("counter")["pid"] == pid
+
+    stack.proc.send_signal(signal.SIGQUIT)
+    assert stack.proc.wait(30) == 0
+    assert not stack.reaper.alive(), "a component outlived a SIGQUIT to the supervisor"
+
+
+@pytest.mark.parametrize("how", ["moved", "removed", "truncated"])
+def test_a_log_file_moved_removed_or_truncated_under_it_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """As `tail -F`: logrotate's `create` (moved) and `copytruncate` (truncated), or an `rm`,
+    without a signal: the next write after FOLLOW_EVERY_S goes to a file at the path."""
+    from supervisor import logfiles
+
+    monkeypatch.setattr(logfiles, "FOLLOW_EVERY_S", 0.0)
+    path = tmp_path / "c.log"
+    log = logfiles.RotatingLog(path, max_bytes=1000, backups=1)
+    log.write(b"x" * 900 + b"\n")
+    if how == "moved":
+        path.rename(tmp_path / "c.log.old")
+    elif how == "removed":
+        path.unlink()
+    else:
+        os.truncate(path, 0)
+    log.write(b"after\n")
+    log.write(b"y" * 50 + b"\n")  # 960 bytes in all: no rotation if the truncation was seen
+    log.close()
+    assert path.read_bytes() == b"after\n" + b"y" * 50 + b"\n"
+    assert not (tmp_path / "c.log.1").exists() and log.problem is None
+    if how == "moved":
+        assert (tmp_path / "c.log.old").read_bytes() == b"x" * 900 + b"\n"
+
+
 # --- the log file's own behaviour, with the disk's refusals injected -----------------------------
 
 
