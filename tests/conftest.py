@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.helpers import ProcessReaper, Stack
+
+# A shell starts a background job (`bin/test &` in a script) with SIGINT and SIGQUIT ignored,
+# and every process the tests start would inherit that: the tests that press Ctrl-C on
+# `logs -f` or `top` would wait for an exit that never comes. Their defaults, then.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture
