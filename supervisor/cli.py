@@ -265,7 +265,7 @@ async def _forward_signals(supervisor: Supervisor) -> None:
             name = signal.Signals(signum).name
             if name in REOPEN_SIGNALS:
                 log.info("signal_received", signal=name, action="reopen log files")
-                supervisor.reopen_logs()
+                supervisor.disk.reopen_logs()
             elif name not in STOP_SIGNALS:
                 log.warning("signal_ignored", signal=name)
             elif supervisor.stopping:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import anyio
@@ -69,6 +70,7 @@ IDLE_TIMEOUT_S = 600.0
 WATCHDOG_SLACK_S = 0.05
 YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
+SOCKET_CHECK_S = 2.0  # how often serve() looks for its socket file (a cleaner may remove it)
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -96,19 +98,55 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
     # We hold the runtime dir's lock, so a socket file here is a dead supervisor's leftover.
     if os.path.exists(path):
         os.unlink(path)
-    listener = await anyio.abc.SocketListener.from_socket(_bind_unix(path))
+    sock = _bind_unix(path)
     server = ControlServer(supervisor)
     task_status.started()
+    bound = _file_id(path)
     try:
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(server.watchdog)
-            await listener.serve(server.handle)
+        # Connections live in `handlers`, whichever listening socket took them: when the
+        # socket file was removed and is bound again, clients connected meanwhile stay.
+        async with anyio.create_task_group() as handlers:
+            handlers.start_soon(server.watchdog)
+            while True:
+                listener = await anyio.abc.SocketListener.from_socket(sock)
+                async with listener, anyio.create_task_group() as accepting:
+                    accepting.start_soon(partial(listener.serve, server.handle, task_group=handlers))
+                    await _until_removed(path, supervisor)
+                    accepting.cancel_scope.cancel()
+                sock = await _bind_again(path)
+                bound = _file_id(path)
+                log.warning("control_socket_restored", path=path)
     finally:
         with anyio.CancelScope(shield=True):
-            try:
+            if _file_id(path) == bound:  # ours: not one another supervisor made after ours was removed
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+async def _until_removed(path: str, supervisor: Supervisor) -> None:
+    """Until the socket file is gone and its dir is ours again (runtimewatch.py makes a
+    removed runtime dir again first; a file someone else put at the path is left alone)."""
+    in_runtime_dir = os.path.dirname(path) == supervisor.paths.runtime_dir
+    while True:
+        await anyio.sleep(SOCKET_CHECK_S)
+        if not os.path.lexists(path) and (not in_runtime_dir or supervisor.runtime.intact()):
+            return
+
+
+async def _bind_again(path: str) -> socket.socket:
+    while True:
+        try:
+            return _bind_unix(path)
+        except OSError as exc:  # its dir went again, say: the next check
+            log.warning("control_socket_not_bound", path=path, error=exc.strerror or str(exc))
+            await anyio.sleep(SOCKET_CHECK_S)
 
 
 _DISCONNECTS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, TimeoutError, ConnectionError)

@@ -35,6 +35,7 @@ from .registry import Registry
 from .report import component_rows, status, supervisor_about, with_gpu
 from .runner import Runner, RunnerHooks, StatusRows, component_status
 from .runtime import RuntimeDir, ensure_private_dir, stop_leftovers
+from .runtimewatch import RuntimeWatch
 from .waitingroom import WaitingRoom
 
 log = structlog.get_logger("ironcliw.supervisor")
@@ -75,6 +76,7 @@ class Supervisor:
             retry_record=lambda: self.record.changed(),
         )
         self.record = ProcessRecord(self.runtime, self.runners, self.memory, self.disk.problem)
+        self.runtime_watch = RuntimeWatch(self.runtime, self.disk.problem, restored=[self.record.rewrite])
         self.memory.on_walk = self.record.changed
         self.admission = Admission(self.runners, self.history, self.memory, self._fresh_sample)
         self.idle = IdleUnloader(self.runners, lambda r: self.config.idle_ttl_s(r.spec), self.unload)
@@ -144,6 +146,7 @@ class Supervisor:
                 tg.start_soon(self.idle.run)
                 tg.start_soon(self.disk.keep)
                 tg.start_soon(self.record.keep)
+                tg.start_soon(self.runtime_watch.keep)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
                 task_status.started()
                 tg.start_soon(self.start_many)  # the autostart components, admitted
@@ -170,21 +173,13 @@ class Supervisor:
     def stopping(self) -> bool:
         return self._stopping
 
-    def reopen_logs(self) -> None:
-        """Every component's log file opened again at its path (logrotate moved them)."""
-        sinks = [r.log_sink for r in self.runners.values() if r.log_sink is not None]
-        for sink in sinks:
-            sink.reopen()
-        log.info("logs_reopened", files=len(sinks))
-
     async def start_many(self, names: list[str] | None = None) -> None:
         """Start several components at once; each waits for those in its `after` first. Without
         `names` (`up`): the autostart components, each also waiting for room (waitingroom.py)."""
-        room = None
+        admit = None
         if names is None:
             names = [n for n in self.config.order if self.config.components[n].autostart]
-            room = WaitingRoom(self.admission, self.runners, names, lambda: self._stopping)
-        admit = room.admit if room is not None else None
+            admit = WaitingRoom(self.admission, self.runners, names, lambda: self._stopping).admit
         await start_in_order(self.runners, self.config.components, names, lambda: self._stopping, admit)
 
     async def stop_many(self, names: list[str], reason: str) -> None:

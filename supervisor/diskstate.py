@@ -55,6 +55,13 @@ class DiskState:
         """One line per kind of trouble, e.g. `log_dir: no space left` (in status and report)."""
         return sorted({f"{where}: {problem}" for where, problem in self._problems.values()})
 
+    def reopen_logs(self) -> None:
+        """Every component's log file opened again at its path (logrotate moved them)."""
+        sinks = list(self._log_sinks())
+        for sink in sinks:
+            sink.reopen()
+        log.info("logs_reopened", files=len(sinks))
+
     def history_changed(self) -> None:
         self._dirty.set()
 

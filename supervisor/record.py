@@ -36,11 +36,16 @@ class ProcessRecord:
         self.memory = memory
         self._on_problem = on_problem
         self._wanted = anyio.Event()  # the record is out of date
-        self._recorded: list[ChildRecord] = []
+        self._recorded: list[ChildRecord] | None = []  # None: the file is gone, write it whatever it holds
         self._identities: dict[int, ProcessIdentity] = {}  # of the processes in the record
 
     def changed(self) -> None:
         """The record may be out of date (O(1): the keeper rewrites it)."""
+        self._wanted.set()
+
+    def rewrite(self) -> None:
+        """The file was removed (with the runtime dir): the keeper writes it again."""
+        self._recorded = None
         self._wanted.set()
 
     async def keep(self) -> None:

@@ -87,16 +87,51 @@ def secure_runtime_dir(path: Path) -> None:
 
 
 class RuntimeDir:
+    """The runtime dir, held for the supervisor's life: the lock file (one supervisor per
+    dir) and a shared lock on the dir itself, which systemd-tmpfiles' aging honours (it
+    skips a locked dir). What removes it anyway (macOS's periodic /tmp cleaning, an `rm`)
+    is noticed by `intact()` and put back by `restore()`, with the same checks as at `up`."""
+
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.lock_path = self.path / "supervisor.lock"
         self.children_path = self.path / "children.json"
         self._lock_fd: int | None = None
+        self._lock_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we lock
+        self._dir_fd: int | None = None
 
     def acquire(self) -> None:
         """Take the runtime dir for this process, or raise AlreadyRunning naming the holder."""
         secure_runtime_dir(self.path)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._take_lock()
+        self._hold_dir()
+
+    def intact(self) -> bool:
+        """Whether the lock file at its path is still the one this process holds."""
+        try:
+            info = os.lstat(self.lock_path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._lock_file
+
+    def restore(self) -> None:
+        """Make the dir and the lock again after someone removed them. Raises IroncliwError if
+        the path is now unsafe (a symlink, another user's), AlreadyRunning if another
+        supervisor took it meanwhile."""
+        secure_runtime_dir(self.path)
+        old = self._lock_fd
+        self._lock_fd = None
+        try:
+            self._take_lock()
+        except BaseException:
+            self._lock_fd = old
+            raise
+        if old is not None:
+            os.close(old)
+        self._hold_dir()
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,13 +140,32 @@ class RuntimeDir:
             raise AlreadyRunning(str(self.path), int(holder) if holder.isdigit() else None) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        info = os.fstat(fd)
+        self._lock_fd, self._lock_file = fd, (info.st_dev, info.st_ino)
+
+    def _hold_dir(self) -> None:
+        """A shared lock on the dir: systemd-tmpfiles does not age a locked directory."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # a courtesy to the cleaner: intact() still notices a removal
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            pass
+        self._dir_fd = fd
 
     def release(self) -> None:
         if self._lock_fd is not None:
             os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def write_children(self, records: list[ChildRecord]) -> None:
         tmp = self.children_path.with_suffix(".tmp")

@@ -57,6 +57,7 @@ LAYERS = {
     "ordering": 4.6,
     "diskstate": 4.6,
     "record": 4.7,
+    "runtimewatch": 4.7,  # the runtime dir made again if a cleaner removed it
     "core": 5,
     "control": 6,
     "client": 6,

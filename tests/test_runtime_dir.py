@@ -64,6 +64,15 @@ def test_a_fresh_runtime_dir_is_created_private(make_stack: StackFactory) -> Non
     stack.up()
     assert stat.S_IMODE(stack.runtime.stat().st_mode) == 0o700
     assert stat.S_IMODE((stack.runtime / "supervisor.lock").stat().st_mode) == 0o600
+    # Held with a shared lock, so systemd-tmpfiles' aging leaves it alone (it tries LOCK_EX).
+    import fcntl
+
+    fd = os.open(stack.runtime, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 def test_state_files_nested_too_deeply_are_set_aside_and_up_goes_on(make_stack: StackFactory) -> None:
@@ -81,3 +90,77 @@ def test_state_files_nested_too_deeply_are_set_aside_and_up_goes_on(make_stack: 
     assert list(stack.state.glob("history.corrupt-*.json")) and list(stack.state.glob("registered.corrupt-*.json"))
     assert list(stack.runtime.glob("children.corrupt-*.json"))
     assert stack.stop() == 0
+
+
+def test_a_runtime_dir_removed_under_a_running_stack_is_made_again(make_stack: StackFactory, tmp_path: Path) -> None:
+    """What /tmp cleaners (macOS's periodic scripts, systemd-tmpfiles) or an `rm -rf` do to a
+    long-running stack: the dir, lock, socket, token and record come back within seconds,
+    the CLI reaches the same supervisor, a second `up` is still refused, and a connection
+    made before goes on. A symlink put in the dir's place is never followed, only reported."""
+    import shutil
+    import socket as socketlib
+
+    from supervisor.client import ControlClient
+
+    with socketlib.socket() as probe:  # the HTTP API on a free port: it reports while the socket cannot
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\nready = {{ alive_s = 0.1 }}\n[http]\nport = {port}\n")
+    stack.up()
+    stack.wait_state("s", "READY")
+    assert stack.proc is not None
+    token = (stack.runtime / "http.token").read_text()
+    with ControlClient(str(stack.socket), timeout=10).connect() as before:
+        shutil.rmtree(stack.runtime)
+        names = ("supervisor.lock", "control.sock", "http.token", "children.json")
+        wait_until(lambda: all((stack.runtime / n).exists() for n in names), 15, what="the runtime dir back")
+        assert before.call("ping")["pid"] == stack.proc.pid  # the old connection goes on
+    assert stat.S_IMODE(stack.runtime.lstat().st_mode) == 0o700
+    assert stat.S_ISSOCK((stack.runtime / "control.sock").lstat().st_mode)
+    assert (stack.runtime / "http.token").read_text() == token
+    assert (stack.runtime / "supervisor.lock").read_text().strip() == str(stack.proc.pid)
+    assert (
+        "children.json" in os.listdir(stack.runtime) and '"name":"s"' in (stack.runtime / "children.json").read_text()
+    )
+    assert stack.call("ping")["pid"] == stack.proc.pid
+    second = stack.cli("up", timeout=30)
+    assert second.returncode == 1 and f"pid {stack.proc.pid}" in second.stderr, second.stderr
+    assert any(e["event"] == "runtime_dir_restored" for e in stack.log_events())
+
+    # Now a symlink in its place (another user's trap): nothing is written through it.
+    target = tmp_path / "trap"
+    target.mkdir()
+    shutil.rmtree(stack.runtime)
+    stack.runtime.symlink_to(target)
+    wait_until(lambda: _warnings(port, token.strip()), 15, what="the warning")
+    (warning,) = _warnings(port, token.strip())
+    assert warning.startswith(
+        f"runtime_dir: removed, and not safe to make again: the runtime dir {stack.runtime} is a symlink"
+    )
+    assert list(target.iterdir()) == [] and stack.proc.poll() is None
+    stack.runtime.unlink()  # the trap removed: the dir comes back
+    wait_until(lambda: (stack.runtime / "control.sock").exists() and stack.ping(), 15, what="the socket back")
+    with socketlib.socket(socketlib.AF_UNIX) as probe:
+        probe.connect(str(stack.socket))
+    assert stack.call("status")["warnings"] == []
+
+
+def _warnings(port: int, token: str) -> list[str]:
+    import httpx
+
+    answer = httpx.get(
+        f"http://127.0.0.1:{port}/memory/report", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    return list(answer.json()["warnings"])
+
+
+def test_a_control_socket_removed_alone_is_bound_again(make_stack: StackFactory) -> None:
+    stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\nready = {{ alive_s = 0.1 }}\n")
+    stack.up()
+    assert stack.proc is not None
+    stack.socket.unlink()
+    assert stack.cli("status").returncode == 3  # not running, as far as the CLI can tell ...
+    wait_until(lambda: stack.socket.exists() and stack.ping(), 15, what="the socket back")  # ... for 2 s at most
+    assert stack.call("ping")["pid"] == stack.proc.pid
+    assert [e["event"] for e in stack.log_events()].count("control_socket_restored") == 1
+    assert stack.stop() == 0 and not stack.socket.exists()

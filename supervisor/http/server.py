@@ -33,7 +33,7 @@ from ..core import Supervisor
 from ..errors import IroncliwError
 from .http1 import ASGIApp, Http1Connection, address
 from .slots import MAX_CONNECTIONS, Slots
-from .token import create_token
+from .token import create_token, write_token
 from .upstream import preload
 
 log = structlog.get_logger("ironcliw.http")
@@ -136,6 +136,13 @@ class _BuiltOnFirstRequest:
             await closer()
 
 
+def _put_token_back(runtime_dir: str, token: str) -> None:
+    try:
+        write_token(runtime_dir, token)
+    except OSError as exc:  # clients that kept the token go on; new ones ask again later
+        log.warning("http_token_not_written", path=runtime_dir, error=exc.strerror or str(exc))
+
+
 async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     cfg = supervisor.config.http
     for module in ("starlette", "msgspec"):  # a broken install fails at `up`, not at the first request
@@ -144,6 +151,7 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
                 f"the HTTP API needs the `{module}` package; reinstall the project or set [http] enabled = false"
             )
     token = create_token(supervisor.paths.runtime_dir)
+    supervisor.runtime_watch.restored.append(lambda: _put_token_back(supervisor.paths.runtime_dir, token))
 
     def build() -> ASGIApp:
         from .app import build_app
