@@ -249,6 +249,39 @@ def test_stray_signals_leave_the_stack_running_and_usr2_reopens_the_logs(
     assert not stack.reaper.alive(), "a component outlived a SIGQUIT to the supervisor"
 
 
+def test_up_started_with_its_standard_fds_closed_is_not_stopped_by_its_own_output(make_stack: StackFactory) -> None:
+    """`up <&- >&- 2>&-`: the event loop's epoll and wake-up socket pair took fds 0, 1 and 2,
+    and `up` echoed component output and wrote its log into that pair; /dev/null takes them
+    first now. The component's output is bytes that the wake-up socket reads as signals."""
+    import signal
+
+    noisy = python_command(
+        """
+        import sys, time
+        print("ready", flush=True)
+        while True:
+            sys.stdout.write("\\x02\\x0f\\x01 stop?\\n")
+            sys.stdout.flush()
+            time.sleep(0.01)
+        """
+    )
+    stack = make_stack(f"[components.noisy]\ncommand = {noisy}\nready = {{ log_pattern = 'ready' }}\n")
+
+    def close_standard_fds() -> None:
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    stack.up(preexec_fn=close_standard_fds)
+    pid = stack.wait_state("noisy", "READY")["pid"]
+    assert stack.proc is not None
+    time.sleep(2)  # 200 lines of would-be signals
+    assert stack.proc.poll() is None, "the stack stopped itself"
+    assert stack.component("noisy")["pid"] == pid
+    if Path(f"/proc/{stack.proc.pid}/fd").exists():
+        assert {os.readlink(f"/proc/{stack.proc.pid}/fd/{fd}") for fd in (0, 1, 2)} == {os.devnull}
+    assert stack.proc.send_signal(signal.SIGTERM) is None and stack.proc.wait(30) == 0
+
+
 @pytest.mark.parametrize("how", ["moved", "removed", "truncated"])
 def test_a_log_file_moved_removed_or_truncated_under_it_is_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
