@@ -16,7 +16,7 @@ import structlog
 
 from . import jsondecode
 from .model import RunRecord
-from .statefile import set_aside, write_atomically
+from .statefile import read_state, set_aside, write_atomically
 
 log = structlog.get_logger("ironcliw.history")
 
@@ -51,7 +51,7 @@ class History:
     def _read(self) -> str | None:
         """Why the file cannot be used, or None (read, or absent)."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_state(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:  # a directory, unreadable, an I/O error: set aside like a corrupt file

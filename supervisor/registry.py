@@ -17,7 +17,7 @@ import structlog
 from . import jsondecode
 from .config import ComponentSpec, check_component, decode_component
 from .errors import IroncliwError
-from .statefile import set_aside, write_atomically
+from .statefile import read_state, set_aside, write_atomically
 
 log = structlog.get_logger("ironcliw.registry")
 
@@ -64,7 +64,7 @@ class Registry:
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            raw = self.path.read_bytes()
+            raw = read_state(self.path)
             decoded = jsondecode.decode(raw, RegistryFile)
             if decoded.schema != SCHEMA_VERSION:
                 raise ValueError(f"schema {decoded.schema}, expected {SCHEMA_VERSION}")

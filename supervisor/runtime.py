@@ -15,7 +15,6 @@ import fcntl
 import os
 import signal
 import stat
-import time
 from pathlib import Path
 
 import msgspec
@@ -24,6 +23,7 @@ import structlog
 from . import jsondecode, procs
 from .errors import AlreadyRunning, IroncliwError
 from .model import ProcessIdentity
+from .statefile import read_state, set_aside
 from .stopping import stop_processes
 
 log = structlog.get_logger("ironcliw.runtime")
@@ -174,15 +174,17 @@ class RuntimeDir:
 
     def read_children(self) -> list[ChildRecord]:
         try:
-            raw = self.children_path.read_bytes()
+            return jsondecode.decode(read_state(self.children_path), list[ChildRecord])
         except FileNotFoundError:
             return []
-        try:
-            return jsondecode.decode(raw, list[ChildRecord])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            aside = self.children_path.with_name(f"children.corrupt-{int(time.time())}.json")
-            self.children_path.replace(aside)
-            log.warning("children_record_corrupt", path=str(self.children_path), moved_to=str(aside), error=str(exc))
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            path, error = str(self.children_path), (isinstance(exc, OSError) and exc.strerror) or str(exc)
+            try:
+                log.warning(
+                    "children_record_corrupt", path=path, moved_to=str(set_aside(self.children_path)), error=error
+                )
+            except OSError as moved:
+                log.warning("children_record_ignored", path=path, error=error, cannot_move=str(moved))
             return []
 
 

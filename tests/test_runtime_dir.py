@@ -92,6 +92,35 @@ def test_state_files_nested_too_deeply_are_set_aside_and_up_goes_on(make_stack: 
     assert stack.stop() == 0
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "too-large"])
+def test_state_files_that_are_not_small_regular_files_are_set_aside_unread(make_stack: StackFactory, kind: str) -> None:
+    """A FIFO would block `up` for ever, a link to /dev/zero would read until memory ran out, a
+    directory raised IsADirectoryError out of `up` (children.json), a huge file would be read
+    whole: each is set aside, unread, like a corrupt file."""
+    from supervisor import statefile
+
+    stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\n")
+    stack.state.mkdir(parents=True, exist_ok=True)
+    stack.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = (stack.state / "history.json", stack.state / "registered.json", stack.runtime / "children.json")
+    for path in paths:
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dev-zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "directory":
+            path.mkdir()
+        else:
+            with open(path, "wb") as f:  # sparse: no disk taken
+                f.truncate(statefile.MAX_STATE_BYTES + 1)
+    stack.up()
+    wait_until(lambda: stack.component("s")["state"] == "READY", timeout=15)
+    for path in paths:
+        assert list(path.parent.glob(f"{path.stem}.corrupt-*.json")), path
+        assert not path.exists() or path.is_file() and path.stat().st_size < 1000  # a new, real one
+    assert stack.stop() == 0
+
+
 def test_a_runtime_dir_removed_under_a_running_stack_is_made_again(make_stack: StackFactory, tmp_path: Path) -> None:
     """What /tmp cleaners (macOS's periodic scripts, systemd-tmpfiles) or an `rm -rf` do to a
     long-running stack: the dir, lock, socket, token and record come back within seconds,
