@@ -18,10 +18,10 @@ Robustness rules (each has a test in tests/test_control_abuse.py):
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
-from functools import partial
 from typing import Any
 
 import anyio
@@ -71,6 +71,8 @@ WATCHDOG_SLACK_S = 0.05
 YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
 SOCKET_CHECK_S = 2.0  # how often serve() looks for its socket file (a cleaner may remove it)
+ACCEPT_RETRY_S = 0.5  # after an accept that failed for want of descriptors
+ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -110,7 +112,7 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
             while True:
                 listener = await anyio.abc.SocketListener.from_socket(sock)
                 async with listener, anyio.create_task_group() as accepting:
-                    accepting.start_soon(partial(listener.serve, server.handle, task_group=handlers))
+                    accepting.start_soon(_accept, listener, server, handlers)
                     await _until_removed(path, supervisor)
                     accepting.cancel_scope.cancel()
                 sock = await _bind_again(path)
@@ -120,6 +122,28 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
         with anyio.CancelScope(shield=True):
             if _file_id(path) == bound:  # ours: not one another supervisor made after ours was removed
                 os.unlink(path)
+
+
+async def _accept(listener: anyio.abc.SocketListener, server: ControlServer, handlers: anyio.abc.TaskGroup) -> None:
+    """Accept for ever. Out of file descriptors (EMFILE, ENFILE, ENOBUFS: a flood of clients,
+    a low `ulimit -n`) the accept fails, and anyio's `serve` would end with it, taking the
+    supervisor down: instead it waits and tries again, as asyncio's own servers do, while
+    the connections it has are served and leave."""
+    failing = False
+    while True:
+        try:
+            stream = await listener.accept()
+        except anyio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError) or cause.errno not in ACCEPT_RETRY_ERRNOS:
+                raise
+            if not failing:
+                log.warning("control_accept_failed", error=cause.strerror, retry_in_s=ACCEPT_RETRY_S)
+            failing = True
+            await anyio.sleep(ACCEPT_RETRY_S)
+            continue
+        failing = False
+        handlers.start_soon(server.handle, stream)
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

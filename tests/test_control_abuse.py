@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from supervisor.protocol import MAX_FRAME_BYTES, ErrorCode, Reply, Request, encode_frame, frame_length
-from tests.helpers import SLEEPER, Stack
+from tests.helpers import SLEEPER, Stack, wait_until
 
 StackFactory = Callable[[str], Stack]
 
@@ -242,3 +242,29 @@ def test_a_full_listen_backlog_is_a_one_line_error_with_exit_1(stack: Stack, tmp
         for s in fillers:
             s.close()
         listener.close()
+
+
+def test_running_out_of_file_descriptors_on_accept_is_ridden_out(make_stack: StackFactory) -> None:
+    """Past `ulimit -n`, accept() fails with EMFILE; anyio's serve() ended on it and took the
+    whole stack with it. Now it waits and accepts again once the connections have gone."""
+    import resource
+
+    stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\nready = {{ alive_s = 0.1 }}\n")
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    stack.up(preexec_fn=few_descriptors)
+    stack.wait_state("s", "READY")
+    assert stack.proc is not None
+    flood = [raw(stack) for _ in range(80)]  # the backlog takes what the supervisor cannot
+    try:
+        time.sleep(1.5)
+        assert stack.proc.poll() is None, stack.output()[-3000:]
+        assert any(e["event"] == "control_accept_failed" for e in stack.log_events())
+    finally:
+        for sock in flood:
+            sock.close()
+    wait_until(stack.ping, 10, what="the socket answering again")
+    assert_status_is_prompt(stack)
+    assert stack.stop() == 0
