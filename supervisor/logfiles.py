@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ PENDING_MAX_BYTES = 1 << 20  # newest output kept per component while the disk r
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 MAX_LINE_BYTES = 16 * 1024  # a line longer than this is cut when read back
+NOT_A_FILE = "not a regular file"
 FOLLOW_EVERY_S = 1.0  # how often a write first checks that `path` still names the open file
 
 _REASONS = {
@@ -75,8 +77,19 @@ class RotatingLog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        # NONBLOCK: a FIFO put at the path must not hold the event loop in open() until it
+        # has a reader; a regular file is all that is written (the rest: a problem, kept).
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO (or socket) without a reader
+                raise OSError(errno.EINVAL, NOT_A_FILE) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, NOT_A_FILE)
+        self._fd, self._size = fd, info.st_size
         if self._size == 0:
             self._line_open = False
 
@@ -251,7 +264,11 @@ def tail_lines(path: Path, count: int, block: int = 65536, max_line: int = MAX_L
     chunks: list[bytes] = []
     newlines = 0
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there: no wait for a writer
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return []
+        with os.fdopen(fd, "rb") as f:
             end = f.seek(0, os.SEEK_END)
             size = end
             while end > 0 and newlines <= count and size - end < budget:

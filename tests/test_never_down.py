@@ -442,3 +442,28 @@ def test_logs_of_a_50_mb_line_answer_at_once_and_the_loop_keeps_going(make_stack
     status_started = time.monotonic()
     stack.call("status")
     assert time.monotonic() - status_started < 2.0
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_put_where_a_log_file_was_neither_blocks_nor_takes_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened for writing, a FIFO without a reader blocks (the event loop with it); read for
+    `logs`, one without a writer blocks a worker thread. Neither waits: output is kept as for
+    a full disk, and written into a real file once the FIFO is gone."""
+    from supervisor import logfiles
+
+    monkeypatch.setattr(logfiles, "FOLLOW_EVERY_S", 0.0)
+    problems: list[str | None] = []
+    path = tmp_path / "c.log"
+    log = logfiles.RotatingLog(path, 1_000_000, 1, on_problem=lambda _, problem: problems.append(problem))
+    log.write(b"before\n")
+    path.unlink()
+    os.mkfifo(path)
+    log.write(b"kept\n")
+    assert log.problem == "not a regular file" and problems == ["not a regular file"]
+    assert logfiles.tail_lines(path, 10) == []
+    path.unlink()
+    assert log.retry() and problems[-1] is None
+    log.close()
+    assert path.read_bytes() == b"kept\n"
