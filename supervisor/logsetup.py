@@ -31,3 +31,19 @@ def configure(fmt: str = "auto", stream: TextIO | None = None, level: int = logg
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # The standard library's loggers (asyncio's "socket.accept() out of system resource",
+    # "Task exception was never retrieved", ...) go the same way: rendered like every other
+    # line (JSON stays JSON lines) and written by `up`'s non-blocking writer, never straight
+    # to a stderr that a full pipe could block.
+    root = logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(logging.WARNING)
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra = {"exc_info": record.exc_info} if record.exc_info else {}
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name, **extra)
+        except Exception:  # a logging call must never raise into the code that made it
+            self.handleError(record)

@@ -467,3 +467,33 @@ def test_a_fifo_put_where_a_log_file_was_neither_blocks_nor_takes_the_output(
     assert log.retry() and problems[-1] is None
     log.close()
     assert path.read_bytes() == b"kept\n"
+
+
+def test_the_standard_librarys_log_lines_are_rendered_like_ours() -> None:
+    """asyncio reports (an accept out of descriptors, a task's lost exception) through the
+    standard library's logging, which wrote raw tracebacks straight to stderr: a JSON-lines
+    reader got text, and a full pipe would have blocked the writer."""
+    import io
+    import logging
+
+    import structlog
+
+    from supervisor import logsetup
+
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logsetup.configure("json", stream=out)
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            logging.getLogger("asyncio").error("socket.accept() out of system resource", exc_info=True)
+        logging.getLogger("asyncio").info("below WARNING: not shown")
+    finally:
+        root.handlers, root.level = handlers, level
+        structlog.reset_defaults()
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "socket.accept() out of system resource" and record["logger"] == "asyncio"
+    assert record["level"] == "error" and "Too many open files" in record["exception"]
