@@ -73,6 +73,7 @@ MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
 SOCKET_CHECK_S = 2.0  # how often serve() looks for its socket file (a cleaner may remove it)
 ACCEPT_RETRY_S = 0.5  # after an accept that failed for want of descriptors
 ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_AGAIN_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})  # that client's, not ours
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -135,6 +136,8 @@ async def _accept(listener: anyio.abc.SocketListener, server: ControlServer, han
             stream = await listener.accept()
         except anyio.BrokenResourceError as exc:
             cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in ACCEPT_AGAIN_ERRNOS:
+                continue
             if not isinstance(cause, OSError) or cause.errno not in ACCEPT_RETRY_ERRNOS:
                 raise
             if not failing:
