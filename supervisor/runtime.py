@@ -11,6 +11,7 @@ starts anything.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -168,9 +169,22 @@ class RuntimeDir:
             self._dir_fd = None
 
     def write_children(self, records: list[ChildRecord]) -> None:
-        tmp = self.children_path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(records))
-        tmp.replace(self.children_path)
+        """Written in the dir this process holds, by its descriptor, never by path: if the dir
+        was removed and someone put a symlink at its path (in /tmp, another user can), a
+        write by path would land in their dir, through any link they planted there."""
+        if self._dir_fd is None or not self.intact():
+            raise OSError(errno.ENOENT, "the runtime dir is gone (it is made again within seconds)")
+        data, at = msgspec.json.encode(records), self._dir_fd
+        fd = os.open(
+            "children.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=at
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace("children.tmp", "children.json", src_dir_fd=at, dst_dir_fd=at)
 
     def read_children(self) -> list[ChildRecord]:
         try:
@@ -217,7 +231,7 @@ async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]
     """Stop what a previous, killed supervisor left running; returns the PIDs it stopped."""
     leftovers = leftover_processes(runtime.read_children())
     if not leftovers:
-        runtime.write_children([])
+        _clear_record(runtime)
         return []
     idents = [ident for _, ident in leftovers]
     log.warning(
@@ -228,5 +242,12 @@ async def stop_leftovers(runtime: RuntimeDir, grace_s: float = 5.0) -> list[int]
     stubborn = await stop_processes(idents, signal.SIGTERM, grace_s)
     if stubborn:
         log.warning("killed_leftovers_after_grace", pids=stubborn, grace_s=grace_s)
-    runtime.write_children([])
+    _clear_record(runtime)
     return [i.pid for i in idents]
+
+
+def _clear_record(runtime: RuntimeDir) -> None:
+    try:
+        runtime.write_children([])
+    except OSError as exc:  # the record keeper writes it again, and reports what stops it
+        log.warning("children_record_not_cleared", path=str(runtime.children_path), error=exc.strerror or str(exc))

@@ -193,3 +193,34 @@ def test_a_control_socket_removed_alone_is_bound_again(make_stack: StackFactory)
     assert stack.call("ping")["pid"] == stack.proc.pid
     assert [e["event"] for e in stack.log_events()].count("control_socket_restored") == 1
     assert stack.stop() == 0 and not stack.socket.exists()
+
+
+def test_the_children_record_is_never_written_through_a_symlink_put_in_the_dirs_place(tmp_path: Path) -> None:
+    """In /tmp another user can put a symlink where a removed runtime dir was, and plant a
+    link in its target: a write by path would follow both and overwrite the file it names."""
+    from supervisor.runtime import ChildRecord, RuntimeDir
+
+    runtime_path = tmp_path / "run"
+    runtime = RuntimeDir(str(runtime_path))
+    runtime.acquire()
+    try:
+        record = [ChildRecord(name="s", pid=os.getpid(), create_time=1.0)]
+        runtime.write_children(record)
+        assert runtime.read_children() == record
+        for name in os.listdir(runtime_path):
+            (runtime_path / name).unlink()
+        runtime_path.rmdir()
+        trap, victim = tmp_path / "trap", tmp_path / "victim"
+        trap.mkdir()
+        victim.write_text("precious")
+        (trap / "children.tmp").symlink_to(victim)
+        runtime_path.symlink_to(trap)
+        with pytest.raises(OSError):
+            runtime.write_children(record)
+        assert victim.read_text() == "precious" and os.listdir(trap) == ["children.tmp"]
+        runtime_path.unlink()
+        runtime.restore()
+        runtime.write_children(record)
+        assert runtime.read_children() == record and not (runtime_path / "children.tmp").exists()
+    finally:
+        runtime.release()
