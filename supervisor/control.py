@@ -60,6 +60,7 @@ from .protocol import (
     frame_length,
     request_id,
 )
+from .runtime import file_id
 
 log = structlog.get_logger("ironcliw.control")
 
@@ -104,7 +105,7 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
     sock = _bind_unix(path)
     server = ControlServer(supervisor)
     task_status.started()
-    bound = _file_id(path)
+    bound = file_id(path)
     try:
         # Connections live in `handlers`, whichever listening socket took them: when the
         # socket file was removed and is bound again, clients connected meanwhile stay.
@@ -117,11 +118,11 @@ async def serve(supervisor: Supervisor, *, task_status: anyio.abc.TaskStatus[Non
                     await _until_removed(path, supervisor)
                     accepting.cancel_scope.cancel()
                 sock = await _bind_again(path)
-                bound = _file_id(path)
+                bound = file_id(path)
                 log.warning("control_socket_restored", path=path)
     finally:
         with anyio.CancelScope(shield=True):
-            if _file_id(path) == bound:  # ours: not one another supervisor made after ours was removed
+            if file_id(path) == bound:  # ours: not one another supervisor made after ours was removed
                 os.unlink(path)
 
 
@@ -147,14 +148,6 @@ async def _accept(listener: anyio.abc.SocketListener, server: ControlServer, han
             continue
         failing = False
         handlers.start_soon(server.handle, stream)
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 async def _until_removed(path: str, supervisor: Supervisor) -> None:

@@ -87,6 +87,16 @@ def secure_runtime_dir(path: Path) -> None:
         raise IroncliwError(f"the runtime dir {path} has mode {mode}, open to other users; `chmod 700 {path}` or {fix}")
 
 
+def file_id(path: str | Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what is at `path` itself (a symlink is not followed), or None:
+    whether a file there is still the one this process made."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class RuntimeDir:
     """The runtime dir, held for the supervisor's life: the lock file (one supervisor per
     dir) and a shared lock on the dir itself, which systemd-tmpfiles' aging honours (it
@@ -109,11 +119,7 @@ class RuntimeDir:
 
     def intact(self) -> bool:
         """Whether the lock file at its path is still the one this process holds."""
-        try:
-            info = os.lstat(self.lock_path)
-        except OSError:
-            return False
-        return (info.st_dev, info.st_ino) == self._lock_file
+        return self._lock_file is not None and file_id(self.lock_path) == self._lock_file
 
     def restore(self) -> None:
         """Make the dir and the lock again after someone removed them. Raises IroncliwError if
