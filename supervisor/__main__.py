@@ -2,9 +2,9 @@ import os
 import sys
 
 # Started with 0, 1 or 2 closed (`up >&-`, a bare launcher), the first files and sockets
-# opened would take those numbers, and what is printed would go into them: `up`'s echo into
-# the event loop's wake-up socket, which reads bytes 1, 2 and 15 as SIGHUP, SIGINT and
-# SIGTERM. /dev/null takes each closed one first, as OpenSSH's sanitise_stdfd does.
+# opened would take those numbers, and what is printed would go into them: `up`'s echo and
+# log went into the event loop's epoll and wake-up socket pair. /dev/null takes each closed
+# one first, as OpenSSH's sanitise_stdfd does.
 for _fd in (0, 1, 2):
     try:
         os.fstat(_fd)

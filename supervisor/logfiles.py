@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from .statefile import NotARegularFile, open_regular
+
 PENDING_MAX_BYTES = 1 << 20  # newest output kept per component while the disk refuses it
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 MAX_LINE_BYTES = 16 * 1024  # a line longer than this is cut when read back
-NOT_A_FILE = "not a regular file"
 FOLLOW_EVERY_S = 1.0  # how often a write first checks that `path` still names the open file
 
 _REASONS = {
@@ -77,19 +77,10 @@ class RotatingLog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # NONBLOCK: a FIFO put at the path must not hold the event loop in open() until it
-        # has a reader; a regular file is all that is written (the rest: a problem, kept).
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # a FIFO (or socket) without a reader
-                raise OSError(errno.EINVAL, NOT_A_FILE) from None
-            raise
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, NOT_A_FILE)
-        self._fd, self._size = fd, info.st_size
+        # A regular file only: a FIFO put at the path would hold the event loop in open()
+        # until it had a reader (the rest is a problem, and the output is kept).
+        self._fd, info = open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._size = info.st_size
         if self._size == 0:
             self._line_open = False
 
@@ -264,10 +255,7 @@ def tail_lines(path: Path, count: int, block: int = 65536, max_line: int = MAX_L
     chunks: list[bytes] = []
     newlines = 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there: no wait for a writer
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return []
+        fd, _ = open_regular(path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
             end = f.seek(0, os.SEEK_END)
             size = end
@@ -279,6 +267,8 @@ def tail_lines(path: Path, count: int, block: int = 65536, max_line: int = MAX_L
                 newlines += chunk.count(b"\n")
                 end = start
     except FileNotFoundError:
+        return []
+    except NotARegularFile:  # a FIFO there: nothing to show, and no wait for a writer
         return []
     data = b"".join(reversed(chunks))
     pieces = data.split(b"\n")

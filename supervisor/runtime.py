@@ -158,7 +158,7 @@ class RuntimeDir:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return  # a courtesy to the cleaner: intact() still notices a removal
+            return  # hardly (the lock was just made in it); write_children would then refuse, reported
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:

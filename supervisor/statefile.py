@@ -14,20 +14,41 @@ from pathlib import Path
 MAX_STATE_BYTES = 64 << 20
 
 
-def read_state(path: Path, max_bytes: int = MAX_STATE_BYTES) -> bytes:
-    """A state file's bytes, if it is a regular file of at most `max_bytes`. Anything else
-    raises OSError, as an unreadable file does, so that it is set aside: a FIFO in its place
-    would block `up` for ever, a link to /dev/zero would read until memory ran out.
-    FileNotFoundError when there is none."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO opens at once
+class NotARegularFile(OSError):
+    """A FIFO, a device, a directory, ... where a regular file was expected."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EINVAL, "not a regular file")
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o644) -> tuple[int, os.stat_result]:
+    """Open `path` without waiting, if it is a regular file: (fd, its stat). Something else
+    put there raises NotARegularFile, an OSError as an unreadable file raises: a FIFO
+    would block open() until it had a peer (a writer never comes to a read, a reader to a
+    write), and a device such as /dev/zero never ends."""
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, f"not a regular file (mode {stat.filemode(info.st_mode)})")
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO (or socket) without a reader, opened for writing
+            raise NotARegularFile() from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotARegularFile()
+    return fd, info
+
+
+def read_state(path: Path, max_bytes: int = MAX_STATE_BYTES) -> bytes:
+    """A state file's bytes, if it is a regular file of at most `max_bytes` (open_regular
+    says why anything else is refused; refused, it is set aside like a corrupt file).
+    FileNotFoundError when there is none."""
+    fd, _ = open_regular(path, os.O_RDONLY)
+    try:
         chunks, total = [], 0
         while chunk := os.read(fd, 1 << 20):
             total += len(chunk)
-            if total > max_bytes:  # st_size may have grown since, or lied (procfs says 0)
+            if total > max_bytes:  # read, not taken from st_size: the file may grow meanwhile
                 raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)

@@ -24,7 +24,7 @@ LAYERS = {
     # Within layer 3, the process-table walk sits below what starts and cleans up processes.
     "platform": 3,
     "procs": 3.1,  # the macOS backend calls the kernel through platform.mach
-    "statefile": 3,
+    "statefile": 2.9,  # state and log files: written atomically, opened only if regular
     "history": 3.05,
     "registry": 3.1,
     "events": 3,

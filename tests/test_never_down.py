@@ -252,7 +252,7 @@ def test_stray_signals_leave_the_stack_running_and_usr2_reopens_the_logs(
 def test_up_started_with_its_standard_fds_closed_is_not_stopped_by_its_own_output(make_stack: StackFactory) -> None:
     """`up <&- >&- 2>&-`: the event loop's epoll and wake-up socket pair took fds 0, 1 and 2,
     and `up` echoed component output and wrote its log into that pair; /dev/null takes them
-    first now. The component's output is bytes that the wake-up socket reads as signals."""
+    first now. The output is control bytes, in case any of it reached the loop as a wake-up."""
     import signal
 
     noisy = python_command(
