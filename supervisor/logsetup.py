@@ -23,7 +23,10 @@ def configure(fmt: str = "auto", stream: TextIO | None = None, level: int = logg
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            # JSON lines are read by machines, maybe on another host or after a move across time
+            # zones: UTC with its `Z`, as the components' own lines and docker's logs carry it.
+            # People at the console read their local time.
+            structlog.processors.TimeStamper(fmt="iso", utc=fmt == "json"),
             structlog.processors.format_exc_info if fmt == "json" else structlog.processors.StackInfoRenderer(),
             renderer,
         ],

@@ -3,6 +3,7 @@ component output never stop it from supervising (real pipes, a real full filesys
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import resource
@@ -472,7 +473,8 @@ def test_a_fifo_put_where_a_log_file_was_neither_blocks_nor_takes_the_output(
 def test_the_standard_librarys_log_lines_are_rendered_like_ours() -> None:
     """asyncio reports (an accept out of descriptors, a task's lost exception) through the
     standard library's logging, which wrote raw tracebacks straight to stderr: a JSON-lines
-    reader got text, and a full pipe would have blocked the writer."""
+    reader got text, and a full pipe would have blocked the writer. JSON lines are stamped in
+    UTC, with the `Z` that says so (they were naive local time)."""
     import io
     import logging
 
@@ -497,3 +499,5 @@ def test_the_standard_librarys_log_lines_are_rendered_like_ours() -> None:
     record = json.loads(line)
     assert record["event"] == "socket.accept() out of system resource" and record["logger"] == "asyncio"
     assert record["level"] == "error" and "Too many open files" in record["exception"]
+    stamp = datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
+    assert record["timestamp"].endswith("Z") and stamp.utcoffset() == datetime.timedelta(0)
