@@ -141,7 +141,7 @@ def test_state_changing_endpoints(web: tuple[Stack, int, str]) -> None:
         ("POST", "/memory/optimize", {"X-Ironcliw-Token": "wrong"}, None, 403, "BAD_TOKEN"),
         ("POST", "/memory/optimize", {"TOKEN": "", "Origin": "http://evil.example"}, None, 403, "CROSS_ORIGIN"),
         ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b"{not json", 400, "BAD_REQUEST"),
-        ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b"[" * 5000 + b"]" * 5000, 400, "BAD_REQUEST"),
+        ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b"[" * 100_000 + b"]" * 100_000, 400, "BAD_REQUEST"),
         ("POST", "/memory/components/ghost/load", {"TOKEN": ""}, b"{}", 404, "UNKNOWN_COMPONENT"),
         ("POST", "/memory/components/extra/load", {"TOKEN": ""}, b'{"make_room": "yes"}', 422, "BAD_CONFIG"),
         (
