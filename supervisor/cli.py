@@ -173,6 +173,19 @@ def _refuse(modules: Sequence[str]) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # `import name` raises ImportError
 
 
+def _raise_open_files_limit() -> None:
+    """`up` owns its process: its soft open-files limit goes up to the hard one (fdlimit.py)."""
+    import structlog
+
+    from . import fdlimit
+
+    raised = fdlimit.raise_soft_limit()
+    if raised is not None:
+        log = structlog.get_logger("ironcliw.supervisor")
+        components = raised.given if fdlimit.child_prefix() else raised.now  # without prlimit, they inherit
+        log.info("open_files_limit_raised", given=raised.given, now=raised.now, components_start_with=components)
+
+
 def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
     _refuse(UNUSED_NATIVE_MODULES)
     import anyio
@@ -200,6 +213,7 @@ def cmd_up(config: Config, paths: Paths, log_format: str) -> int:
         prefix = prefixes.get(name) or f"{name:<{width}} | ".encode()
         out.write(prefixed(prefix, block))
 
+    _raise_open_files_limit()
     supervisor = Supervisor(config, paths, echo=echo, subreaper=True)
 
     services = [control.serve]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection
 import anyio
 import structlog
 
-from . import orphans, procs
+from . import fdlimit, orphans, procs
 from .config import ComponentSpec
 from .errors import SpawnError
 from .model import ExitInfo, Priority, ProcessIdentity
@@ -280,6 +280,7 @@ def spawn(spec: ComponentSpec, extra_env: dict[str, str]) -> Child:
     # The child dies with the supervisor: exec'd through a launcher (setpriv) or set up
     # between fork and exec (prctl), whatever this OS offers (procs.death_signal_launcher).
     prefix, preexec = procs.death_signal_launcher()
+    prefix = fdlimit.child_prefix() + prefix  # the open-files limit `up` was given, not the one it raised
     launch = argv
     if prefix:
         # Found here, as Popen would, so that a missing program is a spawn failure, not the launcher's exit 127.

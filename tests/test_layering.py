@@ -33,6 +33,7 @@ LAYERS = {
     "pump": 3.2,
     "orphans": 3.3,
     "stopping": 3.25,
+    "fdlimit": 3,  # the open-files limit: raised for `up`, given back to components
     "launcher": 3.5,
     "httpcalls": 3.5,  # requests to components (httpx), exec probes
     "probes": 3.57,  # one run's port and calls: readiness, liveness, trim, unload
