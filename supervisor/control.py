@@ -71,7 +71,7 @@ IDLE_TIMEOUT_S = 600.0
 WATCHDOG_SLACK_S = 0.05
 YIELD_EVERY = 16
 MAX_SOCKET_PATH = 104  # sun_path is 104 bytes on macOS, 108 on Linux
-SOCKET_CHECK_S = 2.0  # how often serve() looks for its socket file (a cleaner may remove it)
+SOCKET_CHECK_S = 2.0  # while the socket cannot be bound again: the next try
 ACCEPT_RETRY_S = 0.5  # after an accept that failed for want of descriptors
 ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_AGAIN_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})  # that client's, not ours
@@ -154,10 +154,10 @@ async def _until_removed(path: str, supervisor: Supervisor) -> None:
     """Until the socket file is gone and its dir is ours again (runtimewatch.py makes a
     removed runtime dir again first; a file someone else put at the path is left alone)."""
     in_runtime_dir = os.path.dirname(path) == supervisor.paths.runtime_dir
-    while True:
-        await anyio.sleep(SOCKET_CHECK_S)
-        if not os.path.lexists(path) and (not in_runtime_dir or supervisor.runtime.intact()):
-            return
+    # Looked at in the sampler's thread at each reading (2 s): waiting wakes nothing (offloop.py).
+    await supervisor.memory.sampler.off_loop.until(
+        lambda: not os.path.lexists(path) and (not in_runtime_dir or supervisor.runtime.intact())
+    )
 
 
 async def _bind_again(path: str) -> socket.socket:

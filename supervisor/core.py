@@ -146,7 +146,7 @@ class Supervisor:
                 tg.start_soon(self.idle.run)
                 tg.start_soon(self.disk.keep)
                 tg.start_soon(self.record.keep)
-                tg.start_soon(self.runtime_watch.keep)
+                tg.start_soon(self.runtime_watch.keep, self.memory.sampler.off_loop.until)
                 log.info("supervisor_started", pid=os.getpid(), config=self.config.source, socket=self.paths.socket)
                 task_status.started()
                 tg.start_soon(self.start_many)  # the autostart components, admitted

@@ -9,7 +9,7 @@ token, the children record. Tmux recreates its socket for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
@@ -19,7 +19,7 @@ from .runtime import RuntimeDir
 
 log = structlog.get_logger("ironcliw.supervisor")
 
-CHECK_EVERY_S = 2.0
+RETRY_S = 2.0  # while it cannot be made again (a symlink in its place): the next try
 
 DiskProblem = Callable[[str, str, str | None], None]
 
@@ -30,10 +30,13 @@ class RuntimeWatch:
         self._on_problem = on_problem
         self.restored = restored  # each owner's file put back, after the dir (others add theirs)
 
-    async def keep(self) -> None:
+    async def keep(self, until: Callable[[Callable[[], bool]], Awaitable[None]]) -> None:
+        """`until`: the sampler's off-loop wait (offloop.py), so that looking every 2 s wakes
+        nothing while the dir is in place."""
         while True:
-            await anyio.sleep(CHECK_EVERY_S)
-            self.check()
+            await until(lambda: not self.runtime.intact())
+            if not self.check():
+                await anyio.sleep(RETRY_S)
 
     def check(self) -> bool:
         """Whether the dir is in place (put back now if it was not)."""

@@ -35,6 +35,7 @@ from .attention import worth_a_look
 from .config import MemorySection
 from .errors import SamplerStuck
 from .model import MIB, SystemMemory, TreeUsage
+from .offloop import OffLoop
 
 log = structlog.get_logger("ironcliw.sampler")
 
@@ -109,6 +110,7 @@ class Sampler:
         # tree to read, each reading carries the figure. Replaced whole by the loop, like `roots`.
         self.in_process: Mapping[str, tuple[int, Callable[[], int]]] = {}
         self.interval = cfg.sample_interval_s
+        self.off_loop = OffLoop()  # conditions the loop waits for, looked at after each reading
         self.every_reading = True
         self.readings_taken = 0  # every reading ...
         self.readings_asked = 0  # ... of which read_now asked for these
@@ -279,6 +281,7 @@ class Sampler:
                 time.sleep(max(0.0, nudged_read + NUDGE_SPACING_S - time.monotonic()))
                 nudged_read = time.monotonic()
             self._nudged = False
+            self.off_loop.poll()  # (it never raises: a condition that does counts as holding)
             try:
                 reading = self._read()
             except Exception as exc:  # a bug or an OS surprise must not end the sampling

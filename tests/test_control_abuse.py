@@ -251,8 +251,8 @@ def test_running_out_of_file_descriptors_on_accept_is_ridden_out(make_stack: Sta
 
     stack = make_stack(f"[components.s]\ncommand = {SLEEPER}\nready = {{ alive_s = 0.1 }}\n")
 
-    def few_descriptors() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    def few_descriptors() -> None:  # the hard limit too: `up` raises its soft one as far as that (fdlimit.py)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
 
     stack.up(preexec_fn=few_descriptors)
     stack.wait_state("s", "READY")

@@ -44,6 +44,7 @@ LAYERS = {
     "states": 2,
     "policy": 2.5,
     "attention": 2.6,
+    "offloop": 3.35,  # conditions polled in the sampler's thread, not on the loop
     "sampler": 3.4,
     "runoutput": 3.6,
     "levers": 3.6,
