@@ -18,7 +18,7 @@ import msgspec
 
 from . import locations
 from .client import ControlClient
-from .cliformat import FORMATTERS, format_memory, format_table
+from .cliformat import FORMATTERS, for_terminal, format_memory, format_table
 from .config import Config, Paths, load_config, resolve_paths
 from .errors import AlreadyRunning, Busy, ConfigError, IroncliwError, NotRunning, RemoteError
 from .protocol import ErrorCode
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
     logs.add_argument("--json", action="store_true", help="print JSON")
+    logs.add_argument("--raw", action="store_true", help="print control sequences as they are on a terminal too")
     top = sub.add_parser("top", help="a live terminal view of memory and components (q quits)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     sub.add_parser("check", help="validate the config without starting anything")
@@ -325,16 +326,22 @@ def run_client_command(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _logs(client: ControlClient, args: argparse.Namespace) -> int:
+    # On a terminal a component's control sequences are shown, not obeyed (colour is kept);
+    # into a pipe or a file, and with --raw, its bytes go as they are.
+    shown = for_terminal if sys.stdout.isatty() and not args.raw else str
     if not args.follow:
         result = client.call("logs", name=args.name, lines=args.lines)
-        print(_json(result) if args.json else "\n".join(result["lines"]))
+        print(_json(result) if args.json else "\n".join(map(shown, result["lines"])))
         return EXIT_OK
     stream = client.stream("logs", name=args.name, lines=args.lines, follow=True)
     first = next(stream)
-    for line in first["lines"]:
-        print(line, flush=True)
+    if args.json:
+        print(_json(first), flush=True)
+    else:
+        for line in first["lines"]:
+            print(shown(line), flush=True)
     for event in stream:
-        print(_json(event) if args.json else event["line"], flush=True)
+        print(_json(event) if args.json else shown(event["line"]), flush=True)
     return EXIT_OK
 
 

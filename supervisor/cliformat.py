@@ -5,7 +5,26 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the quick path ~10 ms
 if TYPE_CHECKING:
+    import re
     from typing import Any
+
+
+# Colour (SGR: ESC [ ... m) is kept; every other control character, ESC included, is shown
+# as text: a component's output must not move the cursor, clear the screen, set the window
+# title or write the clipboard (OSC 52) of whoever reads its log on a terminal.
+_SHOWN_AS_TEXT: re.Pattern[str] | None = None
+
+
+def for_terminal(line: str) -> str:
+    """`line` safe to print on a terminal: SGR colour sequences kept, any other control
+    character (C0 but tab, DEL, C1) written out as `\\xNN`, as journalctl and `less` show
+    them instead of obeying them."""
+    global _SHOWN_AS_TEXT
+    if _SHOWN_AS_TEXT is None:
+        import re  # here, not at the top: the quick path for `status` does not pay for it
+
+        _SHOWN_AS_TEXT = re.compile(r"(\x1b\[[0-9;:]*m)|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+    return _SHOWN_AS_TEXT.sub(lambda m: m.group(1) or f"\\x{ord(m.group(0)):02x}", line)
 
 
 def format_memory(m: dict[str, Any]) -> str:
