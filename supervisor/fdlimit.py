@@ -31,7 +31,6 @@ _PRLIMIT = shutil.which("prlimit")
 class Raised:
     given: int  # the soft limit this process started with, and its components start with
     now: int
-    hard: int
 
 
 _raised: Raised | None = None
@@ -49,7 +48,7 @@ def raise_soft_limit() -> Raised | None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             except (ValueError, OSError):
                 continue  # past what this OS allows one process: try the lower ceiling
-            _raised = Raised(soft, target, hard)
+            _raised = Raised(soft, target)
             return _raised
     return None
 

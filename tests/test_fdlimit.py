@@ -78,9 +78,9 @@ class FakeLimits:
 @pytest.mark.parametrize(
     ("soft", "hard", "most", "expected"),
     [
-        (256, resource.RLIM_INFINITY, 24576, fdlimit.Raised(256, fdlimit.OPEN_MAX, resource.RLIM_INFINITY)),
-        (1024, 524288, 1 << 20, fdlimit.Raised(1024, 524288, 524288)),
-        (1024, 1 << 30, 1 << 30, fdlimit.Raised(1024, fdlimit.SOFT_CAP, 1 << 30)),
+        (256, resource.RLIM_INFINITY, 24576, fdlimit.Raised(256, fdlimit.OPEN_MAX)),
+        (1024, 524288, 1 << 20, fdlimit.Raised(1024, 524288)),
+        (1024, 1 << 30, 1 << 30, fdlimit.Raised(1024, fdlimit.SOFT_CAP)),
         (4096, 4096, 1 << 20, None),  # nothing to raise to
         (256, resource.RLIM_INFINITY, 200, None),  # refused at every step: kept as it was
     ],
