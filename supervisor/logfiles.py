@@ -42,6 +42,8 @@ def disk_problem(exc: OSError) -> str:
 
 
 ProblemCallback = Callable[[str, "str | None"], None]  # (path, problem or None when it cleared)
+# DiskState.problem: (where, e.g. "log_dir" or "runtime_dir"; path; problem or None when it cleared)
+DiskProblem = Callable[[str, str, "str | None"], None]
 
 
 class _WriteFailed(Exception):

@@ -8,13 +8,13 @@ a `stop all` of N components changes state 3N times, and each rewrite is O(N).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import anyio
 import structlog
 
 from . import procs
-from .logfiles import disk_problem
+from .logfiles import DiskProblem, disk_problem
 from .model import ProcessIdentity
 from .monitor import MemoryMonitor
 from .runner import Runner
@@ -23,8 +23,6 @@ from .runtime import ChildRecord, RuntimeDir
 log = structlog.get_logger("ironcliw.supervisor")
 
 RECORD_EVERY_S = 0.05
-
-DiskProblem = Callable[[str, str, str | None], None]
 
 
 class ProcessRecord:

@@ -15,13 +15,12 @@ import anyio
 import structlog
 
 from .errors import AlreadyRunning, IroncliwError
+from .logfiles import DiskProblem
 from .runtime import RuntimeDir
 
 log = structlog.get_logger("ironcliw.supervisor")
 
 RETRY_S = 2.0  # while it cannot be made again (a symlink in its place): the next try
-
-DiskProblem = Callable[[str, str, str | None], None]
 
 
 class RuntimeWatch:

@@ -29,7 +29,7 @@ def test_a_condition_is_looked_at_by_the_polling_thread_and_wakes_only_when_it_h
         while not stop.wait(0.01):
             off_loop.poll()
 
-    async def scenario() -> tuple[bool, float]:
+    async def scenario() -> bool:
         thread = threading.Thread(target=sampler)
         thread.start()
         try:
@@ -37,17 +37,15 @@ def test_a_condition_is_looked_at_by_the_polling_thread_and_wakes_only_when_it_h
                 await off_loop.until(condition)
             looked_before = state["looked"]
             state["holds"] = True
-            started = time.monotonic()
-            await off_loop.until(condition)  # now it holds: back at the next poll
-            with anyio.fail_after(5):
+            with anyio.fail_after(10):  # (a wait that never ends is the failure, not a slow one)
+                await off_loop.until(condition)  # now it holds: back at a poll
                 await off_loop.until(failing)  # raising counts as holding: the waiter looks itself
-            return early.cancelled_caught and looked_before > 5, time.monotonic() - started
+            return early.cancelled_caught and looked_before > 5
         finally:
             stop.set()
             thread.join()
 
-    waited_then_woke, took = anyio.run(scenario)
-    assert waited_then_woke and took < 1 and state["raised"]
+    assert anyio.run(scenario) and state["raised"]
     assert off_loop._waiting == []  # nothing left behind, the cancelled wait's poll included
 
 
